@@ -1,0 +1,3 @@
+from milter.cli import main
+
+raise SystemExit(main())

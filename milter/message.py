@@ -1,0 +1,50 @@
+"""A message as the filter sees it: the raw bytes and the SMTP envelope they came with."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from dataclasses import dataclass, field
+from email.message import Message as EmailMessage
+from functools import cached_property
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope; client fields come from XFORWARD when Postfix sends it."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    client_address: str | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    queue_id: str | None = None
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Message:
+    """Raw bytes plus envelope. Headers are parsed on first use, never the body."""
+
+    raw: bytes
+    envelope: Envelope = field(default_factory=lambda: Envelope("", ()))
+
+    @cached_property
+    def headers(self) -> EmailMessage:
+        # compat32 never raises on broken headers; it keeps what it can and records defects.
+        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+        return parser.parsebytes(self.raw)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name`, unfolded, as text (undecodable bytes replaced)."""
+        values = self.headers.get_all(name) or []
+        return [" ".join(str(v).split()) for v in values]
+
+    @property
+    def message_id(self) -> str | None:
+        ids = self.header_values("Message-ID")
+        return ids[0] if ids else None
