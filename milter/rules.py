@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from milter.message import Message
+
 
 class Action(enum.StrEnum):
     DELIVER = "deliver"
@@ -37,3 +39,17 @@ class Decision:
     rule: str  # the name of the rule that matched
     required: float | None = None  # the probability threshold of that rule, for X-Spam-Status
     reason: str = ""  # for `rules test`: why this rule matched
+
+
+def facts_of(message: Message, probability: float | None) -> Facts:
+    """The facts rules look at, from a message and its probability (None: unscored)."""
+    headers = tuple((name, " ".join(str(value).split())) for name, value in message.headers.items())
+    env = message.envelope
+    return Facts(
+        probability=probability,
+        mail_from=env.mail_from,
+        rcpt_tos=env.rcpt_tos,
+        client_address=env.client_address,
+        size=message.size,
+        headers=headers,
+    )
