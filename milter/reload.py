@@ -1,0 +1,652 @@
+"""Live reload: watch the rules and model directories, build a new policy off the loop, swap it whole.
+
+Operators edit rules files and drop `.onnx` files into the model directory while mail flows.
+Editors and `cp` replace files by rename, write them in pieces and fire several events per save,
+so the `Reloader`
+
+1. watches the *directories* (watchdog), and keeps only events on files that matter: the rules
+   file (or `*.yaml`/`*.yml` in a rules directory) and `*.onnx` in the model directory, never
+   dotfiles, backups and editors' temporary files (`is_temporary`);
+2. debounces: waits for a quiet period (QUIET seconds without a new event), but never longer
+   than MAX_WAIT after the first event, so a file written in pieces is read once it is whole and
+   a stream of edits still goes live;
+3. loads and validates in a worker thread (`PolicyLoader.reload`, via run_in_executor), never on
+   the event loop;
+4. swaps the policy as one reference, by calling `swap(policy)` on the loop thread. The daemon
+   reads that reference once per message, so a message in flight keeps the policy it started with.
+
+`systemctl reload` / SIGHUP takes the same path (`Reloader.request()`), without the debounce.
+
+Each part keeps its last good version. A file that fails to load or validate is logged with its
+reason on one line and counted (`milter_reloads_total{result="failed"}`), and the part it would
+have replaced keeps serving. The model is the newest valid `.onnx` in the model directory (by
+mtime, then name) or the one file configured: a newer invalid file is skipped; when the active
+model's file is removed, the newest valid remaining one takes over; when it is overwritten by an
+invalid file, the model already in memory keeps serving. Files are recognised by
+(device, inode, size, mtime, ctime), so an unchanged file is never loaded twice and a refused
+one is not retried (or logged again) until it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from milter.errors import ModelError, RulesError
+from milter.metrics import Metrics
+from milter.model import Model, load_model, validate_model
+from milter.notify import Notifier, status_text
+from milter.rules import Ruleset, actions_for_mode
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+QUIET = 0.25  # seconds without a new event before a change is read
+MAX_WAIT = 1.0  # seconds after the first event at most, however busy the directory
+DEFAULT_MAX_SECONDS_PER_MESSAGE = 0.05
+
+MODEL_SUFFIXES = (".onnx",)
+RULES_SUFFIXES = (".yaml", ".yml")
+# What editors, cp/rsync/curl, package managers and patch leave beside the files they write.
+_TEMPORARY_SUFFIXES = (
+    "~", ".swp", ".swo", ".swx", ".swpx", ".tmp", ".temp", ".part", ".partial", ".crdownload",
+    ".bak", ".orig", ".rej", ".dpkg-new", ".dpkg-old", ".dpkg-dist", ".dpkg-tmp", ".rpmnew",
+    ".rpmsave", ".ucf-new", ".ucf-old", ".ucf-dist", ".new", ".old",
+)  # fmt: skip
+# watchdog event types that mean a file's content or presence changed (not opened/read).
+_CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed", "attrib"})
+
+
+def is_temporary(name: str) -> bool:
+    """True for names of files being written or left behind, never of a file to load.
+
+    Dotfiles (rsync's `.x.yaml.AbC123`, vim's `.x.yaml.swp`, emacs' `.#x.yaml`), emacs
+    autosaves (`#x.yaml#`), backups (`x.yaml~`, `.bak`, `.orig`), partial downloads (`.part`,
+    `.tmp`, `.crdownload`), package managers' `.dpkg-new`/`.rpmnew`, and vim's write test file
+    `4913` (all-digit names).
+    """
+    return (
+        not name
+        or name.startswith((".", "#"))
+        or name.endswith("#")
+        or name.isdigit()
+        or name.lower().endswith(_TEMPORARY_SUFFIXES)
+    )
+
+
+# --- file identity ---------------------------------------------------------------------------
+
+FileKey = tuple[int, int, int, int, int]
+
+
+def file_key(path: Path) -> FileKey | None:
+    """(device, inode, size, mtime_ns, ctime_ns) of `path` (following links), None if absent.
+
+    Any write changes ctime, and a replacement by rename changes the inode, so an equal key
+    means the same content as when it was last loaded.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def model_candidates(model_path: Path) -> list[Path]:
+    """The model files to try, newest first: `*.onnx` in a directory by (mtime, name), or the file."""
+    if not model_path.is_dir():
+        return [model_path] if model_path.exists() else []
+    found: list[tuple[int, str, Path]] = []
+    try:
+        entries = list(os.scandir(model_path))
+    except OSError as e:
+        log.error("cannot list the model directory %s: %s", model_path, e.strerror or e)
+        return []
+    for entry in entries:
+        if is_temporary(entry.name) or not entry.name.endswith(MODEL_SUFFIXES):
+            continue
+        try:
+            if not entry.is_file():
+                continue
+            mtime = entry.stat().st_mtime_ns
+        except OSError:
+            continue  # removed while we looked
+        found.append((mtime, entry.name, Path(entry.path)))
+    found.sort(reverse=True)
+    return [path for _, _, path in found]
+
+
+# --- what a reload found ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A file that was not taken, and why (the error names the file, line and what was expected)."""
+
+    kind: str  # "rules" or "model"
+    path: Path
+    error: Exception
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
+
+    def log_line(self) -> str:
+        return f"reload: refused {self.kind} file {self.reason}; the last good {self.kind} keep serving"
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+class ModelSelector:
+    """Chooses the active model among the candidates, keeping the last good one in memory.
+
+    Not thread-safe: used by one reload at a time (PolicyLoader holds a lock).
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        max_seconds_per_message: float = DEFAULT_MAX_SECONDS_PER_MESSAGE,
+        *,
+        load: Callable[[Path], Model] = load_model,
+        validate: Callable[[Model, float], None] = validate_model,
+    ) -> None:
+        self.path = Path(model_path)
+        self.max_seconds_per_message = max_seconds_per_message
+        self._load = load
+        self._validate = validate
+        self.active: Model | None = None
+        self.active_path: Path | None = None
+        self.load_seconds: float | None = None
+        self._active_key: FileKey | None = None
+        self._refused: dict[Path, FileKey] = {}  # last refused version of each file
+
+    def select(self) -> list[Refusal]:
+        """Bring `active` up to date with the directory; the files newly refused on the way."""
+        refusals: list[Refusal] = []
+        candidates = model_candidates(self.path)
+        present = set(candidates)
+        for path in list(self._refused):
+            if path not in present:
+                del self._refused[path]  # keeps this map as small as the directory
+        for path in candidates:
+            key = file_key(path)
+            if key is None:
+                continue  # removed since listed
+            if path == self.active_path and key == self._active_key:
+                return refusals  # the newest valid model is the one serving
+            if self._refused.get(path) == key:
+                if path == self.active_path:
+                    return refusals  # its file was overwritten by an invalid one: keep the good one
+                continue
+            started = time.perf_counter()
+            try:
+                model = self._load(path)
+                self._validate(model, self.max_seconds_per_message)
+            except Exception as e:  # a model file must never take the daemon down
+                if not isinstance(e, ModelError):
+                    log.debug("unexpected error loading %s", path, exc_info=True)
+                    e = ModelError(path, f"cannot load: {type(e).__name__}: {e}")
+                self._refused[path] = key
+                refusals.append(Refusal("model", path, e))
+                if path == self.active_path:
+                    return refusals
+                continue
+            self.active, self.active_path, self._active_key = model, path, key
+            self.load_seconds = time.perf_counter() - started
+            return refusals
+        if self.active is not None and self.active_path not in present:
+            log.warning(
+                "reload: the active model's file %s is gone and no other valid model is in %s; "
+                "model %s stays loaded",
+                self.active_path,
+                self.path,
+                self.active.id,
+            )
+        return refusals
+
+
+def select_model(
+    model_path: Path | str, max_seconds_per_message: float = DEFAULT_MAX_SECONDS_PER_MESSAGE
+) -> Model:
+    """The newest valid model of a model directory (or the configured file); logs what it skipped.
+
+    Raises ModelError naming every file tried when none is valid.
+    """
+    selector = ModelSelector(model_path, max_seconds_per_message)
+    refusals = selector.select()
+    for refusal in refusals:
+        log.warning("%s", f"skipping model {refusal.reason}")
+    if selector.active is None:
+        raise _no_valid_model(Path(model_path), refusals)
+    return selector.active
+
+
+def _no_valid_model(path: Path, refusals: list[Refusal]) -> ModelError:
+    if not refusals:
+        where = "directory has no *.onnx file" if path.is_dir() else "no such file"
+        return ModelError(path, f"{where}; expected a model file written by `milter train`")
+    if len(refusals) == 1 and refusals[0].path == path:
+        return refusals[0].error if isinstance(refusals[0].error, ModelError) else ModelError(path, "invalid")
+    tried = "; ".join(r.reason for r in refusals)
+    return ModelError(path, f"no valid model among {len(refusals)} file(s): {tried}")
+
+
+# --- the rules ---------------------------------------------------------------------------------
+
+
+class RulesKeeper:
+    """Loads the rules file when it changed, keeping the last good Ruleset.
+
+    `mode` ("after-queue", "before-queue") refuses actions the daemon cannot take in it.
+    """
+
+    def __init__(self, rules_path: Path | str, mode: str | None = None) -> None:
+        self.path = Path(rules_path)
+        self.mode = mode
+        self.active: Ruleset | None = None
+        self._active_key: object = None
+        self._refused_key: object = None
+
+    def _key(self) -> object:
+        if self.path.is_dir():
+            return tuple(
+                (p.name, file_key(p))
+                for p in sorted(self.path.iterdir())
+                if p.name.endswith(RULES_SUFFIXES) and not is_temporary(p.name)
+            )
+        return file_key(self.path)
+
+    def refresh(self) -> list[Refusal]:
+        key = self._key()
+        if self.active is not None and key == self._active_key:
+            return []
+        if key == self._refused_key:
+            return []  # refused already, not changed since
+        try:
+            if self.mode is None:
+                rules = Ruleset.load(self.path)
+            else:
+                rules = Ruleset.load(self.path, allowed_actions=actions_for_mode(self.mode), mode=self.mode)
+        except Exception as e:
+            if not isinstance(e, RulesError):
+                log.debug("unexpected error loading %s", self.path, exc_info=True)
+                e = RulesError(self.path, f"cannot load: {type(e).__name__}: {e}")
+            self._refused_key = key
+            return [Refusal("rules", self.path, e)]
+        self.active, self._active_key, self._refused_key = rules, key, None
+        return []
+
+
+def rule_count(rules: Ruleset) -> int:
+    return len(rules)
+
+
+# --- the policy --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult(Generic[T]):
+    """What one reload produced: a new policy (None: nothing changed or nothing usable)."""
+
+    policy: T | None
+    changed: frozenset[str]  # kinds that went live: "rules", "model"
+    refused: tuple[Refusal, ...]
+    model_id: str | None
+    rule_count: int | None
+    model_load_seconds: float | None = None
+    seconds: float = 0.0
+
+
+class PolicyLoader(Generic[T]):
+    """Builds the policy from the rules and the model, each kept at its last good version.
+
+    `make_policy(rules, model)` builds the daemon's immutable Policy (for example
+    `lambda rules, model: Policy(config, model, rules)`). `reload()` blocks (file I/O, model load
+    and validation): call it from a worker thread, as the Reloader does.
+    """
+
+    def __init__(
+        self,
+        rules_path: Path | str,
+        model_path: Path | str,
+        make_policy: Callable[[Ruleset, Model], T],
+        *,
+        mode: str | None = None,
+        max_seconds_per_message: float = DEFAULT_MAX_SECONDS_PER_MESSAGE,
+        load_model: Callable[[Path], Model] = load_model,
+    ) -> None:
+        self.rules = RulesKeeper(rules_path, mode)
+        self.models = ModelSelector(model_path, max_seconds_per_message, load=load_model)
+        self._make_policy = make_policy
+        self._lock = threading.Lock()
+        self.policy: T | None = None
+        self._built_from: tuple[Ruleset, Model] | None = None
+
+    @property
+    def rules_path(self) -> Path:
+        return self.rules.path
+
+    @property
+    def model_path(self) -> Path:
+        return self.models.path
+
+    def watched(self) -> list[tuple[Path, str, Callable[[str], bool]]]:
+        """(directory, kind, is this file name relevant) for each directory to watch."""
+        return [
+            _watch_spec(self.rules.path, "rules", RULES_SUFFIXES),
+            _watch_spec(self.models.path, "model", MODEL_SUFFIXES),
+        ]
+
+    def initial(self) -> T:
+        """The first policy, at start-up; raises RulesError/ModelError if either part is unusable."""
+        result = self.reload()
+        for refusal in result.refused:
+            log.warning("%s", f"skipping {refusal.kind} {refusal.reason}")
+        if self.rules.active is None:
+            rules_refusals = [r for r in result.refused if r.kind == "rules"]
+            if rules_refusals:
+                raise rules_refusals[0].error
+            raise RulesError(self.rules.path, "cannot load")
+        if self.models.active is None:
+            raise _no_valid_model(self.models.path, [r for r in result.refused if r.kind == "model"])
+        assert self.policy is not None
+        return self.policy
+
+    def reload(self) -> LoadResult[T]:
+        """Re-read what changed; never raises for a bad file (it is in `refused`)."""
+        with self._lock:
+            started = time.perf_counter()
+            refused = [*self.rules.refresh(), *self.models.select()]
+            rules, model = self.rules.active, self.models.active
+            changed: set[str] = set()
+            policy: T | None = None
+            if rules is not None and model is not None:
+                before = self._built_from
+                if before is None or before[0] is not rules or before[1] is not model:
+                    if before is None or before[0] is not rules:
+                        changed.add("rules")
+                    if before is None or before[1] is not model:
+                        changed.add("model")
+                    policy = self._make_policy(rules, model)
+                    self.policy, self._built_from = policy, (rules, model)
+            return LoadResult(
+                policy=policy,
+                changed=frozenset(changed),
+                refused=tuple(refused),
+                model_id=model.id if model is not None else None,
+                rule_count=rule_count(rules) if rules is not None else None,
+                model_load_seconds=self.models.load_seconds,
+                seconds=time.perf_counter() - started,
+            )
+
+
+def _watch_spec(path: Path, kind: str, suffixes: tuple[str, ...]) -> tuple[Path, str, Callable[[str], bool]]:
+    if path.is_dir():
+        return path, kind, lambda name: name.endswith(suffixes) and not is_temporary(name)
+    name = path.name
+    return path.parent, kind, lambda candidate: candidate == name
+
+
+# --- the watcher -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReloadReport:
+    """The outcome of one reload, for whoever awaited it."""
+
+    kinds: frozenset[str]  # what triggered it: "rules", "model", "all"
+    swapped: bool
+    changed: frozenset[str]
+    refused: tuple[Refusal, ...]
+    model_id: str | None
+    rule_count: int | None
+    seconds: float
+    error: str | None = None  # an unexpected failure of the reload itself
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in watchdog's thread: filters events and hands the relevant ones to the loop."""
+
+    def __init__(
+        self, note: Callable[[str, str], None], specs: Iterable[tuple[Path, str, Callable[[str], bool]]]
+    ) -> None:
+        self._note = note
+        self._specs = [(d.resolve(), kind, relevant) for d, kind, relevant in specs]
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in _CHANGE_EVENTS:
+            return
+        for raw in (event.src_path, event.dest_path):
+            if not raw:
+                continue
+            p = Path(os.fsdecode(raw))
+            for directory, kind, relevant in self._specs:
+                if p.parent == directory and relevant(p.name):
+                    self._note(kind, f"{event.event_type} {p.name}")
+
+
+@dataclass(slots=True)
+class _Pending:
+    kinds: set[str] = field(default_factory=set)
+    first: float = 0.0
+    last: float = 0.0
+    immediate: bool = False
+    waiters: list[asyncio.Future[ReloadReport]] = field(default_factory=list)
+
+
+class Reloader(Generic[T]):
+    """Watches the rules and model directories and swaps in each new policy.
+
+    Create and `start()` it on the daemon's event loop; `swap(policy)` is then called on that
+    loop's thread with every new policy. `request()` (SIGHUP) and file events share one path;
+    reloads never overlap. `stop()` before the loop closes.
+    """
+
+    def __init__(
+        self,
+        loader: PolicyLoader[T],
+        swap: Callable[[T], None],
+        *,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        quiet: float = QUIET,
+        max_wait: float = MAX_WAIT,
+        watch: bool = True,
+    ) -> None:
+        self.loader = loader
+        self._swap = swap
+        self.metrics = metrics
+        self.notifier = notifier
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self._watch = watch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = _Pending()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="milter-reload")
+        self.reloads = 0
+        self.last: ReloadReport | None = None
+
+    async def start(self) -> None:
+        """Start watching (from the event loop that will run the swaps)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="milter-reloader")
+        if self._watch:
+            observer = Observer()
+            specs = self.loader.watched()
+            handler = _Handler(self._from_thread, specs)
+            for directory in sorted({d.resolve() for d, _, _ in specs}):
+                observer.schedule(handler, str(directory), recursive=False)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+            log.info("watching %s", ", ".join(sorted({str(d) for d, _, _ in specs})))
+
+    async def stop(self) -> None:
+        if self._observer is not None:
+            observer, self._observer = self._observer, None
+            observer.stop()
+            await asyncio.get_running_loop().run_in_executor(None, observer.join, 5)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for waiter in self._pending.waiters:
+            waiter.cancel()
+        self._executor.shutdown(wait=True)
+
+    def request(self, kind: str = "all") -> None:
+        """Reload now, without the debounce (SIGHUP, `systemctl reload`). Safe from any thread."""
+        self._from_thread(kind, "requested", immediate=True)
+
+    async def reload(self, kind: str = "all") -> ReloadReport:
+        """Request a reload and wait for its report."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[ReloadReport] = loop.create_future()
+        self._pending.waiters.append(waiter)
+        self._note(kind, "requested", immediate=True)
+        return await waiter
+
+    def _from_thread(self, kind: str, why: str, immediate: bool = False) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # RuntimeError: the loop is closing, there is nothing left to reload for.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._note, kind, why, immediate)
+
+    def _note(self, kind: str, why: str, immediate: bool = False) -> None:
+        """On the loop: record a change (or request) and wake the reload task."""
+        now = time.monotonic()
+        p = self._pending
+        if not p.kinds:
+            p.first = now
+        p.kinds.add(kind)
+        p.last = now
+        p.immediate = p.immediate or immediate
+        log.debug("reload: %s (%s)", kind, why)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        while True:
+            await wake.wait()
+            while not self._pending.immediate:  # debounce
+                now = time.monotonic()
+                due = min(self._pending.last + self.quiet, self._pending.first + self.max_wait)
+                if now >= due:
+                    break
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), due - now)
+            wake.clear()
+            batch, self._pending = self._pending, _Pending()
+            report = await self._reload_once(frozenset(batch.kinds))
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(report)
+
+    async def _reload_once(self, kinds: frozenset[str]) -> ReloadReport:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        if self.notifier is not None:
+            self.notifier.reloading(f"reloading {', '.join(sorted(kinds))}")
+        try:
+            result = await loop.run_in_executor(self._executor, self.loader.reload)
+        except Exception as e:  # a bug, not a bad file: keep serving, say so loudly
+            log.exception("reload failed unexpectedly; the current policy keeps serving")
+            report = ReloadReport(
+                kinds, False, frozenset(), (), None, None, time.perf_counter() - started, repr(e)
+            )
+            self._count(report)
+            self._announce(report)
+            return report
+        swapped = False
+        if result.policy is not None:
+            try:
+                self._swap(result.policy)
+                swapped = True
+            except Exception as e:
+                log.exception("reload: swapping in the new policy failed; the current policy keeps serving")
+                report = ReloadReport(
+                    kinds, False, frozenset(), result.refused, result.model_id, result.rule_count,
+                    time.perf_counter() - started, repr(e),
+                )  # fmt: skip
+                self._count(report)
+                self._announce(report)
+                return report
+        report = ReloadReport(
+            kinds=kinds,
+            swapped=swapped,
+            changed=result.changed if swapped else frozenset(),
+            refused=result.refused,
+            model_id=result.model_id,
+            rule_count=result.rule_count,
+            seconds=time.perf_counter() - started,
+        )
+        for refusal in result.refused:
+            log.error("%s", refusal.log_line())
+        if swapped:
+            parts = []
+            if "model" in report.changed:
+                parts.append(
+                    f"model {result.model_id} from {self.loader.models.active_path} "
+                    f"(loaded and validated in {result.model_load_seconds or 0:.2f} s)"
+                )
+            if "rules" in report.changed:
+                parts.append(f"{result.rule_count} rules from {self.loader.rules_path}")
+            log.info("reload: now serving %s", " and ".join(parts))
+        elif not result.refused:
+            log.info("reload: nothing changed (%s)", ", ".join(sorted(kinds)))
+        self.reloads += 1
+        self.last = report
+        self._count(report)
+        if self.metrics is not None and swapped and result.model_id is not None:
+            self.metrics.policy_active(result.model_id, result.model_load_seconds, result.rule_count or 0)
+        self._announce(report)
+        return report
+
+    def _count(self, report: ReloadReport) -> None:
+        if self.metrics is None:
+            return
+        for refusal in report.refused:
+            self.metrics.reload_done(refusal.kind, ok=False)
+        for kind in report.changed:
+            self.metrics.reload_done(kind, ok=True)
+        if "all" in report.kinds:
+            self.metrics.reload_done("all", ok=not report.refused and report.error is None)
+
+    def _announce(self, report: ReloadReport) -> None:
+        if self.notifier is None:
+            return
+        note = ""
+        if report.error is not None:
+            note = f"reload failed: {report.error}"
+        elif report.refused:
+            note = f"refused {report.refused[0].reason}"
+            if len(report.refused) > 1:
+                note += f" (and {len(report.refused) - 1} more)"
+        model_id = self.loader.models.active.id if self.loader.models.active is not None else "none"
+        rules = self.loader.rules.active
+        self.notifier.ready(status_text(model_id, rule_count(rules) if rules is not None else 0, note))
