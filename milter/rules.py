@@ -185,47 +185,52 @@ class AddressPatterns:
     A pattern with `@` and a local part is matched against the whole address; one without,
     against the domain. Matching ignores case."""
 
-    __slots__ = ("_addresses", "_domains", "_globs", "patterns")
+    __slots__ = ("_addresses", "_domains", "_each", "_globs", "patterns")
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.patterns = tuple(patterns)
         self._addresses: set[str] = set()
         self._domains: set[str] = set()
-        self._globs: list[tuple[bool, Regex]] = []  # (whole address?, compiled re2)
+        self._globs: list[tuple[bool, Regex]] = []  # (against the whole address?, regex)
+        # Each pattern on its own, to name the one that matched (`rules test`, Decision.reason).
+        self._each: list[tuple[str, bool, str | Regex]] = []
         for pattern in self.patterns:
             p = pattern.strip().lower()
             whole = "@" in p.lstrip("@") or p == "<>"
+            target: str | Regex
             if p == "<>":
-                self._addresses.add("")
+                target = ""
+                self._addresses.add(target)
             elif "*" in p or "?" in p:
-                self._globs.append((whole, _compile_glob(p if whole else p.lstrip("@"))))
+                target = _compile_glob(p if whole else p.lstrip("@"))
+                self._globs.append((whole, target))
             elif whole:
-                self._addresses.add(p)
+                target = p
+                self._addresses.add(target)
             else:
-                self._domains.add(p.lstrip("@"))
-
-    def match(self, address: str) -> str | None:
-        """The pattern `address` matches (the first one written), or None."""
-        a = _normal_address(address)
-        domain = a.rpartition("@")[2] if "@" in a else ""
-        if a in self._addresses or (domain and domain in self._domains) or self._globs_match(a, domain):
-            for pattern in self.patterns:  # slow path, only to name the pattern
-                if AddressPatterns([pattern])._match_one(a, domain):
-                    return pattern
-        return None
-
-    def _match_one(self, a: str, domain: str) -> bool:
-        return (
-            a in self._addresses or (bool(domain) and domain in self._domains) or self._globs_match(a, domain)
-        )
-
-    def _globs_match(self, a: str, domain: str) -> bool:
-        return any(regex.fullmatch(a if whole else domain) for whole, regex in self._globs)
+                target = p.lstrip("@")
+                self._domains.add(target)
+            self._each.append((pattern, whole, target))
 
     def matches(self, address: str) -> bool:
         a = _normal_address(address)
         domain = a.rpartition("@")[2] if "@" in a else ""
-        return self._match_one(a, domain)
+        if a in self._addresses or (domain and domain in self._domains):
+            return True
+        return any(regex.fullmatch(a if whole else domain) for whole, regex in self._globs)
+
+    def match(self, address: str) -> str | None:
+        """The first pattern (as written) that `address` matches, or None."""
+        a = _normal_address(address)
+        domain = a.rpartition("@")[2] if "@" in a else ""
+        for pattern, whole, target in self._each:
+            subject = a if whole else domain
+            if isinstance(target, str):
+                if subject == target and (whole or domain):
+                    return pattern
+            elif target.fullmatch(subject):
+                return pattern
+        return None
 
     def __str__(self) -> str:
         return ", ".join(f'"{p}"' for p in self.patterns)
@@ -724,6 +729,8 @@ class _Parser:
             items: list[tuple[object, KeyPath]] = [(value, at)]
         elif isinstance(value, list) and value:
             items = [(v, (*at, i)) for i, v in enumerate(value)]
+        elif value == []:
+            raise self.fail(at, what, f"expected {expected}, got an empty list")
         else:
             raise self.fail(at, what, wrong_type_message(value, expected))
         out = []
@@ -765,9 +772,9 @@ class _Parser:
             except ValueError as e:
                 hint = ""
                 with contextlib.suppress(ValueError):
-                    hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
+                    hint = f" (did you mean {ipaddress.ip_network(text, strict=False)}?)"
                 raise self.fail(
-                    here, what, f"{shown(text)} is not an IP network ({e}){hint} expected {expected}"
+                    here, what, f"{shown(text)} is not an IP network: {e}{hint}; expected {expected}"
                 ) from None
             nets.append(net)
         return tuple(nets)

@@ -266,8 +266,11 @@ def type_name(value: object) -> str:
 
 
 def shown(value: object, limit: int = 40) -> str:
-    """`value` quoted briefly for a message."""
-    text = value if isinstance(value, str) else repr(value)
+    """`value` quoted briefly for a message, booleans and null as YAML writes them."""
+    if isinstance(value, bool) or value is None:
+        text = {True: "true", False: "false", None: "null"}[value]
+    else:
+        text = value if isinstance(value, str) else repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f'"{text}"'
@@ -297,14 +300,14 @@ def wrong_type_message(value: object, expected: str) -> str:
     return f"expected {expected}, got {type_name(value)} {shown(value)}"
 
 
-def out_of_range_message(value: float, low: float | None, high: float | None) -> str:
+def out_of_range_message(value: float, low: float | None, high: float | None, kind: str = "a number") -> str:
     if low is not None and high is not None:
         expected = f"between {low:g} and {high:g}"
     elif low is not None:
         expected = f"at least {low:g}"
     else:
         expected = f"at most {high:g}"
-    return f"{value!r} is out of range; expected a number {expected}"
+    return f"{value!r} is out of range; expected {kind} {expected}"
 
 
 class Checker:
@@ -395,7 +398,7 @@ class Checker:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(at, what, wrong_type_message(value, "an integer"))
         if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(at, what, out_of_range_message(value, low, high))
+            self.fail(at, what, out_of_range_message(value, low, high, "an integer"))
         return value
 
     def choice(self, value: object, at: KeyPath, what: str, allowed: Iterable[str]) -> str:

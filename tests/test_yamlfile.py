@@ -210,7 +210,7 @@ def test_checker_messages(tmp_path: Path) -> None:
         return str(info.value)
 
     assert err(lambda: check.number(m["n"], ("x", "n"), "x: n")) == (
-        'c.yaml:2: x: n: expected a number, got a boolean "True"'
+        'c.yaml:2: x: n: expected a number, got a boolean "true"'
     )
     assert err(lambda: check.number(m["p"], ("x", "p"), "x: p", low=0, high=1)) == (
         "c.yaml:3: x: p: 1.5 is out of range; expected a number between 0 and 1"
