@@ -481,6 +481,7 @@ class Reloader(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="milter-reload")
+        self._stopping = False
         self.reloads = 0
         self.last: ReloadReport | None = None
 
@@ -506,7 +507,10 @@ class Reloader(Generic[T]):
             observer.stop()
             await asyncio.get_running_loop().run_in_executor(None, observer.join, 5)
         if self._task is not None:
-            self._task.cancel()
+            # A reload under way finishes (so systemd hears its READY=1); a pending one is dropped.
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -550,9 +554,9 @@ class Reloader(Generic[T]):
     async def _run(self) -> None:
         assert self._wake is not None
         wake = self._wake
-        while True:
+        while not self._stopping:
             await wake.wait()
-            while not self._pending.immediate:  # debounce
+            while not self._pending.immediate and not self._stopping:  # debounce
                 now = time.monotonic()
                 due = min(self._pending.last + self.quiet, self._pending.first + self.max_wait)
                 if now >= due:
@@ -561,6 +565,8 @@ class Reloader(Generic[T]):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), due - now)
             wake.clear()
+            if self._stopping:
+                break
             batch, self._pending = self._pending, _Pending()
             report = await self._reload_once(frozenset(batch.kinds))
             for waiter in batch.waiters:

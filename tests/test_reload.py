@@ -1,0 +1,624 @@
+"""Live reload with real files, real models, real inotify events and a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import pytest
+
+from milter.errors import ModelError, RulesError
+from milter.metrics import Metrics
+from milter.model import META_TEXT_VERSION, Model, load_model
+from milter.notify import Notifier
+from milter.reload import (
+    ModelSelector,
+    PolicyLoader,
+    Reloader,
+    is_temporary,
+    model_candidates,
+    select_model,
+)
+from milter.rules import Ruleset
+from milter.text import message_text
+from milter.training.corpus import LabelledMessage
+from milter.training.train import TrainConfig, train_on
+
+# --- a small model, trained on mail this test writes -------------------------------------------
+
+HAM_WORDS = ("meeting", "lunch", "project", "report", "schedule", "review", "notes", "agenda")
+SPAM_WORDS = ("winner", "prize", "pills", "cheap", "casino", "free", "money", "click", "lottery")
+
+
+def _mail(i: int, spam: bool, rng: random.Random) -> bytes:
+    words = " ".join(rng.choice(SPAM_WORDS if spam else HAM_WORDS) for _ in range(30))
+    sender = f"Deals <d{i}@offers.example.ru>" if spam else f"Alice <alice{i}@example.org>"
+    return (
+        f"From: {sender}\r\nTo: bob@example.net\r\nSubject: {words[:40]}\r\n"
+        f"Date: Mon, {1 + i % 28} Mar 2025 10:00:00 +0000\r\n\r\n{words}\r\n"
+    ).encode()
+
+
+@pytest.fixture(scope="session")
+def model_bytes() -> bytes:
+    rng = random.Random(4)
+    messages = [
+        LabelledMessage(f"m{i}-{label}", label, "test", (1, float(i)), _mail(i, bool(label), rng))
+        for i in range(60)
+        for label in (0, 1)
+    ]
+    texts = [message_text(m.raw) for m in messages]
+    return train_on(
+        messages, texts, TrainConfig(max_features=400, min_df=1), "tests/test_reload.py"
+    ).model_bytes
+
+
+def with_metadata(model: bytes, **entries: str) -> bytes:
+    """The same model with metadata entries set: a distinct file (and model id) per variant."""
+    proto = onnx.load_from_string(model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(entries)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    data: bytes = proto.SerializeToString()
+    return data
+
+
+@pytest.fixture(scope="session")
+def variants(model_bytes: bytes) -> Callable[[str], bytes]:
+    cache: dict[str, bytes] = {}
+
+    def variant(name: str) -> bytes:
+        if name not in cache:
+            cache[name] = with_metadata(model_bytes, **{"milter.test_variant": name})
+        return cache[name]
+
+    return variant
+
+
+# --- files --------------------------------------------------------------------------------------
+
+RULES = """\
+version: 1
+rules:
+  - name: {name}
+    if:
+      probability: {{min: 0.90}}
+    action: spam_folder
+  - name: default
+    action: deliver
+"""
+
+
+def rules_text(name: str) -> str:
+    return RULES.format(name=name)
+
+
+def write(path: Path, data: bytes | str, mtime: float | None = None) -> None:
+    """Write in place (same inode), as `echo > file` or an editor without backup copies does."""
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def write_by_rename(path: Path, data: bytes | str) -> None:
+    """Write beside the target and rename over it, as most editors and installers do."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.rename(path)
+
+
+@dataclass
+class Setup:
+    root: Path
+    rules: Path  # the rules file
+    models: Path  # the model directory
+
+    def model(self, name: str) -> Path:
+        return self.models / name
+
+
+@pytest.fixture
+def setup(tmp_path: Path, variants: Callable[[str], bytes]) -> Setup:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "model").mkdir()
+    s = Setup(tmp_path, tmp_path / "rules" / "default.yaml", tmp_path / "model")
+    write(s.rules, rules_text("first"))
+    write(s.model("a.onnx"), variants("a"), mtime=time.time() - 100)
+    return s
+
+
+def model_id(data: bytes, tmp_path: Path) -> str:
+    p = tmp_path / f"probe-{time.monotonic_ns()}.onnx"
+    p.write_bytes(data)
+    try:
+        return load_model(p).id
+    finally:
+        p.unlink()
+
+
+# --- temporary files and the choice of model ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".default.yaml.swp", "default.yaml~", "4913", "5036", "#default.yaml#", ".#default.yaml",
+     "spam.onnx.part", "spam.onnx.tmp", "x.yaml.dpkg-new", ".spam.onnx.AbC123", "spam.onnx.crdownload"],
+)  # fmt: skip
+def test_temporary_names(name: str) -> None:
+    assert is_temporary(name)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "spam.onnx", "spam-2026.onnx", "rules.yml"])
+def test_real_names(name: str) -> None:
+    assert not is_temporary(name)
+
+
+def test_candidates_newest_first_then_by_name(tmp_path: Path) -> None:
+    now = time.time()
+    for name, age in [("old.onnx", 300), ("b.onnx", 10), ("a.onnx", 10), ("new.onnx", 1)]:
+        write(tmp_path / name, b"x", mtime=now - age)
+    write(tmp_path / ".hidden.onnx", b"x", mtime=now)
+    write(tmp_path / "partial.onnx.part", b"x", mtime=now)
+    write(tmp_path / "notes.txt", b"x", mtime=now)
+    (tmp_path / "dir.onnx").mkdir()
+    names = [p.name for p in model_candidates(tmp_path)]
+    assert names == ["new.onnx", "b.onnx", "a.onnx", "old.onnx"]
+
+
+def test_select_model_skips_a_newer_invalid_file_with_its_reason(
+    setup: Setup, caplog: pytest.LogCaptureFixture, model_bytes: bytes
+) -> None:
+    write(setup.model("z-truncated.onnx"), model_bytes[: len(model_bytes) // 2])
+    with caplog.at_level(logging.WARNING, logger="milter.reload"):
+        model = select_model(setup.models)
+    assert model.path == setup.model("a.onnx")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert str(setup.model("z-truncated.onnx")) in line
+    assert "not a loadable ONNX model" in line
+
+
+def test_select_model_takes_the_newest_valid(setup: Setup, variants: Callable[[str], bytes]) -> None:
+    write(setup.model("b.onnx"), variants("b"), mtime=time.time() - 50)
+    write(setup.model("c.onnx"), variants("c"), mtime=time.time() - 150)
+    assert select_model(setup.models).path == setup.model("b.onnx")
+    # A configured file is used as it is.
+    assert select_model(setup.model("c.onnx")).path == setup.model("c.onnx")
+
+
+def test_select_model_with_nothing_valid_names_every_file(setup: Setup) -> None:
+    write(setup.model("a.onnx"), b"not onnx at all")
+    write(setup.model("b.onnx"), b"")
+    with pytest.raises(ModelError) as e:
+        select_model(setup.models)
+    assert "no valid model among 2 file(s)" in str(e.value)
+    assert "a.onnx" in str(e.value) and "b.onnx" in str(e.value)
+    empty = setup.root / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=r"directory has no \*.onnx file"):
+        select_model(empty)
+
+
+def test_slow_model_is_refused(setup: Setup) -> None:
+    with pytest.raises(ModelError, match="ms per message; expected at most"):
+        select_model(setup.models, max_seconds_per_message=0.0)
+
+
+class CountingLoads:
+    """load_model, counting the files actually read."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def __call__(self, path: Path) -> Model:
+        self.paths.append(path.name)
+        return load_model(path)
+
+
+def test_selector_falls_back_and_keeps_the_last_good(setup: Setup, variants: Callable[[str], bytes]) -> None:
+    loads = CountingLoads()
+    selector = ModelSelector(setup.models, load=loads)
+    assert selector.select() == []
+    a = selector.active
+    assert a is not None and a.path.name == "a.onnx"
+    write(setup.model("b.onnx"), variants("b"), mtime=time.time() - 10)
+    selector.select()
+    b = selector.active
+    assert b is not None and b.path.name == "b.onnx" and b.id != a.id
+    # Unchanged files are not read again.
+    selector.select()
+    assert selector.active is b
+    assert loads.paths == ["a.onnx", "b.onnx"]
+    # Removing the active model falls back to the previous valid one.
+    setup.model("b.onnx").unlink()
+    selector.select()
+    assert selector.active is not None and selector.active.path.name == "a.onnx"
+    # Overwriting the active model with garbage keeps the good one in memory, and says so once.
+    write(setup.model("a.onnx"), b"garbage")
+    [refusal] = selector.select()
+    assert refusal.path == setup.model("a.onnx")
+    assert selector.active is not None and selector.active.id == a.id
+    assert selector.select() == []
+    # Its only file gone: the model in memory keeps serving.
+    setup.model("a.onnx").unlink()
+    assert selector.select() == []
+    assert selector.active is not None and selector.active.id == a.id
+
+
+# --- the policy loader --------------------------------------------------------------------------
+
+
+def pair(rules: Ruleset, model: Model) -> tuple[Ruleset, Model]:
+    return rules, model
+
+
+def test_initial_policy_and_startup_errors(setup: Setup) -> None:
+    rules, model = PolicyLoader(setup.rules, setup.models, pair).initial()
+    assert [r.name for r in rules] == ["first", "default"]
+    assert model.path == setup.model("a.onnx")
+
+    write(setup.rules, "version: 1\nrules:\n  - name: x\n    action: explode\n")
+    with pytest.raises(RulesError, match=r"default.yaml:4: .*explode"):
+        PolicyLoader(setup.rules, setup.models, pair).initial()
+
+    write(setup.rules, rules_text("first"))
+    setup.model("a.onnx").unlink()
+    with pytest.raises(ModelError, match=r"no \*.onnx file"):
+        PolicyLoader(setup.rules, setup.models, pair).initial()
+
+
+def test_each_part_keeps_its_last_good_version(setup: Setup, variants: Callable[[str], bytes]) -> None:
+    loader = PolicyLoader(setup.rules, setup.models, pair)
+    first = loader.initial()
+    # Broken rules and a new valid model: the model goes live with the last good rules.
+    write(setup.rules, "version: 1\nrules: [")
+    write(setup.model("b.onnx"), variants("b"))
+    result = loader.reload()
+    assert result.changed == {"model"}
+    assert [r.kind for r in result.refused] == ["rules"]
+    assert result.policy is not None
+    rules, model = result.policy
+    assert rules is first[0] and model.path.name == "b.onnx"
+    # Nothing changed since: no new policy, nothing refused again.
+    again = loader.reload()
+    assert again.policy is None and again.refused == () and again.changed == frozenset()
+
+
+# --- the reloader, live -------------------------------------------------------------------------
+
+
+class Daemon:
+    """What server.py does: one policy reference, swapped whole, read once per message."""
+
+    def __init__(self, policy: tuple[Ruleset, Model]) -> None:
+        self.policy = policy
+        self.swaps: list[tuple[Ruleset, Model]] = []
+        self.loop_thread: list[bool] = []
+
+    def swap(self, policy: tuple[Ruleset, Model]) -> None:
+        self.loop_thread.append(threading.get_ident() == threading.main_thread().ident)
+        self.policy = policy
+        self.swaps.append(policy)
+
+    @property
+    def rule_name(self) -> str:
+        return self.policy[0].rules[0].name
+
+    @property
+    def model_file(self) -> str:
+        return self.policy[1].path.name
+
+
+@dataclass
+class Live:
+    daemon: Daemon
+    reloader: Reloader[tuple[Ruleset, Model]]
+    metrics: Metrics
+
+    def failed(self, kind: str) -> float:
+        v = self.metrics.registry.get_sample_value("milter_reloads_total", {"kind": kind, "result": "failed"})
+        return v or 0.0
+
+    def ok(self, kind: str) -> float:
+        v = self.metrics.registry.get_sample_value("milter_reloads_total", {"kind": kind, "result": "ok"})
+        return v or 0.0
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not reached")
+            await asyncio.sleep(0.02)
+
+    async def settle(self, reloads: int) -> None:
+        """Wait until `reloads` reloads in all have finished, then past one more debounce."""
+        await self.until(lambda: self.reloader.reloads >= reloads)
+        await asyncio.sleep(self.reloader.quiet * 2)
+
+
+def run_live(
+    setup: Setup,
+    body: Callable[[Live], Awaitable[None]],
+    mode: str | None = None,
+    notifier: Notifier | None = None,
+) -> Live:
+    async def main() -> Live:
+        loader = PolicyLoader(setup.rules, setup.models, pair, mode=mode)
+        daemon = Daemon(loader.initial())
+        metrics = Metrics()
+        reloader = Reloader(loader, daemon.swap, metrics=metrics, notifier=notifier, quiet=0.1, max_wait=0.5)
+        await reloader.start()
+        live = Live(daemon, reloader, metrics)
+        try:
+            await body(live)
+        finally:
+            await reloader.stop()
+        return live
+
+    return asyncio.run(main())
+
+
+def test_rules_edits_go_live_in_place_by_rename_and_by_cp(setup: Setup) -> None:
+    async def body(live: Live) -> None:
+        write(setup.rules, rules_text("in_place"))
+        await live.until(lambda: live.daemon.rule_name == "in_place")
+        write_by_rename(setup.rules, rules_text("renamed"))
+        await live.until(lambda: live.daemon.rule_name == "renamed")
+        source = setup.root / "staged.yaml"
+        write(source, rules_text("copied"))
+        shutil.copy(source, setup.rules)
+        await live.until(lambda: live.daemon.rule_name == "copied")
+
+    live = run_live(setup, body)
+    assert live.failed("rules") == 0
+    assert live.ok("rules") == len(live.daemon.swaps) == 3
+    assert all(live.daemon.loop_thread)
+
+
+def test_a_file_written_in_pieces_is_read_once_whole(setup: Setup) -> None:
+    async def body(live: Live) -> None:
+        text = rules_text("pieces").encode()
+        with setup.rules.open("wb") as f:
+            for i in range(0, len(text), 20):  # every piece on its own is invalid YAML or rules
+                f.write(text[i : i + 20])
+                f.flush()
+                await asyncio.sleep(0.03)
+        await live.until(lambda: live.daemon.rule_name == "pieces")
+        await live.settle(1)
+
+    live = run_live(setup, body)
+    assert live.reloader.reloads == 1
+    assert live.failed("rules") == 0
+
+
+def test_a_burst_of_events_is_one_reload(setup: Setup) -> None:
+    async def body(live: Live) -> None:
+        for i in range(10):
+            write_by_rename(setup.rules, rules_text(f"burst{i}"))
+        await live.until(lambda: live.daemon.rule_name == "burst9")
+        await live.settle(1)
+
+    live = run_live(setup, body)
+    assert live.reloader.reloads == 1
+    assert len(live.daemon.swaps) == 1
+
+
+def test_temporary_and_unrelated_files_are_ignored(setup: Setup, model_bytes: bytes) -> None:
+    async def body(live: Live) -> None:
+        for name in (".default.yaml.swp", "default.yaml~", "4913", "other.yaml", "#default.yaml#"):
+            write(setup.rules.parent / name, "garbage: [")
+        for name in ("new.onnx.part", ".new.onnx.swp", "README"):
+            write(setup.models / name, model_bytes[:100])
+        await asyncio.sleep(live.reloader.max_wait + 0.5)
+
+    live = run_live(setup, body)
+    assert live.reloader.reloads == 0
+    assert live.daemon.swaps == []
+
+
+def test_model_dropped_in_goes_live_and_removal_falls_back(
+    setup: Setup, variants: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    async def body(live: Live) -> None:
+        staged = tmp_path / "staged.onnx"
+        write(staged, variants("b"))
+        shutil.copy(staged, setup.model("b.onnx"))  # cp: created, written in pieces, closed
+        await live.until(lambda: live.daemon.model_file == "b.onnx")
+        # A download finishing with a rename from a temporary name.
+        write(setup.model("c.onnx.part"), variants("c"))
+        setup.model("c.onnx.part").rename(setup.model("c.onnx"))
+        await live.until(lambda: live.daemon.model_file == "c.onnx")
+        setup.model("c.onnx").unlink()
+        await live.until(lambda: live.daemon.model_file == "b.onnx")
+
+    live = run_live(setup, body)
+    assert live.failed("model") == 0
+    assert live.ok("model") == 3
+    [info] = [s for s in live.metrics.registry.collect() if s.name == "milter_model_info"]
+    assert [x.labels["model_id"] for x in info.samples] == [live.daemon.policy[1].id]
+
+
+# --- refused files: the old policy keeps serving ------------------------------------------------
+
+YAML_BOMB = """\
+version: 1
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+rules: *i
+"""
+
+
+def _bomb(setup: Setup, _: bytes) -> Path:
+    write_by_rename(setup.rules, YAML_BOMB)
+    return setup.rules
+
+
+def _huge_rules(setup: Setup, _: bytes) -> Path:
+    with setup.rules.open("r+b") as f:  # 100 MB (sparse: the size alone must refuse it)
+        f.truncate(100 * 1024 * 1024)
+    return setup.rules
+
+
+def _reject_after_queue(setup: Setup, _: bytes) -> Path:
+    write(setup.rules, rules_text("x").replace("spam_folder", "reject"))
+    return setup.rules
+
+
+def _truncated_model(setup: Setup, model: bytes) -> Path:
+    path = setup.model("truncated.onnx")
+    write_by_rename(path, model[: len(model) * 2 // 3])
+    return path
+
+
+def _not_onnx(setup: Setup, _: bytes) -> Path:
+    path = setup.model("photo.onnx")
+    write_by_rename(path, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    return path
+
+
+def _other_text_version(setup: Setup, model: bytes) -> Path:
+    path = setup.model("future.onnx")
+    write_by_rename(path, with_metadata(model, **{META_TEXT_VERSION: "999"}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "kind", "reason"),
+    [
+        (_bomb, "rules", "aliases (*a) are not allowed"),
+        (_huge_rules, "rules", "file is too large: 104,857,600 bytes"),
+        (_reject_after_queue, "rules", '"reject"'),
+        (_truncated_model, "model", "not a loadable ONNX model"),
+        (_not_onnx, "model", "not a loadable ONNX model"),
+        (_other_text_version, "model", "message->text version '999'"),
+    ],
+    ids=["yaml-bomb", "100MB-rules", "reject-after-queue", "truncated-onnx", "not-onnx", "text-version"],
+)
+def test_bad_file_is_refused_with_a_clear_line_and_the_old_policy_serves(
+    setup: Setup,
+    model_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+    make: Callable[[Setup, bytes], Path],
+    kind: str,
+    reason: str,
+) -> None:
+    bad: list[Path] = []
+
+    async def body(live: Live) -> None:
+        before = live.daemon.policy
+        bad.append(make(setup, model_bytes))
+        await live.until(lambda: live.failed(kind) == 1)
+        await live.settle(1)
+        assert live.daemon.policy is before
+
+    with caplog.at_level(logging.INFO, logger="milter.reload"):
+        live = run_live(setup, body, mode="after-queue")
+    assert live.daemon.swaps == []
+    assert live.reloader.reloads == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith(f"reload: refused {kind} file {bad[0]}")
+    assert reason in line
+    assert line.endswith(f"the last good {kind} keep serving")
+    assert "\n" not in line
+
+
+def test_valid_change_after_a_refused_one_goes_live(setup: Setup) -> None:
+    async def body(live: Live) -> None:
+        write(setup.rules, "version: 1\nrules:\n  - name: x\n    action: deliver\n    surprise: 1\n")
+        await live.until(lambda: live.failed("rules") == 1)
+        write(setup.rules, rules_text("fixed"))
+        await live.until(lambda: live.daemon.rule_name == "fixed")
+
+    live = run_live(setup, body)
+    assert live.ok("rules") == 1 and live.failed("rules") == 1
+
+
+# --- SIGHUP and systemd -------------------------------------------------------------------------
+
+
+def test_request_reloads_without_events_and_notifies_systemd(setup: Setup, tmp_path: Path) -> None:
+    import socket
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rl") as d:
+        address = os.path.join(d, "notify")
+        systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        systemd.bind(address)
+        systemd.settimeout(5)
+        notifier = Notifier({"NOTIFY_SOCKET": address})
+
+        async def body(live: Live) -> None:
+            report = await live.reloader.reload()  # nothing changed
+            assert not report.swapped and report.refused == ()
+            # A change the watcher has not seen yet (no debounce wait): SIGHUP reads it at once.
+            live.reloader.request()
+            write(setup.rules, rules_text("hup"))
+            report = await live.reloader.reload()
+            assert report.swapped and report.changed == {"rules"}
+            assert live.daemon.rule_name == "hup"
+            await asyncio.sleep(live.reloader.max_wait + 0.3)  # the watcher's own (empty) reload
+
+        try:
+            live = run_live(setup, body, notifier=notifier)
+        finally:
+            notifier.close()
+        messages = []
+        systemd.setblocking(False)
+        while True:
+            try:
+                messages.append(dict(x.split("=", 1) for x in systemd.recv(4096).decode().split("\n")))
+            except BlockingIOError:
+                break
+        systemd.close()
+    assert live.ok("all") >= 2
+    reloading = [m for m in messages if m.get("RELOADING") == "1"]
+    ready = [m for m in messages if m.get("READY") == "1"]
+    assert len(reloading) == len(ready) == live.reloader.reloads
+    assert all(int(m["MONOTONIC_USEC"]) > 0 for m in reloading)
+    assert ready[-1]["STATUS"] == f"model {live.daemon.policy[1].id}, 2 rules"
+    # RELOADING and READY alternate: systemd sees every reload end.
+    assert [("RELOADING" in m) for m in messages] == [True, False] * live.reloader.reloads
+
+
+def test_refusal_shows_in_the_systemd_status(setup: Setup) -> None:
+    import socket
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rl") as d:
+        address = os.path.join(d, "notify")
+        systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        systemd.bind(address)
+        systemd.settimeout(5)
+        notifier = Notifier({"NOTIFY_SOCKET": address})
+
+        async def body(live: Live) -> None:
+            write(setup.rules, "rules: {")
+            await live.until(lambda: live.failed("rules") == 1)
+
+        try:
+            run_live(setup, body, notifier=notifier)
+        finally:
+            notifier.close()
+        systemd.recv(4096)  # RELOADING=1
+        ready = dict(x.split("=", 1) for x in systemd.recv(4096).decode().split("\n"))
+        systemd.close()
+    assert ready["READY"] == "1"
+    assert "2 rules; refused " in ready["STATUS"]
+    assert "default.yaml" in ready["STATUS"]
