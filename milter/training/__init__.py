@@ -1,0 +1,1 @@
+"""Training and evaluation of the spam model (needs the `train` extra: scikit-learn, skl2onnx, onnx)."""

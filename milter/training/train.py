@@ -1,0 +1,263 @@
+"""Fit the spam model on labelled mail and write it as one self-contained ONNX file.
+
+Split, per collection and by time: the earliest messages train the linear model, the next slice
+calibrates it (Platt scaling, folded into the graph's weights), the latest slice validates it.
+Nothing of the validation slice is used for fitting, so its figures say how the model does on
+mail later than any it learnt from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing
+import platform
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from milter.model import META_FIGURES, META_TEXT_VERSION
+from milter.text import TEXT_VERSION, message_text
+from milter.training import metrics
+from milter.training.corpus import HAM, SPAM, LabelledMessage, load_labelled, received_time, time_split
+
+DEFAULT_THRESHOLDS: tuple[tuple[str, float], ...] = (("flag", 0.5), ("spam_folder", 0.9))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_features: int = 200_000
+    min_df: int = 2
+    C: float = 10.0
+    ham_weight: float = 1.0  # class weight of ham relative to spam: >1 trades recall for fewer FPs
+    seed: int = 0
+    calibration_fraction: float = 0.1
+    validation_fraction: float = 0.1
+    top_k: int = 5
+    jobs: int = 1
+
+
+@dataclass
+class FittedModel:
+    """The scikit-learn side of a trained model, kept to check the ONNX graph against it."""
+
+    vectorizer: object
+    classifier: object
+    platt: tuple[float, float]  # p = sigmoid(a * decision + b)
+
+    def decision(self, texts: Sequence[str]) -> np.ndarray:
+        x = self.vectorizer.transform(texts)  # type: ignore[attr-defined]
+        return np.asarray(self.classifier.decision_function(x), dtype=np.float64)  # type: ignore[attr-defined]
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        a, b = self.platt
+        return 1.0 / (1.0 + np.exp(-(a * self.decision(texts) + b)))
+
+
+@dataclass
+class TrainResult:
+    model_bytes: bytes
+    fitted: FittedModel
+    figures: dict[str, object]
+    metadata: dict[str, str]
+    validation_texts: list[str] = field(repr=False)
+    validation_labels: np.ndarray = field(repr=False)
+
+
+def texts_of(
+    raws: Iterable[bytes], total: int, jobs: int = 1, progress: bool = False, desc: str = "message->text"
+) -> list[str]:
+    """message_text of every message, in order, on `jobs` processes, with a progress bar."""
+    from tqdm import tqdm
+
+    iterator: Iterator[str]
+    if jobs > 1:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            iterator = pool.imap(message_text, raws, chunksize=64)
+            return list(tqdm(iterator, total=total, desc=desc, disable=not progress, unit="msg"))
+    return [message_text(raw) for raw in tqdm(raws, total=total, desc=desc, disable=not progress, unit="msg")]
+
+
+def _split_tokens(text: str) -> list[str]:
+    return text.split()
+
+
+def fit(texts: Sequence[str], labels: np.ndarray, config: TrainConfig) -> tuple[object, object]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(
+        tokenizer=_split_tokens,
+        token_pattern=None,
+        lowercase=False,
+        binary=True,
+        min_df=config.min_df,
+        max_features=config.max_features,
+        dtype=np.float32,
+    )
+    x = vectorizer.fit_transform(texts)
+    classifier = LogisticRegression(
+        C=config.C,
+        solver="liblinear",
+        max_iter=1000,
+        random_state=config.seed,
+        class_weight={HAM: config.ham_weight, SPAM: 1.0},
+    )
+    classifier.fit(x, labels)
+    return vectorizer, classifier
+
+
+def platt(decision: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Sigmoid calibration: (a, b) so that sigmoid(a * decision + b) matches the labels."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels.tolist())) < 2:
+        return 1.0, 0.0
+    calibrator = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000)
+    calibrator.fit(decision.reshape(-1, 1), labels)
+    return float(calibrator.coef_[0][0]), float(calibrator.intercept_[0])
+
+
+def export(fitted: FittedModel, metadata: dict[str, str], top_k: int) -> bytes:
+    from milter.training.export import build_graph
+
+    vectorizer = fitted.vectorizer
+    classifier = fitted.classifier
+    vocabulary: dict[str, int] = vectorizer.vocabulary_  # type: ignore[attr-defined]
+    # Terms the classifier gives no weight add only to the norm; they stay (idf^2 matters).
+    terms = [""] * len(vocabulary)
+    for term, column in vocabulary.items():
+        terms[column] = term
+    a, b = fitted.platt
+    coef = np.asarray(classifier.coef_[0], dtype=np.float64) * a  # type: ignore[attr-defined]
+    intercept = float(classifier.intercept_[0]) * a + b  # type: ignore[attr-defined]
+    idf = np.asarray(vectorizer.idf_, dtype=np.float64)  # type: ignore[attr-defined]
+    model = build_graph(terms, idf, coef, intercept, metadata, top_k=top_k)
+    return bytes(model.SerializeToString())
+
+
+def onnx_probabilities(model_bytes: bytes, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+    """Probabilities from the ONNX graph itself (as the daemon computes them)."""
+    import onnxruntime as ort
+
+    from milter.model import EMPTY_TEXT, INPUT, OUT_PROBABILITY
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    out = []
+    for start in range(0, len(texts), batch):
+        chunk = [t if t.strip() else EMPTY_TEXT for t in texts[start : start + batch]]
+        out.append(session.run([OUT_PROBABILITY], {INPUT: np.array(chunk, dtype=object)})[0])
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def _date_range(messages: Sequence[LabelledMessage], indices: Sequence[int]) -> dict[str, list[str]]:
+    ranges: dict[str, list[float]] = {}
+    for i in indices:
+        when = received_time(messages[i].raw)
+        if when is None or not 631152000 < when < 4102444800:  # ignore dates outside 1990-2100
+            continue
+        span = ranges.setdefault(Path(messages[i].group).name, [when, when])
+        span[0] = min(span[0], when)
+        span[1] = max(span[1], when)
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
+
+    return {group: [iso(lo), iso(hi)] for group, (lo, hi) in sorted(ranges.items())}
+
+
+def _counts(messages: Sequence[LabelledMessage], indices: Sequence[int]) -> dict[str, int]:
+    labels = [messages[i].label for i in indices]
+    return {"ham": labels.count(HAM), "spam": labels.count(SPAM)}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def train_on(
+    messages: Sequence[LabelledMessage],
+    texts: Sequence[str],
+    config: TrainConfig,
+    command: str,
+    thresholds: Sequence[tuple[str, float]] = DEFAULT_THRESHOLDS,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainResult:
+    """Split by time, fit, calibrate, validate, export; everything but reading and writing files."""
+    labels = np.array([m.label for m in messages], dtype=np.int64)
+    train_ix, cal_ix, val_ix = time_split(messages, config.calibration_fraction, config.validation_fraction)
+    for name, ix in (("training", train_ix), ("calibration", cal_ix)):
+        if len(set(labels[ix].tolist())) < 2:
+            raise ValueError(f"the {name} slice needs both ham and spam; give more mail of both kinds")
+    log(f"split by time: train {len(train_ix)}, calibrate {len(cal_ix)}, validate {len(val_ix)}")
+    vectorizer, classifier = fit([texts[i] for i in train_ix], labels[train_ix], config)
+    fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
+    fitted.platt = platt(fitted.decision([texts[i] for i in cal_ix]), labels[cal_ix])
+    val_texts = [texts[i] for i in val_ix]
+    val_labels = labels[val_ix]
+    val_p = fitted.probabilities(val_texts) if val_ix else np.zeros(0)
+    figures: dict[str, object] = {}
+    if len(set(val_labels.tolist())) == 2:
+        figures["all"] = metrics.figures(val_labels, val_p, thresholds)
+        for group in sorted({messages[i].group for i in val_ix}):
+            mask = np.array([messages[i].group == group for i in val_ix])
+            if len(set(val_labels[mask].tolist())) == 2:
+                figures[Path(group).name] = metrics.figures(val_labels[mask], val_p[mask], thresholds)
+    metadata = {
+        META_TEXT_VERSION: TEXT_VERSION,
+        "milter.model_kind": (
+            "binary tf-idf (l2) of message_text tokens + logistic regression, Platt-calibrated"
+        ),
+        "milter.params": json.dumps(asdict(config) | {"jobs": None}, sort_keys=True),
+        "milter.counts": json.dumps(
+            {
+                "train": _counts(messages, train_ix),
+                "calibration": _counts(messages, cal_ix),
+                "validation": _counts(messages, val_ix),
+                "vocabulary": len(vectorizer.vocabulary_),  # type: ignore[attr-defined]
+            },
+            sort_keys=True,
+        ),
+        "milter.dates": json.dumps(
+            {"train": _date_range(messages, train_ix), "validation": _date_range(messages, val_ix)},
+            sort_keys=True,
+        ),
+        "milter.libraries": json.dumps(_versions(), sort_keys=True),
+        "milter.command": command,
+    }
+    # The figures include the ONNX-vs-sklearn agreement, measured on the graph without them.
+    draft = export(fitted, metadata, config.top_k)
+    if val_texts:
+        onnx_p = onnx_probabilities(draft, val_texts)
+        figures["onnx_vs_sklearn_max_abs_diff"] = float(f"{float(np.max(np.abs(onnx_p - val_p))):.3g}")
+    metadata[META_FIGURES] = json.dumps(figures, sort_keys=True)
+    model_bytes = export(fitted, metadata, config.top_k)
+    return TrainResult(model_bytes, fitted, figures, metadata, val_texts, val_labels)
+
+
+def train(
+    ham: Sequence[Path],
+    spam: Sequence[Path],
+    config: TrainConfig,
+    command: str,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainResult:
+    messages = list(load_labelled(ham, spam))
+    if not messages:
+        raise ValueError("no messages found under the --ham and --spam paths")
+    log(f"read {len(messages)} messages")
+    texts = texts_of((m.raw for m in messages), len(messages), config.jobs, progress)
+    return train_on(messages, texts, config, command, log=log)
