@@ -1,15 +1,154 @@
-"""Placeholder until the serve command lands (being written now); replaced wholesale by its owner."""
+"""`milter serve`: run the SMTP proxy."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from milter.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, MODES, ON_ERROR, load_config
+from milter.errors import ConfigError
+
+DESCRIPTION = f"""\
+Run the spam filter: an SMTP proxy that scores each message with the ONNX model, decides with
+the rules, marks it with X-Spam-* headers and hands it to the next hop. It answers 250 only after
+the next hop accepted the message; a next hop that is down, slow or failing gets the client a
+4xx, so the sending MTA keeps the mail and retries.
+
+With no config file and no flags it runs on the embedded default: listening on 127.0.0.1:10025,
+scoring with the shipped model/ and rules/default.yaml, delivering into ./Maildir (a Maildir++
+tree: INBOX, .Junk for spam_folder, the F flag for flag) in the working directory.
+
+Settings come from the config file ({DEFAULT_CONFIG_PATH} unless --config names another; an
+absent default file means built-in defaults), then from the flags, which win. The config file
+is YAML with the keys below (flag --next-hop is key next_hop, and so on); relative paths in it
+are relative to the file's directory. Everything is checked before the port is opened: an error
+names the file, the line and the expected form, and the exit status is 2.
+"""
+
+EPILOG = """\
+next hops (--next-hop):
+  smtp://HOST:PORT     SMTP, e.g. Postfix's reinjection listener smtp://127.0.0.1:10026
+  lmtp://HOST:PORT     LMTP over TCP (Dovecot), one reply per recipient
+  lmtp:/PATH.sock      LMTP over a Unix socket
+  maildir:PATH         a local Maildir++ tree (the default: maildir:Maildir)
+  Each client RCPT is passed to the next hop as it comes, so a recipient the next hop refuses
+  is refused to the client with the next hop's own code.
+
+actions (from the rules):
+  deliver, flag, spam_folder   marked and handed on (Maildir: INBOX, INBOX with flag F, .Junk;
+                               SMTP/LMTP: the X-Spam-* headers carry it to Sieve)
+  quarantine                   kept in the quarantine Maildir (--quarantine), not delivered
+  discard                      accepted and dropped (only when a rule says so explicitly)
+  tempfail                     451: the client retries later
+  reject                       550 (before-queue mode only)
+
+signals:
+  SIGHUP        reload rules and model (also done on file changes); a bad file never goes live
+  SIGTERM/INT   stop accepting, let transactions in flight finish (--drain-timeout), exit 0
+
+exit status:
+  0  stopped by a signal
+  1  could not start (rules or model unusable, port in use)
+  2  configuration error
+
+examples:
+  milter serve
+  milter serve --listen [::1]:10025 --next-hop smtp://127.0.0.1:10026
+  milter serve --config /etc/milter/milter.yaml --log-format json
+  swaks --server 127.0.0.1:10025 --to me@example.com --body 'hello'
+"""
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("serve", help="(serve: not yet available)")
+    parser = sub.add_parser(
+        "serve",
+        help="run the SMTP proxy (the daemon)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--config", metavar="PATH", help=f"the config file (default: {DEFAULT_CONFIG_PATH} if it exists)")
+    add("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:10025; [::1]:10025)")
+    add("--next-hop", metavar="URL", help="where accepted mail goes (default maildir:Maildir); see below")
+    add("--rules", metavar="PATH", help="the rules file (default: the shipped rules/default.yaml)")
+    add(
+        "--model",
+        metavar="PATH",
+        help="a .onnx model, or a directory: its newest valid .onnx (default: the shipped model/)",
+    )
+    add("--mode", choices=MODES, help="after-queue content_filter (default) or before-queue proxy")
+    add(
+        "--on-error",
+        choices=ON_ERROR,
+        help="when scoring a message fails: deliver it marked unscored (default) or tempfail (451)",
+    )
+    add(
+        "--max-message-size",
+        metavar="BYTES",
+        help="largest message accepted, announced as SIZE (default 10240000, Postfix's default)",
+    )
+    add("--timeout", metavar="SECONDS", help="idle time allowed between client commands (default 300)")
+    add("--next-hop-timeout", metavar="SECONDS", help="time allowed per next-hop step (default 120)")
+    add("--max-sessions", metavar="N", help="concurrent client sessions; more get 421 (default 100)")
+    add("--drain-timeout", metavar="SECONDS", help="on SIGTERM, time for sessions to finish (default 30)")
+    add("--quarantine", metavar="PATH", help="Maildir for quarantined mail (default ./quarantine)")
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="one line per message as key=value text (default) or JSON; no timestamps under systemd",
+    )
+    add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (off by default)")
+    add("--subject-tag", metavar="TAG", help="prefix the Subject of spam, e.g. '[SPAM]' (off: breaks DKIM)")
+    add("--hostname", metavar="NAME", help="name in the greeting and EHLO (default: this host's name)")
+    add(
+        "--no-scoring",
+        dest="scoring",
+        action="store_const",
+        const=False,
+        help="proxy only: deliver every message unscored (for measuring the proxy alone)",
+    )
+    add(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="do not watch the rules and model directories (SIGHUP still reloads)",
+    )
     parser.set_defaults(func=run)
 
 
+OVERRIDES = (
+    "listen",
+    "next_hop",
+    "rules",
+    "model",
+    "mode",
+    "on_error",
+    "max_message_size",
+    "timeout",
+    "next_hop_timeout",
+    "max_sessions",
+    "drain_timeout",
+    "quarantine",
+    "log_format",
+    "metrics",
+    "subject_tag",
+    "hostname",
+    "scoring",
+)
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("milter serve: not yet available")
+    from milter.logs import setup_logging
+
+    overrides = {key: getattr(args, key, None) for key in OVERRIDES}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"milter serve: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format)
+    from milter.server import run as run_server
+
+    return run_server(config, watch=args.watch)

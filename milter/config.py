@@ -1,0 +1,308 @@
+"""The daemon's configuration: one YAML file plus command-line flags, validated up front.
+
+`load_config(path, overrides)` returns a frozen `Config` or raises `ConfigError` naming the file,
+the line and the expected form, so `milter serve` refuses to start on a bad setting instead of
+failing on the first message. Precedence: built-in defaults < the file < command-line flags.
+
+Relative paths in the file are taken relative to the file's directory (so a config and the
+rules beside it can move together); relative paths given as flags are relative to the working
+directory, as a shell user expects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import milter
+from milter.errors import ConfigError, FileError
+from milter.yamlfile import Checker, load_yaml, shown
+
+DEFAULT_CONFIG_PATH = Path("/etc/milter/milter.yaml")
+# The shipped rules/ and model/ live beside the package in a checkout or an installed tree.
+PROJECT_ROOT = Path(milter.__file__).resolve().parent.parent
+DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
+DEFAULT_MODEL = PROJECT_ROOT / "model"
+
+MODES = ("after-queue", "before-queue")
+ON_ERROR = ("deliver", "tempfail")
+LOG_FORMATS = ("text", "json")
+NEXT_HOP_FORMS = "smtp://HOST:PORT, lmtp://HOST:PORT, lmtp:/PATH.sock or maildir:PATH"
+LISTEN_FORM = "HOST:PORT (e.g. 127.0.0.1:10025 or [::1]:10025)"
+# Postfix's message_size_limit default; a smaller limit here would bounce mail Postfix accepted.
+POSTFIX_MESSAGE_SIZE_LIMIT = 10_240_000
+
+Mode = Literal["after-queue", "before-queue"]
+OnError = Literal["deliver", "tempfail"]
+LogFormat = Literal["text", "json"]
+
+
+class ConfigFileError(ConfigError, FileError):
+    """A configuration error located in the config file: `path:line: message`."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where accepted mail goes: `scheme` is smtp, lmtp or maildir."""
+
+    scheme: Literal["smtp", "lmtp", "maildir"]
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None  # lmtp unix socket, or the Maildir
+
+    def __str__(self) -> str:
+        if self.scheme == "maildir":
+            return f"maildir:{self.path}"
+        if self.path is not None:
+            return f"{self.scheme}:{self.path}"
+        return f"{self.scheme}://{format_address(self.host or '', self.port or 0)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 10025
+    next_hop: NextHop = field(default_factory=lambda: NextHop("maildir", path=Path("Maildir")))
+    rules: Path = DEFAULT_RULES
+    model: Path = DEFAULT_MODEL  # a file, or a directory: its newest valid .onnx
+    mode: Mode = "after-queue"
+    on_error: OnError = "deliver"
+    max_message_size: int = POSTFIX_MESSAGE_SIZE_LIMIT
+    timeout: float = 300.0  # idle time allowed between client commands (Postfix's smtpd_timeout)
+    next_hop_timeout: float = 120.0  # per next-hop command; well under Postfix's 600 s data timeout
+    max_sessions: int = 100  # Postfix's default_process_limit: it never opens more
+    drain_timeout: float = 30.0  # SIGTERM: how long sessions in flight may finish
+    quarantine: Path = Path("quarantine")
+    log_format: LogFormat = "text"
+    metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
+    subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
+    scoring: bool = True  # off: proxy only (benchmarks), every message delivered unscored
+    hostname: str = field(default_factory=socket.gethostname)  # for the greeting and EHLO
+
+    @property
+    def listen(self) -> str:
+        return format_address(self.listen_host, self.listen_port)
+
+
+# --- parsing of single values (shared by the file and the flags) -------------------------------
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError with the expected form."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"expected {LISTEN_FORM}, got {shown(text)}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{shown(host)} is not an IPv6 address; expected {LISTEN_FORM}") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"expected {LISTEN_FORM}, got {shown(text)}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {shown(port_text)} is not a number from 1 to 65535; expected {LISTEN_FORM}")
+    return host, int(port_text)
+
+
+def parse_next_hop(url: str, base: Path | None = None) -> NextHop:
+    """A next-hop URL -> NextHop; ValueError naming the accepted forms. `base`: for relative paths."""
+    url = url.strip()
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("smtp", "lmtp", "maildir"):
+        raise ValueError(f"unknown next hop {shown(url)}; expected {NEXT_HOP_FORMS}")
+    if scheme == "maildir":
+        path = rest.removeprefix("//")
+        if not path:
+            raise ValueError(f"maildir: needs a path; expected {NEXT_HOP_FORMS}")
+        return NextHop("maildir", path=_resolve(Path(path).expanduser(), base))
+    if rest.startswith("//"):
+        try:
+            host, port = parse_address(rest[2:].rstrip("/"))
+        except ValueError as e:
+            raise ValueError(f"{shown(url)}: {e}; expected {NEXT_HOP_FORMS}") from None
+        return NextHop(scheme, host=host, port=port)  # type: ignore[arg-type]
+    if scheme == "lmtp" and (rest.startswith("/") or rest.endswith(".sock")):
+        return NextHop("lmtp", path=_resolve(Path(rest), base))
+    raise ValueError(f"cannot read next hop {shown(url)}; expected {NEXT_HOP_FORMS}")
+
+
+def _resolve(path: Path, base: Path | None) -> Path:
+    return path if path.is_absolute() or base is None else base / path
+
+
+# --- the file and the overrides ----------------------------------------------------------------
+
+# key -> (expected form, for messages)
+KEYS: dict[str, str] = {
+    "listen": LISTEN_FORM,
+    "next_hop": NEXT_HOP_FORMS,
+    "rules": "a path to a rules file",
+    "model": "a path to a .onnx file or a directory of them",
+    "mode": " or ".join(MODES),
+    "on_error": " or ".join(ON_ERROR),
+    "max_message_size": "an integer number of bytes",
+    "timeout": "seconds",
+    "next_hop_timeout": "seconds",
+    "max_sessions": "an integer",
+    "drain_timeout": "seconds",
+    "quarantine": "a path to a Maildir",
+    "log_format": " or ".join(LOG_FORMATS),
+    "metrics": "HOST:PORT, or null for none",
+    "subject_tag": "a string such as [SPAM], or null for none",
+    "scoring": "true or false",
+    "hostname": "a host name",
+}
+
+
+def load_config(path: Path | str | None = None, overrides: Mapping[str, object] | None = None) -> Config:
+    """Defaults, then the file at `path` (None: /etc/milter/milter.yaml if it exists), then
+    `overrides` (config keys -> values as on the command line: strings or typed values)."""
+    config = Config()
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        config = _apply_file(config, Path(path))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting {key!r}; expected one of: {', '.join(sorted(KEYS))}")
+        try:
+            config = _apply(config, key, value, base=None)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
+    return config
+
+
+def _apply_file(config: Config, path: Path) -> Config:
+    data, lines = load_yaml(path, error=ConfigFileError)
+    check = Checker(path, lines, ConfigFileError)
+    if data is None:
+        return config  # an empty file: all defaults
+    mapping = check.mapping(data, (), "")
+    check.keys(mapping, (), "", KEYS)
+    base = path.resolve().parent
+    for key, value in mapping.items():
+        try:
+            config = _apply(config, key, value, base=base)
+        except (ValueError, TypeError) as e:
+            check.fail((key,), key, f"{e}")
+    return config
+
+
+def _apply(config: Config, key: str, value: object, base: Path | None) -> Config:
+    """`config` with `key` set from `value`; ValueError/TypeError say what was expected."""
+    expected = KEYS[key]
+    match key:
+        case "listen":
+            host, port = parse_address(_text(value, expected))
+            return replace(config, listen_host=host, listen_port=port)
+        case "next_hop":
+            return replace(config, next_hop=parse_next_hop(_text(value, expected), base))
+        case "rules" | "model" | "quarantine":
+            return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
+        case "mode" | "on_error" | "log_format":
+            allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS}[key]
+            text = _text(value, expected)
+            if text not in allowed:
+                raise ValueError(f"unknown value {shown(text)}; expected {expected}")
+            return _set(config, key, text)
+        case "max_message_size" | "max_sessions":
+            number = _integer(value, expected)
+            low = 1 if key == "max_sessions" else 1024
+            if number < low:
+                raise ValueError(f"{number} is too small; expected {expected} of at least {low}")
+            return _set(config, key, number)
+        case "timeout" | "next_hop_timeout" | "drain_timeout":
+            seconds = _number(value, expected)
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"{seconds:g} is out of range; expected {expected} between 0 and 3600")
+            return _set(config, key, seconds)
+        case "metrics":
+            if value is None or value is False or value in ("", "off", "none"):
+                return replace(config, metrics=None)
+            return replace(config, metrics=parse_address(_text(value, expected)))
+        case "subject_tag":
+            if value is None or value is False or value == "":
+                return replace(config, subject_tag=None)
+            tag = _text(value, expected)
+            if any(c in tag for c in "\r\n"):
+                raise ValueError("a subject tag cannot contain a line break")
+            return replace(config, subject_tag=tag)
+        case "scoring":
+            return replace(config, scoring=_boolean(value, expected))
+        case "hostname":
+            name = _text(value, expected)
+            if not name or any(c.isspace() for c in name):
+                raise ValueError(f"{shown(name)} is not a host name")
+            return replace(config, hostname=name)
+    raise ValueError(f"unknown setting {key!r}")  # pragma: no cover - KEYS guards this
+
+
+def _set(config: Config, key: str, value: Any) -> Config:
+    changes: dict[str, Any] = {key: value}
+    return replace(config, **changes)
+
+
+def _text(value: object, expected: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected {expected}, got {_kind(value)}")
+
+
+def _integer(value: object, expected: str) -> int:
+    if isinstance(value, str) and value.strip().replace("_", "").isdigit():
+        return int(value.strip().replace("_", ""))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected {expected}, got {_kind(value)}")
+    return value
+
+
+def _number(value: object, expected: str) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise TypeError(f"expected {expected}, got {_kind(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected {expected}, got {_kind(value)}")
+    return float(value)
+
+
+def _boolean(value: object, expected: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("on", "off", "true", "false", "yes", "no"):
+        return value.lower() in ("on", "true", "yes")
+    raise TypeError(f"expected {expected}, got {_kind(value)}")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, str):
+        return f"the string {shown(value)}" if value.strip() else "an empty string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__

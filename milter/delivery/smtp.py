@@ -1,0 +1,302 @@
+"""SMTP and LMTP next hops, with connection reuse.
+
+In production the next hop is Postfix's reinjection listener (127.0.0.1:10026) or Dovecot's LMTP.
+The inbound transaction is mirrored command by command: MAIL when the client says MAIL, each
+RCPT when it says RCPT (so a refused recipient is refused to the client with the next hop's own
+code), DATA once the message is decided. Over LMTP the next hop answers DATA once per accepted
+recipient, and each answer is kept.
+
+Why not aiosmtplib here: its reply reader keeps one reply per command and drops data that
+arrives while no command is pending, so LMTP's per-recipient replies after DATA can be lost
+(aiosmtplib/protocol.py, `data_received`). The client needed is small (one command, one reply;
+a banner; EHLO/LHLO; the DATA dot rules), so it is written here on asyncio streams, where every
+byte of every reply is read.
+
+Connections are reused: a transaction takes an idle connection (or opens one) and gives it back
+when it ends cleanly. A connection the next hop closed while idle is noticed at MAIL, before
+anything was handed over, and replaced once. Any fault after that point is a RelayError (the
+client gets a 4xx and retries: a duplicate is possible if the next hop took the message and the
+reply was lost, a loss is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+from milter.config import NextHop as NextHopSpec
+from milter.delivery import HopReply, Sent
+from milter.errors import RelayError
+from milter.rules import Action
+
+MAX_IDLE = 32  # idle connections kept; the inbound side allows max_sessions at most anyway
+IDLE_SECONDS = 30.0  # Postfix's smtpd drops idle clients after 300 s; stay well inside that
+_LONE_EOL = re.compile(rb"\r\n|\r|\n")
+# MAIL parameters and the extension that must be announced for each to be passed on.
+_MAIL_PARAM_EXTENSION = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+
+
+class _Connection:
+    """One connection to the next hop: a command, then its reply."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self.extensions: dict[str, str] = {}
+        self.idle_since = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    async def reply(self) -> HopReply:
+        try:
+            return await asyncio.wait_for(self._read_reply(), self.timeout)
+        except TimeoutError:
+            self.close()
+            raise RelayError(f"no reply within {self.timeout:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            self.close()
+            raise RelayError(f"connection lost ({_why(e)})") from None
+
+    async def _read_reply(self) -> HopReply:
+        lines: list[str] = []
+        while True:
+            line = await self.reader.readuntil(b"\n")
+            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
+                raise ValueError(f"malformed reply {text[:80]!r}")
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                return HopReply(int(text[:3]), "\n".join(lines))
+
+    async def command(self, line: bytes) -> HopReply:
+        try:
+            self.writer.write(line + b"\r\n")
+            await self.writer.drain()
+        except OSError as e:
+            self.close()
+            raise RelayError(f"connection lost ({_why(e)})") from None
+        return await self.reply()
+
+    async def send_data(self, payload: bytes, replies: int) -> tuple[bool, list[HopReply]]:
+        """DATA, the message (already dot-stuffed and terminated), then `replies` replies.
+        (False, [reply]) if DATA itself was refused."""
+        start = await self.command(b"DATA")
+        if start.code != 354:
+            return False, [start]
+        try:
+            self.writer.write(payload)
+            await self.writer.drain()
+        except OSError as e:
+            self.close()
+            raise RelayError(f"connection lost while sending the message ({_why(e)})") from None
+        return True, [await self.reply() for _ in range(replies)]
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class SmtpHop:
+    """An SMTP or LMTP server as the next hop."""
+
+    def __init__(
+        self, spec: NextHopSpec, *, timeout: float = 120.0, local_hostname: str = "localhost"
+    ) -> None:
+        if spec.scheme not in ("smtp", "lmtp"):
+            raise ValueError(f"SmtpHop needs an smtp:// or lmtp: next hop, got {spec}")
+        self.spec = spec
+        self.lmtp = spec.scheme == "lmtp"
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    def __str__(self) -> str:
+        return str(self.spec)
+
+    async def begin(
+        self, mail_from: str, options: Sequence[str], xforward: Mapping[str, str]
+    ) -> tuple[HopReply, SmtpTransaction | None]:
+        for attempt in range(2):
+            conn, reused = await self._acquire()
+            try:
+                if xforward and "xforward" in conn.extensions:
+                    await self._xforward(conn, xforward)
+                mail = b"MAIL FROM:" + _path(mail_from) + _params(conn, options, mail=True)
+                reply = await conn.command(mail)
+            except RelayError as e:
+                if reused and attempt == 0:
+                    continue  # a pooled connection the next hop had closed: nothing was handed over yet
+                raise RelayError(f"{self}: {e}") from None
+            if reply.ok:
+                return reply, SmtpTransaction(self, conn)
+            self._release(conn)
+            return reply, None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(OSError):
+                conn.writer.write(b"QUIT\r\n")
+            conn.close()
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.alive and now - conn.idle_since < IDLE_SECONDS:
+                return conn, True
+            conn.close()
+        return await self._connect(), False
+
+    def _release(self, conn: _Connection) -> None:
+        if conn.alive and not self._closed and len(self._idle) < MAX_IDLE:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self) -> _Connection:
+        spec = self.spec
+        try:
+            if spec.path is not None:
+                opening = asyncio.open_unix_connection(str(spec.path))
+            else:
+                opening = asyncio.open_connection(spec.host, spec.port)
+            reader, writer = await asyncio.wait_for(opening, self.timeout)
+        except TimeoutError:
+            raise RelayError(f"{self}: no connection within {self.timeout:g} s") from None
+        except OSError as e:
+            raise RelayError(f"{self}: cannot connect ({_why(e)})") from None
+        conn = _Connection(reader, writer, self.timeout)
+        try:
+            greeting = await conn.reply()
+            if greeting.code != 220:
+                raise RelayError(f"greeted with {greeting}")
+            hello = await conn.command((b"LHLO " if self.lmtp else b"EHLO ") + self.local_hostname.encode())
+            if not hello.ok and not self.lmtp:
+                hello = await conn.command(b"HELO " + self.local_hostname.encode())
+            if not hello.ok:
+                raise RelayError(f"refused our {'LHLO' if self.lmtp else 'EHLO'}: {hello}")
+        except RelayError as e:
+            conn.close()
+            raise RelayError(f"{self}: {e}") from None
+        conn.extensions = _extensions(hello.text)
+        return conn
+
+    async def _xforward(self, conn: _Connection, attributes: Mapping[str, str]) -> None:
+        """Pass on what Postfix told us of the original client, as far as the next hop takes it."""
+        allowed = set(conn.extensions["xforward"].upper().split())
+        words = [f"{k}={v}" for k, v in attributes.items() if k in allowed]
+        if words:
+            # Its refusal is not worth failing a message for: the attributes are informational.
+            await conn.command(b"XFORWARD " + " ".join(words).encode("ascii", "replace"))
+
+
+class SmtpTransaction:
+    def __init__(self, hop: SmtpHop, conn: _Connection) -> None:
+        self.hop = hop
+        self.conn: _Connection | None = conn
+        self.accepted = 0
+
+    async def add_recipient(self, address: str, options: Sequence[str]) -> HopReply:
+        conn = self._conn()
+        try:
+            reply = await conn.command(b"RCPT TO:" + _path(address) + _params(conn, options, mail=False))
+        except RelayError as e:
+            self.conn = None
+            raise RelayError(f"{self.hop}: {e}") from None
+        if reply.ok:
+            self.accepted += 1
+        return reply
+
+    async def send(self, data: bytes, action: Action) -> Sent:
+        conn = self._conn()
+        self.conn = None
+        try:
+            sent, replies = await conn.send_data(dot_stuffed(data), self.accepted if self.hop.lmtp else 1)
+        except RelayError as e:
+            raise RelayError(f"{self.hop}: {e}") from None
+        if sent:
+            self.hop._release(conn)
+        else:
+            self.conn = conn  # DATA refused: the next hop's transaction is still open
+            await self.abort()
+        return Sent(tuple(replies))
+
+    async def abort(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            reply = await conn.command(b"RSET")
+        except RelayError:
+            conn.close()
+            return
+        if reply.ok:
+            self.hop._release(conn)
+        else:
+            conn.close()
+
+    def _conn(self) -> _Connection:
+        if self.conn is None:
+            raise RelayError(f"{self.hop}: the transaction was already ended")
+        return self.conn
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """`data` as DATA sends it: CRLF line ends (a bare CR or LF would let a next hop that reads
+    them as line ends see a different message: SMTP smuggling), leading dots doubled, and the
+    terminating `.` line."""
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+        data = _LONE_EOL.sub(b"\r\n", data)
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _path(address: str) -> bytes:
+    address = address.strip()
+    if address in ("", "<>"):
+        return b"<>"
+    return b"<" + address.encode("utf-8", "surrogateescape") + b">"
+
+
+def _params(conn: _Connection, options: Sequence[str], *, mail: bool) -> bytes:
+    """The ESMTP parameters as received, but those whose extension the next hop does not
+    announce (sending them would be a protocol error; SMTPUTF8 always goes: the next hop must
+    refuse such mail rather than get it mangled)."""
+    kept = []
+    for option in options:
+        keyword = option.split("=", 1)[0].upper()
+        extension = _MAIL_PARAM_EXTENSION.get(keyword) if mail else None
+        if extension is not None and keyword != "SMTPUTF8" and extension not in conn.extensions:
+            continue
+        kept.append(option)
+    return b"".join(b" " + o.encode("ascii", "replace") for o in kept)
+
+
+def _extensions(ehlo_text: str) -> dict[str, str]:
+    extensions = {}
+    for line in ehlo_text.split("\n")[1:]:
+        keyword, _, value = line.strip().partition(" ")
+        if keyword:
+            extensions[keyword.lower()] = value
+    return extensions
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

@@ -1,0 +1,135 @@
+"""Marking: the verdict written into the message as SpamAssassin-compatible X-Spam-* headers.
+
+Works on bytes, not through `email.generator`: the message leaves byte-identical but for the
+headers added at the top and the inbound X-Spam-* fields removed (a sender must not be able to
+forge a verdict; folded continuation lines go with their field). Line endings follow the
+message's own (CRLF from SMTP; LF if that is what the bytes use); 8-bit and non-UTF-8 bytes are
+never decoded. The added headers are ASCII only, folded under 78 characters.
+"""
+
+from __future__ import annotations
+
+import re
+
+from milter.policy import Verdict
+
+PREFIX = b"x-spam-"
+# A header field line: a name of printable ASCII but ':' and space, then ':'. Anything else at
+# the top level ends the header block (as a mail reader would see it).
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+_REPORT_FEATURES = 8
+_FOLD_AT = 76
+
+
+def mark(raw: bytes, verdict: Verdict, subject_tag: str | None = None) -> bytes:
+    """`raw` with inbound X-Spam-* fields removed and the verdict's headers prepended.
+
+    `subject_tag` (off by default: it breaks DKIM signatures) is put before the Subject of
+    messages the verdict calls spam.
+    """
+    eol = _line_ending(raw)
+    head_end = _header_end(raw)
+    head, body = raw[:head_end], raw[head_end:]
+    if PREFIX in head.lower() or (subject_tag and verdict.is_spam):
+        head = _rewrite_fields(head, subject_tag.encode() if subject_tag and verdict.is_spam else None)
+    return b"".join(line + eol for line in headers(verdict, eol)) + head + body
+
+
+def headers(verdict: Verdict, eol: bytes = b"\r\n") -> list[bytes]:
+    """The X-Spam-* header fields, without their final line end (folds use `eol`)."""
+    spam = verdict.is_spam
+    decision = verdict.decision
+    parts = ["Yes," if spam else "No,"]
+    probability = verdict.probability
+    parts.append(f"score={probability:.3f}" if probability is not None else "unscored")
+    if decision.required is not None:
+        parts.append(f"required={decision.required:.2f}")
+    parts.append(f"rule={_token(decision.rule)}")
+    parts.append(f"model={_token(verdict.model_id)}")
+    if verdict.error is not None and probability is None:
+        parts.append(f"error={_token(verdict.error.split(':', 1)[0])}")
+    lines = [
+        b"X-Spam-Flag: " + (b"YES" if spam else b"NO"),
+        _fold("X-Spam-Status:", parts, eol),
+        b"X-Spam-Score: " + (f"{probability:.3f}".encode() if probability is not None else b"unscored"),
+        b"X-Spam-Action: " + decision.action.value.encode(),
+    ]
+    if verdict.score is not None and verdict.score.features:
+        report = [f"{_token(name)}={value:+.3f}" for name, value in verdict.score.features[:_REPORT_FEATURES]]
+        lines.append(_fold("X-Spam-Report:", report, eol))
+    return lines
+
+
+def _fold(name: str, words: list[str], eol: bytes) -> bytes:
+    """`name word word ...` folded (RFC 5322 2.2.3) so no line passes _FOLD_AT characters."""
+    out: list[str] = []
+    line = name
+    for word in words:
+        if len(line) + 1 + len(word) > _FOLD_AT and line.strip():
+            out.append(line)
+            line = "\t" + word
+        else:
+            line += " " + word
+    out.append(line)
+    return eol.join(part.encode("ascii") for part in out)
+
+
+def _token(text: str) -> str:
+    """`text` as one ASCII header word: no spaces, no controls, non-ASCII escaped."""
+    cleaned = "".join(c if c.isprintable() and not c.isspace() else "_" for c in text)
+    return cleaned.encode("ascii", "backslashreplace").decode("ascii")[:80] or "-"
+
+
+def _line_ending(raw: bytes) -> bytes:
+    newline = raw.find(b"\n")
+    if newline > 0 and raw[newline - 1 : newline] == b"\r":
+        return b"\r\n"
+    return b"\n" if newline >= 0 else b"\r\n"
+
+
+def _header_end(raw: bytes) -> int:
+    """Offset where the header block ends (the blank line and body stay with the body)."""
+    pos = 0
+    length = len(raw)
+    while pos < length:
+        end = raw.find(b"\n", pos)
+        line = raw[pos:] if end < 0 else raw[pos:end]
+        stripped = line.rstrip(b"\r")
+        if not stripped:
+            return pos  # the blank line
+        if stripped[:1] not in (b" ", b"\t") and not _FIELD.match(stripped):
+            return pos  # not a header: the body starts here (malformed, but keep every byte)
+        if end < 0:
+            return length
+        pos = end + 1
+    return length
+
+
+def _lines(block: bytes) -> list[bytes]:
+    parts = block.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _rewrite_fields(head: bytes, subject_tag: bytes | None) -> bytes:
+    """The header block without X-Spam-* fields (continuations included), Subject tagged."""
+    out: list[bytes] = []
+    dropping = False
+    # Split on LF only: a stray CR inside a field is part of that field, not a line break.
+    for line in _lines(head):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        lowered = line.lower()
+        dropping = lowered.startswith(PREFIX)
+        if dropping:
+            continue
+        if subject_tag is not None and lowered.startswith(b"subject:"):
+            value = line[len(b"subject:") :]
+            if not value.lstrip().startswith(subject_tag):
+                line = line[: len(b"subject:")] + b" " + subject_tag + value
+        out.append(line)
+    return b"".join(out)

@@ -1,0 +1,204 @@
+"""The daemon's life: start -> serve -> drain and stop.
+
+Start-up fails fast: the rules and the model are loaded and checked before the port is opened,
+so a bad file is an error on the terminal (or in `systemctl status`), not a 451 on every message.
+Then the SMTP server runs on the event loop (uvloop when installed); SIGHUP (`systemctl reload`)
+and changes in the rules and model directories rebuild the policy off the loop and swap one
+reference (milter.reload); a message in flight keeps the policy it started with.
+
+SIGTERM / SIGINT: stop accepting, tell idle sessions 421, let sessions in a transaction finish
+(bounded by drain_timeout; one still running then is cut off before its 250, so the client keeps
+the message and retries), close the next-hop connections, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from milter.config import Config
+from milter.delivery import next_hop_from_url
+from milter.delivery.maildir import MaildirHop
+from milter.errors import MilterError
+from milter.metrics import Metrics, start_metrics_server
+from milter.notify import Notifier, status_text
+from milter.policy import Policy
+from milter.reload import PolicyLoader, Reloader, rule_count
+from milter.smtp import Filter, smtp_factory
+
+log = logging.getLogger("milter.server")
+
+
+class Daemon:
+    """One running filter: `await start()`, then `await stop()` (or `run()` for both)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        watch: bool = True,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.notifier = notifier or Notifier()
+        self.watch = watch
+        self.loader: PolicyLoader[Policy] = PolicyLoader(
+            config.rules,
+            config.model,
+            lambda rules, model: Policy(config, model, rules),
+            mode=config.mode,
+        )
+        self.filter: Filter | None = None
+        self.reloader: Reloader[Policy] | None = None
+        self._server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when the config asked for port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def policy(self) -> Policy:
+        assert self.filter is not None
+        return self.filter.policy
+
+    async def start(self) -> None:
+        """Load the policy (raising RulesError/ModelError), then listen. OSError if the port is taken."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        policy = await loop.run_in_executor(None, self.loader.initial)
+        config = self.config
+        hop = next_hop_from_url(config.next_hop, timeout=config.next_hop_timeout, hostname=config.hostname)
+        self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics)
+        self._server = await loop.create_server(
+            smtp_factory(self.filter, config, loop),
+            host=config.listen_host,
+            port=config.listen_port,
+            reuse_address=True,
+            backlog=max(128, config.max_sessions),
+        )
+        self.reloader = Reloader(
+            self.loader, self._swap, metrics=self.metrics, notifier=self.notifier, watch=self.watch
+        )
+        await self.reloader.start()
+        model_id, rules = policy.model.id, self.loader.rules.active
+        count = rule_count(rules) if rules is not None else 0
+        if self.metrics is not None:
+            self.metrics.policy_active(model_id, self.loader.models.load_seconds, count)
+        log.info(
+            "listening on %s, next hop %s, mode %s, model %s, %d rules (ready in %.2f s)",
+            config.listen if config.listen_port else f"{config.listen_host}:{self.port}",
+            hop,
+            config.mode,
+            model_id,
+            count,
+            time.perf_counter() - started,
+        )
+        self.notifier.ready(status_text(model_id, count))
+
+    def _swap(self, policy: Policy) -> None:
+        """Called on the loop by the Reloader with each new policy: one reference, swapped."""
+        assert self.filter is not None
+        self.filter.policy = policy
+
+    def reload(self) -> None:
+        """Rebuild the policy off the loop and swap it in if it is valid (SIGHUP)."""
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, drain the sessions in flight (bounded), release everything."""
+        self.notifier.stopping()
+        if self._server is not None:
+            self._server.close()
+        handler = self.filter
+        if handler is not None:
+            handler.draining = True
+            deadline = time.monotonic() + self.config.drain_timeout
+            while handler.sessions:
+                for session in list(handler.sessions):
+                    session.close_if_idle()
+                if not handler.sessions or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.02)
+            if handler.sessions:
+                log.warning(
+                    "drain timeout (%g s): closing %d sessions still in a transaction; "
+                    "their clients got no 250 and keep the mail",
+                    self.config.drain_timeout,
+                    len(handler.sessions),
+                )
+                for session in list(handler.sessions):
+                    session._close()
+            await asyncio.sleep(0)  # let connection_lost run and schedule next-hop aborts
+            await handler.wait_pending()
+            await handler.hop.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.reloader is not None:
+            await self.reloader.stop()
+        log.info("stopped")
+
+
+async def serve(config: Config, *, watch: bool = True) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit code."""
+    loop = asyncio.get_running_loop()
+    metrics = Metrics() if config.metrics is not None else None
+    notifier = Notifier()
+    daemon = Daemon(config, metrics=metrics, notifier=notifier, watch=watch)
+    metrics_server = None
+    try:
+        await daemon.start()
+    except (MilterError, OSError) as e:
+        log.error("cannot start: %s", e)
+        notifier.close()
+        return 1
+    if metrics is not None and config.metrics is not None:
+        metrics_server = start_metrics_server(metrics, *config.metrics)
+        log.info("metrics on %s", metrics_server.url)
+    watchdog = asyncio.create_task(notifier.run_watchdog())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.wait_stopped()
+        log.info("stopping: draining sessions (at most %g s)", config.drain_timeout)
+        await daemon.stop()
+    finally:
+        watchdog.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        if metrics_server is not None:
+            metrics_server.close()
+        notifier.close()
+    return 0
+
+
+def run(config: Config, *, watch: bool = True) -> int:
+    """`serve` on uvloop when it is installed (faster sockets), else asyncio's own loop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; a plain loop still works
+        factory = None
+    runner_args: dict[str, Any] = {"loop_factory": factory} if factory is not None else {}
+    with asyncio.Runner(**runner_args) as runner:
+        return runner.run(serve(config, watch=watch))
