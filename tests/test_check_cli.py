@@ -408,3 +408,101 @@ def test_check_as_a_subprocess_exit_codes(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stdout.startswith(f"{SHIPPED_RULES}: ok: 3 rules")
     assert done.stderr.splitlines()[0].startswith(f"{bad}:2: invalid YAML: found character '\\t'")
+
+
+# --- with the shipped model --------------------------------------------------------------------
+
+SHIPPED_MODEL = REPO / "model" / "spam.onnx"
+
+SPAMMY = (
+    b"Return-Path: <promo@deals.example>\r\nDelivered-To: someone@example.net\r\n"
+    b'From: "Best Deals" <promo@deals.example>\r\nSubject: YOU WON $1,000,000 !!! claim now\r\n'
+    b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<html><body><a href='http://win.example/claim'>CLICK HERE</a> to claim your prize, "
+    b"cheap pills, free money, no prescription!!!</body></html>\r\n"
+)
+
+
+def test_check_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from milter.model import load_model
+    from milter.text import TEXT_VERSION
+
+    code, out, err = run(capsys, "check", str(SHIPPED_MODEL))
+    assert code == 0, err
+    assert out.splitlines()[0] == f"{SHIPPED_MODEL}: ok: model {load_model(SHIPPED_MODEL).id}"
+    assert f"  text_version: {TEXT_VERSION}" in out.splitlines()
+    assert "  metadata:" in out.splitlines()
+    assert out.splitlines()[-1] == "1 ok, 0 invalid"
+
+
+def test_check_model_json_has_metadata_and_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    from milter.model import describe_model, load_model
+
+    code, out, _ = run(capsys, "check", "--json", str(SHIPPED_MODEL))
+    assert code == 0
+    result = json.loads(out)
+    expected = describe_model(load_model(SHIPPED_MODEL))
+    assert result["ok"] is True
+    assert result["kind"] == "model"
+    assert result["model"]["id"] == expected["id"]
+    assert result["model"]["metadata"] == expected["metadata"]
+    assert result["model"]["figures"] == expected["figures"]
+
+
+def test_check_truncated_model_and_too_slow_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = SHIPPED_MODEL.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    code, out, err = run(capsys, "check", str(truncated))
+    assert code == 1
+    assert out == ""
+    assert err.splitlines()[0].startswith(f"{truncated}: not a loadable ONNX model")
+    # The same limit the daemon applies before a model serves, here set impossibly low.
+    code, out, err = run(capsys, "check", "--max-ms-per-message", "0.000001", str(SHIPPED_MODEL))
+    assert code == 1
+    assert " ms per message; expected at most 0.0 ms" in err.splitlines()[0]
+    assert err.splitlines()[0].startswith(f"{SHIPPED_MODEL}: takes ")
+
+
+def test_check_directory_with_rules_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "spam.onnx").write_bytes(SHIPPED_MODEL.read_bytes())
+    (tmp_path / "default.yaml").write_text(SHIPPED_RULES.read_text())
+    code, out, err = run(capsys, "check", str(tmp_path))
+    assert code == 0, err
+    assert f"{tmp_path / 'default.yaml'}: ok: 3 rules (after-queue mode)" in out
+    assert f"{tmp_path / 'spam.onnx'}: ok: model spam-" in out
+    assert out.splitlines()[-1] == "2 ok, 0 invalid"
+
+
+def test_rules_test_scores_with_the_shipped_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from milter.message import Envelope, Message
+    from milter.model import load_model
+    from milter.rules import Ruleset, facts_of
+
+    model = load_model(SHIPPED_MODEL)
+    ruleset = Ruleset.load(SHIPPED_RULES)
+    files = []
+    for name, raw in (("spammy.eml", SPAMMY), ("plain.eml", MESSAGE)):
+        (tmp_path / name).write_bytes(raw)
+        files.append(str(tmp_path / name))
+    code, out, err = run(capsys, "rules", "test", "--json", str(SHIPPED_RULES), *files)
+    assert code == 0, err
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["file"] for r in results] == files
+    for result, raw in zip(results, (SPAMMY, MESSAGE), strict=True):
+        expected_p = model.score_message(raw).probability
+        assert result["probability"] == pytest.approx(expected_p, abs=1e-6)
+        assert result["model"] == model.id
+        decision = ruleset.decide(facts_of(Message(raw, Envelope("", ())), expected_p))
+        assert (result["action"], result["rule"]) == (decision.action.value, decision.rule)
+
+
+def test_rules_test_text_output_names_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from milter.model import load_model
+
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(SPAMMY)
+    code, out, _ = run(capsys, "rules", "test", str(SHIPPED_RULES), str(msg), "--model", str(SHIPPED_MODEL))
+    assert code == 0
+    p = load_model(SHIPPED_MODEL).score_message(SPAMMY).probability
+    assert out.startswith(f"{msg}: probability {p:.4f} [model {load_model(SHIPPED_MODEL).id}] -> ")
