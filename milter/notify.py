@@ -15,19 +15,24 @@ started. The daemon tells it:
 
 Without $NOTIFY_SOCKET (not under systemd, or `Type=simple`) every call does nothing, so the
 daemon calls them unconditionally. A send that fails is logged once and never raised: losing a
-status line must never stop mail.
+status line must never stop mail. Nor may a slow reader: sends never block (a datagram that does
+not fit in the socket's queue waits in a backlog that a helper thread sends, in order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
+
+MAX_BACKLOG = 100  # notifications kept while systemd does not read; the oldest go first
 
 
 def monotonic_usec() -> int:
@@ -56,6 +61,12 @@ class Notifier:
         self._address: str | bytes | None = None
         self._sock: socket.socket | None = None
         self._failed = False
+        # The event loop must never block on systemd: a datagram that does not fit now goes to
+        # a backlog that a short-lived thread sends in order.
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._sender: threading.Thread | None = None
         value = env.get("NOTIFY_SOCKET", "")
         self._name = value
         if value.startswith(("/", "@")):
@@ -70,21 +81,61 @@ class Notifier:
         return self._address is not None
 
     def send(self, *assignments: str) -> bool:
-        """Send `KEY=value` lines in one datagram; True if sent (False: disabled or failed)."""
+        """Send `KEY=value` lines in one datagram, in order, never blocking the caller.
+
+        True if sent or queued behind earlier ones; False if disabled or the socket is unusable.
+        """
         if self._address is None:
             return False
         payload = "\n".join(assignments).encode()
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self._address)
-        except OSError as e:
-            if not self._failed:  # once: a missing socket would otherwise log on every ping
-                log.warning("cannot notify systemd at NOTIFY_SOCKET=%s: %s", self._name, e)
-                self._failed = True
-            return False
-        self._failed = False
+        with self._lock:
+            if not self._backlog:
+                try:
+                    self._socket().sendto(payload, socket.MSG_DONTWAIT, self._address)
+                except BlockingIOError:
+                    pass  # systemd's queue is full: the sender thread waits for room
+                except OSError as e:
+                    self._warn(e)
+                    return False
+                else:
+                    self._failed = False
+                    return True
+            if len(self._backlog) >= MAX_BACKLOG:
+                dropped = self._backlog.popleft()
+                log.warning("systemd is not reading NOTIFY_SOCKET; dropped %r", dropped[:40])
+            self._backlog.append(payload)
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._drain, name="milter-notify", daemon=True)
+                self._sender.start()
         return True
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        return self._sock
+
+    def _warn(self, e: OSError) -> None:
+        if not self._failed:  # once: a missing socket would otherwise log on every ping
+            log.warning("cannot notify systemd at NOTIFY_SOCKET=%s: %s", self._name, e)
+            self._failed = True
+
+    def _drain(self) -> None:
+        """The sender thread: blocking sends of the backlog, oldest first, then it ends."""
+        while True:
+            with self._lock:
+                if not self._backlog or self._address is None:
+                    self._sender = None
+                    self._drained.notify_all()
+                    return
+                payload, sock, address = self._backlog[0], self._socket(), self._address
+            try:
+                sock.sendto(payload, address)  # blocks until systemd reads: off the event loop
+            except OSError as e:
+                with self._lock:
+                    self._warn(e)
+            with self._lock:
+                if self._backlog and self._backlog[0] is payload:
+                    self._backlog.popleft()
 
     def ready(self, status: str | None = None) -> bool:
         """Serving: after start-up, and after each reload (applied or refused)."""
@@ -114,10 +165,17 @@ class Notifier:
             self.watchdog()
             await asyncio.sleep(self.watchdog_interval)
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+    def close(self, timeout: float = 1.0) -> None:
+        """Send what is still queued (waiting at most `timeout` seconds), then close the socket."""
+        with self._lock:
+            if self._sender is not None:
+                self._drained.wait_for(lambda: self._sender is None, timeout)
+            if self._backlog:
+                log.warning("systemd did not read %d notification(s) before exit", len(self._backlog))
+                self._backlog.clear()
+            if self._sock is not None and self._sender is None:
+                self._sock.close()
+                self._sock = None
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:

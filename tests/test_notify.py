@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,29 @@ def test_watchdog_off_returns_at_once(systemd_path: FakeSystemd) -> None:
 def test_status_text() -> None:
     assert status_text("a", 1) == "model a, 1 rule"
     assert status_text("a", 0) == "model a, 0 rules"
+
+
+def test_a_systemd_that_does_not_read_never_blocks_the_sender(systemd_path: FakeSystemd) -> None:
+    # A datagram socket's queue holds a few messages (net.unix.max_dgram_qlen, 10 by default);
+    # a blocking send beyond that would stall the event loop until systemd reads.
+    n = Notifier({"NOTIFY_SOCKET": systemd_path.env_value})
+    sender = threading.Thread(target=lambda: [n.status(f"message {i}") for i in range(50)])
+    sender.start()
+    sender.join(30)  # a hang detector, not a speed limit: a blocking send never returns
+    assert not sender.is_alive(), "Notifier.send blocked on a full socket"
+    got = [systemd_path.receive()["STATUS"] for _ in range(50)]
+    assert got == [f"message {i}" for i in range(50)]  # all of them, in order
+    n.close()
+    assert systemd_path.pending() == 0
+
+
+def test_close_flushes_the_backlog(systemd_path: FakeSystemd) -> None:
+    n = Notifier({"NOTIFY_SOCKET": systemd_path.env_value})
+    for i in range(30):
+        n.status(f"s{i}")
+    reader = threading.Thread(target=lambda: [systemd_path.receive() for _ in range(30)])
+    reader.start()
+    n.stopping()
+    n.close(timeout=30)
+    reader.join(30)
+    assert systemd_path.receive()["STOPPING"] == "1"
