@@ -16,15 +16,14 @@ it was trained on and the loader refuses a model whose version this code does no
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import contextlib
 import email.header
-import email.parser
-import email.policy
 import email.utils
+import itertools
 import re
 from collections.abc import Iterator
-from email.message import Message as EmailMessage
 from html.parser import HTMLParser
 from typing import Final
 
@@ -35,6 +34,7 @@ MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at
 MAX_PART_BYTES: Final = 64 * 1024  # decoded bytes kept per text part
 MAX_HTML_CHARS: Final = 48 * 1024  # HTML characters fed to the HTML parser per part
 MAX_TEXT_CHARS: Final = 96 * 1024  # text characters tokenised over all parts
+MAX_HEAD_BYTES: Final = 64 * 1024  # bytes of one header block
 MAX_PARTS: Final = 64  # MIME parts looked at
 MAX_DEPTH: Final = 16  # multipart nesting followed
 MAX_WORDS: Final = 2000  # body word tokens emitted
@@ -44,10 +44,20 @@ MAX_TOKEN_CHARS: Final = 24
 _ARTEFACTS: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org", re.IGNORECASE)
 _WORD: Final = re.compile(r"[^\W_]+|[$€£!]")
 _URL: Final = re.compile(r"(?:https?://|www\.)([a-z0-9](?:[a-z0-9.-]{0,252}))", re.IGNORECASE)
-_FOOTER_RULE: Final = re.compile(r"^[ \t]*[_=-]{5,}[ \t]*$", re.MULTILINE)
+_HEADER_LINE: Final = re.compile(rb"([!-9;-~]+)[ \t]*:[ \t]*(.*)", re.DOTALL)
+_PARAM: Final = re.compile(r'([\w.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+_FILENAME: Final = re.compile(r'filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)
+_AFTER_DELIMITER: Final = (b"", b"-", b"\r", b"\n", b" ", b"\t")
+_NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
+_FOOTER_RULE: Final = re.compile(r"^[ \t]*[_=-]{5,}[ \t\r]*$", re.MULTILINE)
 _FOOTER_MARKS: Final = ("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request")
 _SECOND_LEVEL: Final = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
 _SKIP_TAGS: Final = frozenset({"script", "style", "head", "title"})
+# Tags that separate words; inline tags do not ("V<b>ia</b>gra" is one word to a reader).
+_BLOCK_TAGS: Final = frozenset(
+    {"br", "p", "div", "td", "th", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "hr"}
+    | {"blockquote"}
+)
 _COUNTED_TAGS: Final = frozenset({"img", "a", "table", "font", "form", "input", "iframe", "map", "area", "b"})
 
 
@@ -69,12 +79,14 @@ class _HtmlText(HTMLParser):
         for name, value in attrs:
             if value and name in ("href", "src", "action"):
                 self.urls.append(value)
-        if tag in ("br", "p", "div", "td", "tr", "li"):
+        if tag in _BLOCK_TAGS:
             self.text.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP_TAGS and self._skip > 0:
             self._skip -= 1
+        elif tag in _BLOCK_TAGS:
+            self.text.append(" ")
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
@@ -99,23 +111,24 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
-def _header_text(value: object) -> str:
+def _header_text(value: bytes) -> str:
     """A header value as readable text: RFC 2047 words decoded, raw 8-bit bytes read as UTF-8."""
-    text = str(value)
+    text = _decode_bytes(value, None)
     if "=?" in text:
         try:
             pieces = email.header.decode_header(text)
+            # Unencoded stretches come back as raw-unicode-escape bytes with no charset.
             text = "".join(
-                _decode_bytes(piece, charset) if isinstance(piece, bytes) else piece
+                piece
+                if isinstance(piece, str)
+                else _decode_bytes(piece, charset)
+                if charset
+                else piece.decode("raw-unicode-escape")
                 for piece, charset in pieces
             )
         except Exception:  # broken encoded words: keep the raw text
             pass
-    # compat32 keeps undecodable header bytes as surrogate escapes.
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _token(text: str) -> str:
@@ -166,17 +179,136 @@ def _strip_list_footer(text: str) -> str:
     return text
 
 
-def _walk(message: EmailMessage) -> Iterator[tuple[int, EmailMessage]]:
-    """MIME parts depth-first, iteratively, at most MAX_PARTS of them and MAX_DEPTH deep."""
-    stack: list[tuple[int, EmailMessage]] = [(0, message)]
+class _Part:
+    """One MIME entity: its headers (first value of each, lowercased names) and its raw body."""
+
+    __slots__ = ("body", "depth", "headers")
+
+    def __init__(self, headers: dict[str, bytes], body: bytes, depth: int) -> None:
+        self.headers = headers
+        self.body = body
+        self.depth = depth
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else _header_text(value)
+
+    def content_type(self) -> tuple[str, dict[str, str]]:
+        """(type/subtype, parameters); a missing or malformed type is text/plain, as RFC 2045 says."""
+        value = self.header("content-type") or ""
+        main, _, rest = value.partition(";")
+        words = main.split()
+        ctype = words[0].lower() if words else ""
+        if ctype.count("/") != 1:
+            ctype = "text/plain"
+        rest = " ".join(words[1:]) + ";" + rest  # "text/plain charset=x": a missing semicolon
+        params: dict[str, str] = {}
+        for match in _PARAM.finditer(rest):
+            params.setdefault(match.group(1).lower().rstrip("*"), match.group(2) or match.group(3) or "")
+        return ctype, params
+
+
+def _parse_head(raw: bytes, start: int, depth: int) -> _Part:
+    """Headers from `start` up to the first empty line (or the first line that is no header)."""
+    headers: dict[str, bytes] = {}
+    name = ""
+    value: list[bytes] = []
+    pos = start
+    end_of_head = min(len(raw), start + MAX_HEAD_BYTES)
+    first = True
+    while pos < end_of_head:
+        newline = raw.find(b"\n", pos, end_of_head)
+        stop = end_of_head if newline < 0 else newline + 1
+        line = raw[pos:stop].rstrip(b"\r\n")
+        if not line:
+            pos = stop
+            break
+        if line[:1] in (b" ", b"\t") and name:
+            value.append(line)
+        else:
+            match = _HEADER_LINE.match(line)
+            if match is None:
+                if first and line.startswith(b"From "):  # an mbox separator line
+                    pos = stop
+                    first = False
+                    continue
+                break  # not a header: the body starts here (headers without an empty line)
+            if name and name not in headers:
+                headers[name] = b" ".join(value)
+            name = match.group(1).decode("ascii").lower()
+            value = [match.group(2)]
+        first = False
+        pos = stop
+    if name and name not in headers:
+        headers[name] = b" ".join(value)
+    return _Part(headers, raw[pos:], depth)
+
+
+def _subparts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The bodies between `--boundary` lines; an unterminated last part runs to the end."""
+    delimiter = b"--" + boundary
+    parts: list[bytes] = []
+    start = -1
+    pos = 0
+    size = len(body)
+    while len(parts) < MAX_PARTS:
+        at = body.find(delimiter, pos)
+        if at < 0:
+            break
+        after = at + len(delimiter)
+        pos = after
+        if (at > 0 and body[at - 1] != 0x0A) or body[after : after + 1] not in _AFTER_DELIMITER:
+            continue  # not a delimiter line (mid-line, or a longer boundary that starts alike)
+        if start >= 0:
+            end = at - 1 if at > 0 else 0
+            if end > start and body[end - 1] == 0x0D:
+                end -= 1
+            parts.append(body[start : max(start, end)])
+        if body.startswith(b"--", after):
+            return parts
+        newline = body.find(b"\n", after)
+        start = pos = size if newline < 0 else newline + 1
+    if start >= 0 and len(parts) < MAX_PARTS:
+        parts.append(body[start:])
+    return parts
+
+
+def _walk(raw: bytes) -> Iterator[_Part]:
+    """MIME parts depth-first, at most MAX_PARTS of them and MAX_DEPTH deep; never recursive."""
+    stack = [_parse_head(raw, 0, 0)]
     seen = 0
     while stack and seen < MAX_PARTS:
-        depth, part = stack.pop()
+        part = stack.pop()
         seen += 1
-        yield depth, part
-        payload = part.get_payload()
-        if isinstance(payload, list) and depth < MAX_DEPTH:
-            stack.extend((depth + 1, child) for child in reversed(payload) if isinstance(child, EmailMessage))
+        yield part
+        if part.depth >= MAX_DEPTH:
+            continue
+        ctype, params = part.content_type()
+        if ctype.startswith("multipart/") and params.get("boundary"):
+            boundary = params["boundary"].encode("utf-8", "surrogateescape")
+            children = _subparts(part.body, boundary)
+            stack.extend(_parse_head(child, 0, part.depth + 1) for child in reversed(children))
+        elif ctype == "message/rfc822":
+            stack.append(_parse_head(part.body, 0, part.depth + 1))
+
+
+def _payload(part: _Part, cte: str) -> bytes:
+    """The decoded body of a part (base64 and quoted-printable undone, leniently), capped."""
+    body = part.body
+    if cte == "base64":
+        data = body[: MAX_PART_BYTES * 4 // 3 + 4096]
+        try:
+            return binascii.a2b_base64(data)[:MAX_PART_BYTES]
+        except (binascii.Error, ValueError):
+            # Broken padding or a truncated line: decode what whole 4-character groups there are.
+            clean = _NOT_BASE64.sub(b"", data)
+            try:
+                return binascii.a2b_base64(clean[: len(clean) // 4 * 4])[:MAX_PART_BYTES]
+            except (binascii.Error, ValueError):
+                return b""
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(body[: MAX_PART_BYTES * 2])[:MAX_PART_BYTES]
+    return body[:MAX_PART_BYTES]
 
 
 def _address_tokens(prefix: str, value: str, out: list[str]) -> str:
@@ -218,10 +350,10 @@ def _hosts(texts: list[str]) -> Iterator[str]:
 
 def _extract(raw: bytes) -> str:
     head: list[str] = []
-    parser = email.parser.BytesParser(policy=email.policy.compat32)
-    message = parser.parsebytes(raw[:MAX_RAW_BYTES])
+    parts = _walk(raw[:MAX_RAW_BYTES])
+    message = next(parts)
 
-    subject = _header_text(message.get("Subject", ""))
+    subject = message.header("subject") or ""
     if subject.strip():
         _words(_ARTEFACTS.sub(" ", subject), head, "subj:", 40)
         letters = [c for c in subject if c.isalpha()]
@@ -230,49 +362,43 @@ def _extract(raw: bytes) -> str:
     else:
         head.append("subj:none")
 
-    from_domain = _address_tokens("from", _header_text(message.get("From", "")), head)
-    reply_to = message.get("Reply-To")
+    from_domain = _address_tokens("from", message.header("from") or "", head)
+    reply_to = message.header("reply-to")
     if reply_to is not None:
-        reply_domain = _address_tokens("replyto", _header_text(reply_to), head)
+        reply_domain = _address_tokens("replyto", reply_to, head)
         head.append("replyto:same-domain" if reply_domain == from_domain else "replyto:other-domain")
-    mailer = message.get("X-Mailer") or message.get("User-Agent")
+    mailer = message.header("x-mailer") or message.header("user-agent")
     if mailer is not None:
-        _words(_header_text(mailer), head, "mailer:", 2)
+        _words(mailer, head, "mailer:", 2)
     else:
         head.append("mailer:none")
-    if message.get("Message-ID") is None:
+    if "message-id" not in message.headers:
         head.append("msgid:none")
 
     texts: list[str] = []
     html_urls: list[str] = []
     kinds: set[str] = set()
     budget = MAX_TEXT_CHARS
-    for depth, part in _walk(message):
-        ctype = part.get_content_type()
+    for part in itertools.chain((message,), parts):
+        ctype, params = part.content_type()
         kinds.add("mime:" + _token(ctype))
-        if depth == 0 and part.is_multipart():
+        if ctype.startswith("multipart/") or ctype == "message/rfc822":
             continue
-        charset = part.get_content_charset()
+        charset = params.get("charset", "").strip().lower()
         if charset:
             kinds.add("charset:" + _token(charset))
-        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        cte = "".join((part.header("content-transfer-encoding") or "").split()).lower()
         if cte and cte not in ("7bit", "8bit"):
             kinds.add("cte:" + _token(cte))
-        filename = part.get_filename()
+        disposition = part.header("content-disposition") or ""
+        filename = params.get("name") or _FILENAME.search(disposition)
         if filename:
-            kinds.add("attach:" + _token(str(filename).rpartition(".")[2].lower()[:10]))
-        if part.is_multipart() or budget <= 0 or not ctype.startswith("text/"):
+            name = filename if isinstance(filename, str) else filename.group(1) or filename.group(2) or ""
+            kinds.add("attach:" + _token(name.rpartition(".")[2].strip("\"' ").lower()[:10]))
+        if budget <= 0 or ctype not in ("text/plain", "text/html"):
             continue
-        if filename and ctype not in ("text/plain", "text/html"):
-            continue
-        try:
-            data = part.get_payload(decode=True)
-        except Exception:  # a payload the library cannot decode: skip the part, keep the rest
-            continue
-        if not isinstance(data, bytes):
-            continue
-        text = _decode_bytes(data[:MAX_PART_BYTES], charset)
-        if ctype == "text/html" or (ctype == "text/plain" and text.lstrip()[:6].lower() == "<html>"):
+        text = _decode_bytes(_payload(part, cte), charset or None)
+        if ctype == "text/html" or text.lstrip()[:6].lower() == "<html>":
             html = _HtmlText()
             try:
                 html.feed(text[:MAX_HTML_CHARS])

@@ -1,0 +1,218 @@
+"""message -> text: what it keeps, what it leaves out, and that it never raises."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from milter.text import MAX_WORDS, TEXT_VERSION, message_text
+
+
+def tokens(raw: bytes) -> list[str]:
+    return message_text(raw).split(" ")
+
+
+def check_text(text: str) -> None:
+    """The invariants every model text has, whatever the input."""
+    assert isinstance(text, str)
+    assert text, "some text out, always"
+    text.encode("utf-8")  # valid UTF-8: no lone surrogates
+    parts = text.split(" ")
+    assert all(parts), "single spaces between tokens, none at the ends"
+    assert parts == text.split(), "no other whitespace inside tokens"
+    assert len(parts) == len(set(parts)), "tokens are unique"
+
+
+PLAIN = (
+    b"Received: from mail.relayhost.example by mx.spamassassin.taint.org; Mon, 3 Mar 2025 10:00:00 +0000\r\n"
+    b'From: "Alice Example" <alice@example.co.uk>\r\n'
+    b"To: Bob Recipient <bob@recipientdomain.example>\r\n"
+    b"Cc: carol@ccdomain.example\r\n"
+    b"Reply-To: other@elsewhere.example.com\r\n"
+    b"Subject: =?utf-8?q?Caf=C3=A9_meeting?= Friday\r\n"
+    b"X-Mailer: Mutt 2.2\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+    b"Hello Bob, see http://www.docs.example.org/page and jm@spamassassin.taint.org.\r\n"
+    b"Costs =E2=82=AC 12345678 only!\r\n"
+    b"_______________________________________________\r\n"
+    b"Somelist mailing list\r\n"
+    b"https://lists.example.net/mailman/listinfo/somelist\r\n"
+)
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(TEXT_VERSION, str) and TEXT_VERSION
+
+
+def test_keeps_subject_sender_mailer_urls_and_decoded_body() -> None:
+    words = tokens(PLAIN)
+    for expected in (
+        "subj:café",
+        "subj:meeting",
+        "subj:friday",
+        "from:alice",
+        "from:example",
+        "fromtld:uk",
+        "replytotld:com",
+        "replyto:other-domain",
+        "mailer:mutt",
+        "mime:text/plain",
+        "charset:utf-8",
+        "cte:quoted-printable",
+        "url:example.org",
+        "urltld:org",
+        "hello",
+        "€",
+        "num8",
+        "!",
+    ):
+        assert expected in words, expected
+
+
+def test_leaves_out_relays_recipients_artefacts_and_list_footers() -> None:
+    text = message_text(PLAIN)
+    for absent in ("relayhost", "recipient", "recipientdomain", "ccdomain", "taint", "listinfo", "somelist"):
+        assert absent not in text, absent
+    assert "mailing" not in text.split(" ")
+
+
+def test_html_is_parsed_scripts_dropped_links_kept() -> None:
+    html = (
+        "<html><head><style>.x{color:red}</style><title>ignored title</title></head>"
+        "<body><p>Claim&nbsp;your <b>prize</b> &amp; win</p><script>var hidden = 1;</script>"
+        "<a href='http://win.example.ru/x'>here</a><img src='http://img.example.cn/p.gif'></body></html>"
+    )
+    raw = (
+        b"From: Deals <d@example.ru>\r\nSubject: hi\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(html.encode())
+    )
+    words = tokens(raw)
+    for expected in (
+        "claim",
+        "prize",
+        "win",
+        "here",
+        "url:example.ru",
+        "url:example.cn",
+        "html:img",
+        "html:a",
+    ):
+        assert expected in words, expected
+    for absent in ("hidden", "var", "color", "ignored"):
+        assert absent not in words, absent
+
+
+def test_broken_and_unknown_charsets_still_give_words() -> None:
+    unknown = b"Subject: test\r\nContent-Type: text/plain; charset=no-such-charset\r\n\r\n"
+    words = tokens(unknown + b"hello caf\xc3\xa9\r\n")  # valid UTF-8 is read as UTF-8
+    assert "hello" in words and "café" in words
+    words = tokens(unknown + b"hello w\xf6rld \xff\xfe\r\n")  # else as Latin-1
+    assert "hello" in words and "wörld" in words
+    raw_koi8 = "Привет мир".encode("koi8-r")
+    words = tokens(b"Subject: x\r\nContent-Type: text/plain; charset=koi8-r\r\n\r\n" + raw_koi8)
+    assert "привет" in words
+
+
+def test_no_subject_and_empty_body_are_tokens_too() -> None:
+    words = tokens(b"From: a@b.example\r\n\r\n")
+    assert "subj:none" in words and "body:empty" in words
+
+
+def test_body_words_are_capped() -> None:
+    body = " ".join(f"w{i}" for i in range(10 * MAX_WORDS)).encode()
+    words = tokens(b"Subject: long\r\n\r\n" + body)
+    assert len(words) <= MAX_WORDS + 20
+    assert "w0" in words
+
+
+def nested(depth: int) -> bytes:
+    raw = b"Content-Type: text/plain\r\n\r\ndeepest words here\r\n"
+    for level in range(depth):
+        boundary = f"b{level}".encode()
+        raw = (
+            b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
+            b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\nlevel words\r\n"
+            b"--" + boundary + b"\r\n" + raw + b"\r\n--" + boundary + b"--\r\n"
+        )
+    return b"Subject: nested\r\nMIME-Version: 1.0\r\n" + raw
+
+
+def test_nested_multiparts_100_deep() -> None:
+    text = message_text(nested(100))
+    check_text(text)
+    assert "level" in text.split(" ")
+
+
+def test_30_mb_attachment_returns_text_from_the_first_part() -> None:
+    attachment = base64.encodebytes(bytes(range(256)) * (30 * 1024 * 1024 // 256))
+    raw = (
+        b'Subject: report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+        b"--XX\r\nContent-Type: text/plain\r\n\r\nplease find the report attached\r\n"
+        b"--XX\r\nContent-Type: application/octet-stream; name=big.bin\r\n"
+        b"Content-Disposition: attachment; filename=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + attachment
+        + b"\r\n--XX--\r\n"
+    )
+    assert len(raw) > 30 * 1024 * 1024
+    words = tokens(raw)
+    assert "report" in words and "attached" in words
+    assert "attach:bin" in words
+
+
+def test_binary_junk_and_truncated_mime() -> None:
+    for raw in (
+        bytes(range(256)) * 40,
+        b"\x00" * 10000,
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
+        b"Content-Type: text/plain; charset=utf-7\r\n\r\n+AGEAYgBj-+ZZZ-\r\n",
+        b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64===\r\n",
+        b"Subject: =?x-unknown?B?////?= =?utf-8?Q?broken\r\n\r\nbody",
+        b"Content-Type: text/html\r\n\r\n<a href='http://[::1'><<<>><!--<![CDATA[<x y=\"",
+        b"",
+    ):
+        check_text(message_text(raw))
+
+
+HEADER_NAMES = st.sampled_from(
+    ["Subject", "From", "Reply-To", "Content-Type", "Content-Transfer-Encoding", "X-Mailer", "To", "X-Junk"]
+)
+HEADER_VALUES = st.one_of(
+    st.binary(max_size=80),
+    st.sampled_from(
+        [
+            b"multipart/mixed; boundary=zz",
+            b'text/html; charset="utf-16"',
+            b"text/plain; charset=x-made-up",
+            b"base64",
+            b"quoted-printable",
+            b"=?utf-8?b?w6k=?=",
+            b"=?iso-8859-1?q?=E9t=E9?=",
+            b'"\xff\xfe" <a@\xc3.example>',
+        ]
+    ),
+)
+
+
+@st.composite
+def mime_messages(draw: st.DrawFn) -> bytes:
+    headers = draw(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=8))
+    head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers)
+    parts = draw(st.lists(st.binary(max_size=300), max_size=4))
+    body = b"".join(b"--zz\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + p + b"\r\n" for p in parts)
+    return head + b"\r\n" + body + draw(st.sampled_from([b"--zz--\r\n", b"", b"--zz"]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_never_raises_on_random_bytes(raw: bytes) -> None:
+    check_text(message_text(raw))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mime_messages())
+def test_never_raises_on_random_mime(raw: bytes) -> None:
+    check_text(message_text(raw))

@@ -1,0 +1,175 @@
+"""Training: corpus readers, the time split, determinism, the `milter train` command, metrics."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from milter.cli import main
+from milter.model import load_model
+from milter.training import metrics
+from milter.training.corpus import (
+    HAM,
+    SPAM,
+    LabelledMessage,
+    load_labelled,
+    order_of,
+    read_messages,
+    received_time,
+    time_split,
+)
+from milter.training.synthetic import make_message, write_corpus
+from milter.training.train import TrainConfig, train
+
+
+def test_reads_a_directory_of_files_in_a_stable_order(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b").write_bytes(b"Subject: b\n\nb")
+    (tmp_path / "a").write_bytes(b"Subject: a\n\na")
+    (tmp_path / "sub" / "c").write_bytes(b"Subject: c\n\nc")
+    (tmp_path / ".hidden").write_bytes(b"ignored")
+    found = list(read_messages(tmp_path))
+    assert [Path(name).name for name, _ in found] == ["a", "b", "c"]
+    assert found[0][1] == b"Subject: a\n\na"
+
+
+def test_reads_a_maildir(tmp_path: Path) -> None:
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    for i in range(3):
+        box.add(make_message(i, spam=False))
+    (tmp_path / "Maildir" / "tmp" / "partial").write_bytes(b"half a messa")
+    found = list(read_messages(tmp_path / "Maildir"))
+    assert len(found) == 3
+    assert sorted(raw.split(b"\n", 1)[0] for _, raw in found) == sorted(
+        make_message(i, spam=False).split(b"\n", 1)[0] for i in range(3)
+    )
+
+
+def test_reads_an_mbox(tmp_path: Path) -> None:
+    box = mailbox.mbox(tmp_path / "mail.mbox", create=True)
+    for i in range(4):
+        box.add(make_message(i, spam=True))
+    box.close()
+    found = list(read_messages(tmp_path / "mail.mbox"))
+    assert [name for name, _ in found] == [f"{tmp_path / 'mail.mbox'}:{i}" for i in range(4)]
+    assert all(b"Subject:" in raw for _, raw in found)
+
+
+def test_a_single_file_is_one_message(tmp_path: Path) -> None:
+    path = tmp_path / "one.eml"
+    path.write_bytes(b"From someone Mon Jan  1 00:00:00 2007\nSubject: x\n\nbody\n")
+    assert list(read_messages(path)) == [(str(path), path.read_bytes())]
+
+
+def test_order_uses_trec_numbers_then_received_then_date() -> None:
+    assert order_of("/x/trec07p.inmail.42", b"") == (0, 42.0)
+    received = (
+        b"Received: from a by b; Tue, 1 Jan 2002 00:00:10 +0000\nDate: Mon, 1 Jan 2001 00:00:00 +0000\n\n"
+    )
+    assert received_time(received) == 1009843210.0
+    date_only = b"Date: Mon, 1 Jan 2001 00:00:00 +0000\n\n"
+    assert order_of("/x/easy_ham.0001", date_only) == (1, 978307200.0)
+    assert order_of("/x/nodate", b"Subject: x\n\n") == (1, 0.0)
+
+
+def labelled(group: str, label: int, order: float) -> LabelledMessage:
+    return LabelledMessage(f"{group}/{order}", label, group, (1, order), b"")
+
+
+def test_time_split_is_per_group_and_latest_last() -> None:
+    messages = [labelled("a", i % 2, i) for i in range(100)] + [
+        labelled("b", i % 2, 1000 - i) for i in range(20)
+    ]
+    train_ix, cal_ix, val_ix = time_split(messages, 0.1, 0.2)
+    assert len(train_ix) + len(cal_ix) + len(val_ix) == 120
+    assert {messages[i].group for i in val_ix} == {"a", "b"}
+    for group in ("a", "b"):
+        latest_train = max(messages[i].order for i in train_ix if messages[i].group == group)
+        earliest_cal = min(messages[i].order for i in cal_ix if messages[i].group == group)
+        earliest_val = min(messages[i].order for i in val_ix if messages[i].group == group)
+        latest_cal = max(messages[i].order for i in cal_ix if messages[i].group == group)
+        assert latest_train < earliest_cal <= latest_cal < earliest_val
+    assert sum(messages[i].group == "a" for i in val_ix) == 20
+
+
+def test_groups_are_the_parents_of_the_paths(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=3, spam=2)
+    found = list(load_labelled([ham], [spam]))
+    assert [m.label for m in found] == [HAM] * 3 + [SPAM] * 2
+    assert {m.group for m in found} == {str((tmp_path / "corpus").resolve())}
+
+
+def test_training_is_deterministic_and_validates_on_later_mail(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path, ham=80, spam=80)
+    config = TrainConfig(min_df=1, seed=3)
+    first = train([ham], [spam], config, "cmd")
+    second = train([ham], [spam], config, "cmd")
+    assert first.model_bytes == second.model_bytes
+    counts = json.loads(first.metadata["milter.counts"])
+    assert counts["validation"] == {"ham": 8, "spam": 8}
+    assert counts["calibration"] == {"ham": 8, "spam": 8}
+    assert counts["train"] == {"ham": 64, "spam": 64}
+    dates = json.loads(first.metadata["milter.dates"])
+    assert dates["train"][tmp_path.name][0] < dates["validation"][tmp_path.name][0]
+    figures = first.figures["all"]
+    assert isinstance(figures, dict) and figures["auc"] > 0.9
+    assert first.figures["onnx_vs_sklearn_max_abs_diff"] < 1e-4  # type: ignore[operator]
+
+
+def test_train_refuses_one_class_only(tmp_path: Path) -> None:
+    ham, _ = write_corpus(tmp_path, ham=30, spam=0)
+    with pytest.raises(ValueError, match="needs both ham and spam"):
+        train([ham], [], TrainConfig(min_df=1), "cmd")
+
+
+def test_train_command_writes_one_model_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=60, spam=60)
+    out = tmp_path / "models" / "spam.onnx"
+    argv = ["train", "--ham", str(ham), "--spam", str(spam), "--out", str(out), "--seed", "1", "--quiet"]
+    assert main([*argv, "--min-df", "1", "--max-features", "500"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["out"] == str(out) and report["bytes"] == out.stat().st_size
+    assert [p.name for p in out.parent.iterdir()] == ["spam.onnx"]  # no temporary file left
+    model = load_model(out)
+    params = json.loads(model.metadata["milter.params"])
+    assert params["seed"] == 1 and params["max_features"] == 500
+    assert model.metadata["milter.command"].startswith("milter train ")
+    libraries = json.loads(model.metadata["milter.libraries"])
+    assert {"scikit-learn", "onnx", "onnxruntime", "numpy", "python"} <= set(libraries)
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_train_command_reports_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "train",
+        "--ham",
+        str(tmp_path / "nope"),
+        "--spam",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "m.onnx"),
+    ]
+    assert main(argv) == 2
+    assert "nope: no such file or directory" in capsys.readouterr().err
+
+
+def test_metrics_on_a_known_example() -> None:
+    y = np.array([0] * 1000 + [1] * 10)
+    p = np.concatenate([np.linspace(0.0, 0.5, 1000), np.linspace(0.45, 1.0, 10)])
+    # One ham above 0.499 -> at 0.1 % FPR the threshold may let one ham through.
+    assert metrics.recall_at_fpr(y, p, 0.001) == pytest.approx(0.9)
+    assert metrics.rates_at(y, p, 0.9) == (0.0, pytest.approx(0.2))
+    perfect = metrics.figures([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0], [("spam", 0.9)])
+    assert perfect["auc"] == 1.0 and perfect["ece"] == 0.0 and perfect["brier"] == 0.0
+    assert perfect["threshold spam p>=0.9"] == {"ham_fpr": 0.0, "spam_recall": 1.0}
+    table = metrics.reliability(np.array([0, 1, 1, 1]), np.array([0.05, 0.95, 0.95, 0.55]))
+    assert table[0]["count"] == 1 and table[9]["count"] == 2 and table[5]["spam_rate"] == 1.0
+    assert metrics.ece(np.array([0, 1]), np.array([0.5, 0.5])) == 0.0
+    assert metrics.ece(np.array([0, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
