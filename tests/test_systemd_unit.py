@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import smtplib
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,56 @@ def test_sysusers_and_tmpfiles_create_the_layout(tmp_path: Path) -> None:
     ):
         st = (root / path).stat()
         assert (st.st_uid, st.st_mode & 0o777) == (owner, mode), path
+
+
+# The kernel enforces MemoryDenyWriteExecute= with PR_SET_MDWE where it can (Linux >= 6.3;
+# systemd >= 253 uses it) and NoNewPrivileges= with PR_SET_NO_NEW_PRIVS. Both are inherited
+# across execve, so the daemon can be run under them here without systemd: onnxruntime, uvloop
+# and the inotify watcher must work with no writable+executable memory.
+UNDER_HARDENING = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS, PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 38, 65, 66, 1
+if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    sys.exit("PR_SET_NO_NEW_PRIVS: " + os.strerror(ctypes.get_errno()))
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE (Linux >= 6.3): " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+PROBE = "import ctypes, sys; print('mdwe', ctypes.CDLL(None).prctl(66, 0, 0, 0, 0), file=sys.stderr)\n"
+
+
+def test_daemon_serves_under_memory_deny_write_execute(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    maildir = tmp_path / "Maildir"
+    log = tmp_path / "milter.log"
+    serve = (
+        PROBE + "from milter.cli import main\n"
+        f"sys.exit(main(['serve', '--listen', '127.0.0.1:{port}', '--next-hop', 'maildir:{maildir}']))\n"
+    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UNDER_HARDENING, sys.executable, "-c", serve],
+            stdout=out, stderr=out, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"milter exited {proc.returncode}:\n{log.read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"milter did not listen:\n{log.read_text()}"
+                time.sleep(0.1)
+        message = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: hardened\r\n\r\nHello.\r\n"
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail("a@example.org", ["b@example.test"], message)
+        [delivered] = list((maildir / "new").iterdir())
+        assert b"X-Spam-Score: " in delivered.read_bytes()
+        assert "mdwe 1" in log.read_text()  # the kernel really refused W+X memory to the daemon
+    finally:
+        proc.terminate()
+        proc.wait(30)
