@@ -373,7 +373,9 @@ smtpd_client_message_rate_limit = 0
         LOGS[f"postfix-{self.name}.maillog"] = self.maillog
         run(["postfix", "-c", str(self.config_dir), "check"])
         run(["postfix", "-c", str(self.config_dir), "start"], output=self.root / "postfix.out")
-        for port in (self.smtp_port, self.reinject_port):
+        master_cf = (self.config_dir / "master.cf").read_text()
+        listeners = [self.smtp_port] + [self.reinject_port] * (f":{self.reinject_port} inet" in master_cf)
+        for port in listeners:
             wait_until(lambda p=port: port_open(p), START_TIMEOUT, f"Postfix {self.name} on port {port}")
         # `postfix check` and the daemons log what they dislike in the config as warnings.
         warnings = [line for line in self.log_text().splitlines() if "warning:" in line]
@@ -422,12 +424,14 @@ class Milter:
     mode: str  # "after-queue" or "before-queue"
     next_hop_port: int
     rules: Path
+    args: tuple[str, ...] = ()  # more `milter serve` flags
+    name: str = ""  # for its log and config file names; default: the mode
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def log(self) -> Path:
-        return self.root / f"milter-{self.mode}.log"
+        return self.root / f"milter-{self.name or self.mode}.log"
 
     def command(self) -> list[str]:
         return [
@@ -437,16 +441,17 @@ class Milter:
             "--mode", self.mode,
             "--rules", str(self.rules),
             "--config", str(self.config),
+            *self.args,
         ]  # fmt: skip
 
     @property
     def config(self) -> Path:
-        return self.root / f"milter-{self.mode}.yaml"
+        return self.root / f"milter-{self.name or self.mode}.yaml"
 
     def start(self) -> None:
         LOGS[self.log.name] = self.log
         # Flags name what the test varies; the file holds the rest, as on an installed box.
-        self.config.write_text(f"quarantine: quarantine-{self.mode}\nlog_format: text\n")
+        self.config.write_text(f"quarantine: quarantine-{self.name or self.mode}\nlog_format: text\n")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
@@ -493,6 +498,42 @@ def rules_text(before_queue: bool) -> str:
     return yaml.safe_dump({**shipped, "rules": forced + shipped["rules"]}, sort_keys=False)
 
 
+def configure_after_queue(postfix: Postfix, filter_port: int) -> None:
+    """The box's Postfix plus the shipped after-queue snippets, filter on `filter_port`."""
+    postfix.configure(
+        main_extra=render(
+            POSTFIX_SNIPPETS / "after-queue.main.cf",
+            {"[127.0.0.1]:10025": f"[127.0.0.1]:{filter_port}"},
+        ),
+        master_extra=render(
+            POSTFIX_SNIPPETS / "after-queue.master.cf",
+            {"127.0.0.1:10026 inet": f"127.0.0.1:{postfix.reinject_port} inet"},
+        ),
+        smtp_listener_in_base=True,
+    )
+
+
+def configure_before_queue(postfix: Postfix, filter_port: int) -> None:
+    """The box's Postfix with its smtp listener replaced by the shipped before-queue entries."""
+    postfix.configure(
+        main_extra="",
+        master_extra=render(
+            POSTFIX_SNIPPETS / "before-queue.master.cf",
+            {
+                "smtp      inet": f"127.0.0.1:{postfix.smtp_port} inet",
+                "proxy_filter=127.0.0.1:10025": f"proxy_filter=127.0.0.1:{filter_port}",
+                "127.0.0.1:10026 inet": f"127.0.0.1:{postfix.reinject_port} inet",
+            },
+        ),
+        smtp_listener_in_base=False,
+    )
+
+
+def configure_unfiltered(postfix: Postfix) -> None:
+    """The box's Postfix as it was before milter: no filter (the benchmark's baseline)."""
+    postfix.configure(main_extra="", master_extra="", smtp_listener_in_base=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # the session's installation
 
@@ -531,34 +572,13 @@ def mail_system() -> Iterator[Installation]:  # used through tests/e2e/conftest.
         after = Postfix(root / "postfix-after", "after", dovecot.lmtp_socket)
         after_milter = Milter(root, "after-queue", after.reinject_port, root / "rules-after-queue.yaml")
         after_milter.rules.write_text(rules_text(before_queue=False))
-        after.configure(
-            main_extra=render(
-                POSTFIX_SNIPPETS / "after-queue.main.cf",
-                {"[127.0.0.1]:10025": f"[127.0.0.1]:{after_milter.port}"},
-            ),
-            master_extra=render(
-                POSTFIX_SNIPPETS / "after-queue.master.cf",
-                {"127.0.0.1:10026 inet": f"127.0.0.1:{after.reinject_port} inet"},
-            ),
-            smtp_listener_in_base=True,
-        )
+        configure_after_queue(after, after_milter.port)
 
         # Before-queue: the public smtpd proxies to milter, milter relays to the listener.
         before = Postfix(root / "postfix-before", "before", dovecot.lmtp_socket)
         before_milter = Milter(root, "before-queue", before.reinject_port, root / "rules-before-queue.yaml")
         before_milter.rules.write_text(rules_text(before_queue=True))
-        before.configure(
-            main_extra="",
-            master_extra=render(
-                POSTFIX_SNIPPETS / "before-queue.master.cf",
-                {
-                    "smtp      inet": f"127.0.0.1:{before.smtp_port} inet",
-                    "proxy_filter=127.0.0.1:10025": f"proxy_filter=127.0.0.1:{before_milter.port}",
-                    "127.0.0.1:10026 inet": f"127.0.0.1:{before.reinject_port} inet",
-                },
-            ),
-            smtp_listener_in_base=False,
-        )
+        configure_before_queue(before, before_milter.port)
 
         for thing in (after_milter, before_milter, after, before):
             started.append(thing)

@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Real mail through a real Postfix and Dovecot: is every message filed once, where its score
+says, and how many messages per second does the whole path take with and without the filter?
+
+    sudo .venv/bin/python bench/bench_postfix.py [--n 1000] [--conc 8] [--per-conn 10]
+
+One run, one machine, the same messages and the same Postfix + Dovecot set-up three (or more)
+times, in this order:
+
+  alone      Postfix -> Dovecot LMTP (+ the shipped Sieve script): no content filter
+  reference  Postfix -> the bare aiosmtpd relay of ../shared/bench/smtp-load.py -> Postfix -> Dovecot
+  milter     Postfix -> `milter serve` (shipped model and rules) -> Postfix -> Dovecot
+  milter-wN  as milter, with `--workers N` (only with --workers N and if serve has the flag)
+
+Postfix is configured by the shipped postfix/after-queue.* snippets (templated in ports only,
+exactly as tests/e2e does; the reference relay sits on the filter's port), Dovecot by the
+shipped dovecot/ fragments. Messages are N corpus files (MILTER_CORPUS, default /work/corpus;
+ham and spam of both corpora, shuffled with a fixed seed), each with one added first header
+`X-Bench-Id: i` so it can be found again; they are sent over SMTP by C concurrent clients,
+P messages per connection. The clock runs from the first connection to the moment the last
+message is in a Maildir. Then every Maildir file is read back: each id must be there exactly
+once; for milter, in the folder its X-Spam-Score puts it under the shipped rules and the
+shipped Sieve script, and that score must be the one `milter score` gives the same bytes
+offline. Needs root (it starts Postfix and Dovecot); prints one line per set-up and a
+summary; exit status 1 if any message was lost, duplicated or misfiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+import aiosmtplib  # noqa: E402
+from mailsys import (  # noqa: E402
+    DOMAIN,
+    Dovecot,
+    Mailbox,
+    Milter,
+    Postfix,
+    configure_after_queue,
+    configure_unfiltered,
+    free_port,
+    port_open,
+    tail,
+    wait_until,
+)
+
+SMTP_LOAD = REPO.parent / "shared" / "bench" / "smtp-load.py"
+SPAM_FOLDER_AT, FLAG_AT = 0.90, 0.50  # rules/default.yaml
+ID_HEADER = b"X-Bench-Id"
+ID_RE = re.compile(rb"^X-Bench-Id: (\d+)\r?$", re.M)
+
+
+def reference_relay_source() -> str:
+    """The REFERENCE relay program, read out of smtp-load.py (which runs when imported)."""
+    tree = ast.parse(SMTP_LOAD.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "REFERENCE":
+            assert isinstance(node.value, ast.Constant)
+            return str(node.value.value)
+    raise SystemExit(f"{SMTP_LOAD}: no REFERENCE relay found")
+
+
+@dataclass
+class Relay:
+    """The bare reference relay as a content filter: listens on `port`, relays to `next_hop_port`."""
+
+    root: Path
+    next_hop_port: int
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "reference.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", reference_relay_source(), str(self.port), str(self.next_hop_port)],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        wait_until(lambda: port_open(self.port), 30, "the reference relay")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def pick_messages(corpus: Path, n: int) -> list[tuple[str, Path]]:
+    files = []
+    for name in ("trec07p-early", "spamassassin"):
+        for label in ("ham", "spam"):
+            folder = corpus / name / label
+            if not folder.is_dir():
+                raise SystemExit(f"no corpus folder {folder} (set MILTER_CORPUS)")
+            files += [(label, p) for p in sorted(folder.iterdir())]
+    random.Random(7).shuffle(files)
+    return files[:n]
+
+
+def as_sent(raw: bytes) -> bytes:
+    """A corpus file as an MTA would send it: without the mbox `From ` separator line that
+    starts the TREC files (sent as is, it is no header, and Postfix takes the whole message
+    for body)."""
+    if raw.startswith(b"From "):
+        raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    return raw
+
+
+async def inject(
+    port: int, to: str, messages: list[bytes], conc: int, per_conn: int, accepted_at: dict[int, float]
+) -> tuple[int, list[str]]:
+    """Send every message; returns (accepted, errors); accepted_at[i]: when Postfix said 250."""
+    queue = list(range(len(messages)))
+    accepted = 0
+    errors: list[str] = []
+
+    async def client() -> None:
+        nonlocal accepted
+        while queue:
+            batch = [queue.pop() for _ in range(min(per_conn, len(queue)))]
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=120, start_tls=False)
+            try:
+                await smtp.connect()
+                for i in batch:
+                    try:
+                        await smtp.sendmail("bench@example.org", [to], messages[i])
+                        accepted_at[i] = time.time()
+                        accepted += 1
+                    except aiosmtplib.SMTPException as e:
+                        errors.append(f"message {i}: {e}")
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError) as e:
+                errors.append(f"connection: {e}")
+
+    await asyncio.gather(*(client() for _ in range(conc)))
+    return accepted, errors
+
+
+def count_files(box: Mailbox) -> int:
+    n = 0
+    for folder in [box.root, *(p for p in box.root.glob(".*") if p.is_dir())]:
+        for sub in ("new", "cur"):
+            d = folder / sub
+            if d.is_dir():
+                n += sum(1 for _ in os.scandir(d))
+    return n
+
+
+@dataclass
+class Result:
+    name: str
+    sent: int
+    accepted: int
+    delivered: int
+    seconds: float
+    inject_seconds: float
+    errors: list[str]
+    problems: list[str]
+    folders: dict[str, int]
+    latency_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        lat = sorted(self.latency_ms)
+        p50 = lat[len(lat) // 2] if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        folders = ", ".join(f"{k} {v}" for k, v in sorted(self.folders.items()))
+        return (
+            f"{self.name:10s} {self.delivered}/{self.sent} delivered in {self.seconds:.1f} s = "
+            f"{self.rate:.0f} msg/s (accepted by Postfix in {self.inject_seconds:.1f} s); "
+            f"accepted->mailbox p50 {p50:.0f} ms, p99 {p99:.0f} ms; {folders}; "
+            f"{len(self.errors)} SMTP errors, {len(self.problems)} lost/duplicated/misfiled"
+        )
+
+
+def expected_place(p: float) -> tuple[str, bool]:
+    if p >= SPAM_FOLDER_AT:
+        return "Junk", False
+    if p >= FLAG_AT:
+        return "INBOX", True
+    return "INBOX", False
+
+
+def offline_scores(messages: list[bytes], work: Path) -> dict[int, float]:
+    """`milter score --json` on the same bytes as sent: the score each message should carry."""
+    folder = work / "offline"
+    folder.mkdir()
+    for i, raw in enumerate(messages):
+        (folder / f"{i:05d}").write_bytes(raw)
+    out = subprocess.run(
+        [sys.executable, "-m", "milter", "score", "--json", str(folder)],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    ).stdout  # fmt: skip
+    scores = {}
+    for line in out.splitlines():
+        rec = json.loads(line)
+        if "probability" in rec:
+            scores[int(Path(rec["file"]).name)] = float(rec["probability"])
+    return scores
+
+
+def audit(box: Mailbox, n: int, sent_at: dict[int, float], scored: bool, offline: dict[int, float]) -> tuple:
+    """Every id exactly once; for scored runs in the folder its score says, with the offline score."""
+    seen: dict[int, list] = {}
+    folders: dict[str, int] = {}
+    latency = []
+    problems = []
+    for d in box.messages():
+        m = ID_RE.search(d.raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0])
+        if not m:
+            problems.append(f"{d.path}: no {ID_HEADER.decode()} header")
+            continue
+        i = int(m.group(1))
+        seen.setdefault(i, []).append(d)
+        key = d.folder + (" flagged" if "F" in d.flags else "")
+        folders[key] = folders.get(key, 0) + 1
+        if i in sent_at:
+            latency.append(1000 * (d.path.stat().st_mtime - sent_at[i]))
+        if scored:
+            score = d.header("X-Spam-Score")
+            if score is None:
+                problems.append(f"id {i}: no X-Spam-Score")
+                continue
+            p = float(score)
+            if (d.folder, "F" in d.flags) != expected_place(p):
+                problems.append(f"id {i}: score {p} but in {d.folder} flags={d.flags!r}")
+            if i in offline and abs(offline[i] - p) > 0.0015:  # header has 3 decimals
+                problems.append(f"id {i}: X-Spam-Score {p} but `milter score` says {offline[i]:.4f}")
+    for i in range(n):
+        copies = len(seen.get(i, []))
+        if copies != 1:
+            problems.append(f"id {i}: delivered {copies} times")
+    return folders, latency, problems
+
+
+def run_setup(
+    name: str, work: Path, dovecot: Dovecot, messages: list[bytes], args: argparse.Namespace,
+    filter_kind: str | None, milter_args: tuple[str, ...] = (), offline: dict[int, float] | None = None,
+) -> Result:  # fmt: skip
+    postfix = Postfix(work / f"postfix-{name}", name, dovecot.lmtp_socket)
+    flt: Milter | Relay | None = None
+    if filter_kind == "milter":
+        rules = REPO / "rules" / "default.yaml"
+        flt = Milter(work, "after-queue", postfix.reinject_port, rules, milter_args, name=name)
+    elif filter_kind == "reference":
+        flt = Relay(work, postfix.reinject_port)
+    if flt is None:
+        configure_unfiltered(postfix)
+    else:
+        configure_after_queue(postfix, flt.port)
+    user = f"bench-{name}"
+    box = dovecot.mailbox(user)
+    try:
+        if flt is not None:
+            flt.start()
+        postfix.start()
+        # Warm-up: processes forked, model loaded, mailbox created.
+        warm = [messages[i] for i in range(min(50, len(messages)))]
+        asyncio.run(inject(postfix.smtp_port, f"warmup-{name}@{DOMAIN}", warm, args.conc, args.per_conn, {}))
+        wait_until(lambda: count_files(dovecot.mailbox(f"warmup-{name}")) >= len(warm), 300, "warm-up", 0.2)
+
+        sent_at: dict[int, float] = {}
+        t0 = time.time()
+        accepted, errors = asyncio.run(
+            inject(postfix.smtp_port, f"{user}@{DOMAIN}", messages, args.conc, args.per_conn, sent_at)
+        )
+        t_inject = time.time() - t0
+        deadline = time.time() + args.timeout
+        while count_files(box) < accepted and time.time() < deadline:
+            time.sleep(0.05)
+        t_done = time.time()
+        # The clock stops at the newest delivered file's mtime (not our polling moment).
+        files = box.messages()
+        last = max((d.path.stat().st_mtime for d in files), default=t_done)
+        seconds = last - t0
+        folders, latency, problems = audit(
+            box, len(messages), sent_at, filter_kind == "milter", offline or {}
+        )
+        stuck = postfix.queue()
+        if stuck:
+            problems.append(f"{len(stuck)} message(s) still in Postfix's queue")
+        return Result(
+            name, len(messages), accepted, len(files), seconds, t_inject, errors, problems, folders, latency
+        )
+    except Exception:
+        for log in (postfix.maillog, dovecot.log, getattr(flt, "log", work / "reference.log")):
+            print(f"--- {log}\n{tail(Path(log), 30)}", file=sys.stderr)
+        raise
+    finally:
+        postfix.stop()
+        if flt is not None:
+            flt.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="messages per set-up (default 1000)")
+    ap.add_argument("--conc", type=int, default=8, help="concurrent SMTP clients (default 8)")
+    ap.add_argument("--per-conn", type=int, default=10, help="messages per connection (default 10)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for delivery")
+    ap.add_argument("--workers", type=int, action="append", default=[], help="also run milter --workers N")
+    ap.add_argument("--only", nargs="+", help="run only these set-ups (alone, reference, milter)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_postfix: needs root (it starts Postfix and Dovecot)")
+
+    corpus = Path(os.environ.get("MILTER_CORPUS", "/work/corpus"))
+    picked = pick_messages(corpus, args.n)
+    messages = [ID_HEADER + b": %d\r\n" % i + as_sent(p.read_bytes()) for i, (_, p) in enumerate(picked)]
+    labels = [label for label, _ in picked]
+    print(
+        f"bench_postfix: {len(messages)} corpus messages "
+        f"({labels.count('ham')} ham, {labels.count('spam')} spam, "
+        f"{sum(map(len, messages)) / 1e6:.1f} MB), {args.conc} clients x {args.per_conn} per connection; "
+        f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, load {os.getloadavg()[0]:.2f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="milter-bench-"))
+    os.chmod(work, 0o755)
+    dovecot = Dovecot(work / "dovecot")
+    results = []
+    try:
+        offline = offline_scores(messages, work)
+        dovecot.start()
+        setups: list[tuple[str, str | None, tuple[str, ...]]] = [
+            ("alone", None, ()),
+            ("reference", "reference", ()),
+            ("milter", "milter", ()),
+        ]
+        setups += [(f"milter-w{n}", "milter", ("--workers", str(n))) for n in args.workers]
+        for name, kind, extra in setups:
+            if args.only and name not in args.only:
+                continue
+            r = run_setup(name, work, dovecot, messages, args, kind, extra, offline)
+            results.append(r)
+            print(r.line(), flush=True)
+            for p in r.problems[:10] + r.errors[:10]:
+                print(f"    {p}")
+    finally:
+        dovecot.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    by = {r.name: r for r in results}
+    if "reference" in by and "milter" in by:
+        print(
+            f"milter/reference = {by['milter'].rate / by['reference'].rate:.2f} "
+            f"({by['milter'].rate:.0f} vs {by['reference'].rate:.0f} msg/s; target >= 1.3)"
+        )
+    if "alone" in by and "milter" in by:
+        print(f"milter/alone = {by['milter'].rate / by['alone'].rate:.2f}")
+    bad = any(r.problems or r.errors or r.delivered != r.sent for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
