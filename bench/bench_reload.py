@@ -7,8 +7,8 @@
 What it does, in one run, against a real `milter serve` (a subprocess, its own event loop) in
 front of a sink that records every message it receives:
 
-1. baseline: steady SMTP load (the load loop of ../shared/bench/smtp-load.py, run continuously)
-   for --baseline seconds, no changes: p50/p99 latency;
+1. warm-up: steady SMTP load (the load loop of ../shared/bench/smtp-load.py, run continuously)
+   for --warmup seconds;
 2. swaps: the same load while --rules-edits rule edits and --model-swaps model swaps are made,
    valid and invalid, written in place, by copy (cp) and by rename (plus two removals of the
    active model, which must fall back to the previous valid one). Each rules version names its
@@ -16,7 +16,10 @@ front of a sink that records every message it receives:
    sink (`rule=... model=...`) says which policy scored each message. Checked: zero failed or
    tempfailed sessions; every accepted message arrived once with exactly one X-Spam-Status whose
    (rules version, model) pair was live together at some point; each valid change was seen at the
-   sink within 2 s; no invalid version was ever seen; p99 latency during swaps vs baseline;
+   sink within 2 s; no invalid version was ever seen. The changes come in blocks of --block, each
+   followed by --quiet-window seconds without changes under the same load: p50/p99 latency of
+   messages in flight while changes were made and went live vs in those quiet windows (taken in
+   between, so that other work on a shared machine weighs on both alike);
 3. memory: --reloads reloads (each a new rules version and a real model load: two model files
    made newest in turn by touching them, then SIGHUP), waiting for systemd's READY=1 (the bench
    owns NOTIFY_SOCKET) naming the expected model; the server's RSS along the way.
@@ -209,11 +212,15 @@ class Systemd:
             self.queue.get_nowait()
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return -1
+
+
+def hwm_kib(pid: int) -> int:
+    return rss_kib(pid, "VmHWM")
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -312,7 +319,12 @@ async def run(a: argparse.Namespace) -> bool:
     rules_path = rules_dir / "default.yaml"
     rules_path.write_text(RULES.format(k=0, hi="0.90"))
     models = Models(model_dir)
-    first = variant(base_model, "m0")
+    # Model variants are made before the load starts: making one takes the bench's own CPU.
+    prepared = {k: variant(base_model, f"m{k}") for k in range(a.model_swaps + 1)}
+    future = {
+        k: variant(base_model, f"m{k}", **{"milter.text_version": "999"}) for k in range(a.model_swaps + 1)
+    }
+    first = prepared[0]
     (model_dir / "m0.onnx").write_bytes(first)
     models.files["m0.onnx"] = (True, model_id(first))
     models.active = ("m0.onnx", model_id(first))
@@ -336,20 +348,19 @@ async def run(a: argparse.Namespace) -> bool:
             f"started: {systemd.messages[-1][1].get('STATUS', '')}; RSS {rss_kib(server.pid) / 1024:.0f} MiB"
         )
 
-        # 1. baseline
+        # 1. warm-up
         load = Load(msgs, port, a.conc, a.per_conn)
         task = asyncio.create_task(load.run())
-        await asyncio.sleep(a.baseline)
+        await asyncio.sleep(a.warmup)
         load.stop = True
         await task
-        base_lat = [s for _, s in load.latencies]
+        warm = [s for _, s in load.latencies]
         print(
-            f"baseline: {len(base_lat)} messages in {a.baseline:.0f} s "
-            f"({len(base_lat) / a.baseline:.0f} msg/s), "
-            f"p50 {1000 * percentile(base_lat, 0.5):.1f} ms, p99 {1000 * percentile(base_lat, 0.99):.1f} ms, "
-            f"failures {len(load.failures)}"
+            f"warm-up: {len(warm)} messages in {a.warmup:.0f} s ({len(warm) / a.warmup:.0f} msg/s), "
+            f"p50 {1000 * percentile(warm, 0.5):.1f} ms, p99 {1000 * percentile(warm, 0.99):.1f} ms; "
+            f"RSS {rss_kib(server.pid) / 1024:.0f} MiB"
         )
-        baseline_failures = len(load.failures)
+        warmup_failures = len(load.failures)
 
         # 2. swaps under load
         live_pairs: set[tuple[str, str]] = {("0", models.active[1])}
@@ -360,7 +371,8 @@ async def run(a: argparse.Namespace) -> bool:
         late: list[str] = []
         load2 = Load(msgs, port, a.conc, a.per_conn, seq=10_000_000)
         task = asyncio.create_task(load2.run())
-        swap_start = time.monotonic()
+        swap_start = block_start = time.monotonic()
+        windows: list[tuple[float, float]] = []  # while changes were being made and going live
         methods = ["in place", "cp", "rename"]
         rng = random.Random(11)
         n_changes = a.rules_edits + a.model_swaps
@@ -368,13 +380,14 @@ async def run(a: argparse.Namespace) -> bool:
         m_done = r_done = 0
         removals = 0
         for i in range(n_changes):
-            how = methods[i % 3]
             is_model = (
                 i % model_every == model_every - 1 and m_done < a.model_swaps
             ) or r_done >= a.rules_edits
             if is_model:
                 m_done += 1
                 k = m_done
+                j = m_done // 4
+                how = methods[(j + j // 3) % 3 if m_done % 4 == 0 else m_done % 3]
                 valid = m_done % 4 != 0
                 if not valid:
                     kind = ["truncated", "not-onnx", "text-version"][(m_done // 4) % 3]
@@ -383,7 +396,7 @@ async def run(a: argparse.Namespace) -> bool:
                     elif kind == "not-onnx":
                         data = os.urandom(4096)
                     else:
-                        data = variant(base_model, f"m{k}", **{"milter.text_version": "999"})
+                        data = future[k]
                     # In place means over the active model: the model in memory must keep serving.
                     name = models.active[0] if how == "in place" else f"m{k}.onnx"
                     mid = model_id(data)
@@ -404,7 +417,7 @@ async def run(a: argparse.Namespace) -> bool:
                     models.active = fallback
                     what = f"model removal -> {fallback[1]}"
                 else:
-                    data = variant(base_model, f"m{k}")
+                    data = prepared[k]
                     mid = model_id(data)
                     name = models.active[0] if how == "in place" else f"m{k}.onnx"
                     t0 = time.monotonic()
@@ -420,6 +433,7 @@ async def run(a: argparse.Namespace) -> bool:
             else:
                 r_done += 1
                 k = r_done
+                how = methods[(r_done // 5 if r_done % 5 == 0 else r_done) % 3]
                 valid = r_done % 5 != 0
                 if not valid:
                     kind, template = BAD_RULES[(r_done // 5) % len(BAD_RULES)]
@@ -463,16 +477,35 @@ async def run(a: argparse.Namespace) -> bool:
                 if is_model or k % 20 == 0:
                     print(f"  {what}: live after {1000 * (when - t0):.0f} ms", flush=True)
             await asyncio.sleep(rng.uniform(0.05, 0.3))
+            if (i + 1) % a.block == 0 or i == n_changes - 1:
+                # A quiet window under the same load: the "without swaps" figures, measured in
+                # between, so that other work on the machine weighs on both alike.
+                windows.append((block_start, time.monotonic() + 0.5))
+                await asyncio.sleep(a.quiet_window)
+                block_start = time.monotonic()
         swap_secs = time.monotonic() - swap_start
-        await asyncio.sleep(1.0)
         load2.stop = True
         await task
         await asyncio.sleep(0.5)  # the last messages reach the sink
-        swap_lat = [s for _, s in load2.latencies]
+        swap_lat, quiet_lat = [], []
+        for end, secs in load2.latencies:
+            start = end - secs
+            busy = any(start < w_end and end > w_start for w_start, w_end in windows)
+            (swap_lat if busy else quiet_lat).append(secs)
+        busy_secs = sum(w_end - w_start for w_start, w_end in windows)
+        quiet_secs = swap_secs - busy_secs
+        for name, lat, secs in (
+            ("without swaps", quiet_lat, quiet_secs),
+            ("during swaps", swap_lat, busy_secs),
+        ):
+            print(
+                f"{name}: {len(lat)} messages in {secs:.0f} s ({len(lat) / secs:.0f} msg/s), "
+                f"p50 {1000 * percentile(lat, 0.5):.1f} ms, p99 {1000 * percentile(lat, 0.99):.1f} ms"
+            )
         print(
-            f"swaps: {a.rules_edits} rule edits + {a.model_swaps} model swaps in {swap_secs:.0f} s; "
-            f"{len(swap_lat)} messages ({len(swap_lat) / swap_secs:.0f} msg/s), "
-            f"p50 {1000 * percentile(swap_lat, 0.5):.1f} ms, p99 {1000 * percentile(swap_lat, 0.99):.1f} ms"
+            f"  {a.rules_edits} rule edits + {a.model_swaps} model swaps in {len(windows)} blocks, "
+            f"each followed by {a.quiet_window:.0f} s without changes; "
+            f"RSS {rss_kib(server.pid) / 1024:.0f} MiB, peak {hwm_kib(server.pid) / 1024:.0f} MiB"
         )
         for kind_key, ds in delays.items():
             if ds:
@@ -480,8 +513,8 @@ async def run(a: argparse.Namespace) -> bool:
                     f"  {kind_key} changes live after: median {1000 * percentile(ds, 0.5):.0f} ms, "
                     f"max {1000 * max(ds):.0f} ms ({len(ds)} valid changes)"
                 )
-        check(baseline_failures == 0 and not load2.failures,
-              f"failed or tempfailed: {baseline_failures + len(load2.failures)}"
+        check(warmup_failures == 0 and not load2.failures,
+              f"failed or tempfailed: {warmup_failures + len(load2.failures)}"
               + (f" (first: {load2.failures[:3]})" if load2.failures else ""))  # fmt: skip
         check(not late, f"valid changes live within 2 s: {len(late)} late {late[:5]}")
 
@@ -515,7 +548,7 @@ async def run(a: argparse.Namespace) -> bool:
         check(bad_pair == 0, f"scored by one whole policy (a live rules+model pair): {bad_pair} mixed")
         check(invalid_seen == 0, f"invalid versions never live: {invalid_seen} messages scored by one "
               f"({len(invalid_rules)} invalid rules, {len(invalid_models)} invalid models)")  # fmt: skip
-        p99_base, p99_swap = percentile(base_lat, 0.99), percentile(swap_lat, 0.99)
+        p99_base, p99_swap = percentile(quiet_lat, 0.99), percentile(swap_lat, 0.99)
         print(f"p99 latency: {1000 * p99_base:.1f} ms without swaps, {1000 * p99_swap:.1f} ms during swaps "
               f"({p99_swap / p99_base:.2f}x)")  # fmt: skip
 
@@ -598,7 +631,9 @@ def main() -> None:
     ap.add_argument("--rules-edits", type=int, default=100)
     ap.add_argument("--model-swaps", type=int, default=20)
     ap.add_argument("--reloads", type=int, default=1000, help="for the memory figure (0: skip)")
-    ap.add_argument("--baseline", type=float, default=30.0, help="seconds of load without changes")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before any change")
+    ap.add_argument("--block", type=int, default=10, help="changes between two quiet windows")
+    ap.add_argument("--quiet-window", type=float, default=6.0, help="seconds without changes after a block")
     ap.add_argument("--conc", type=int, default=8)
     ap.add_argument("--per-conn", type=int, default=10)
     ap.add_argument("--invalid-wait", type=float, default=1.5, help="seconds to watch an invalid change")
