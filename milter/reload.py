@@ -145,7 +145,8 @@ class Refusal:
         return str(self.error)
 
     def log_line(self) -> str:
-        return f"reload: refused {self.kind} file {self.reason}; the last good {self.kind} keep serving"
+        verb = "keep" if self.kind == "rules" else "keeps"
+        return f"reload: refused {self.kind} file {self.reason}; the last good {self.kind} {verb} serving"
 
 
 # --- the model ---------------------------------------------------------------------------------

@@ -6,19 +6,23 @@ import asyncio
 import logging
 import os
 import random
+import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiosmtplib
 import onnx
 import pytest
 
 from milter.errors import ModelError, RulesError
 from milter.metrics import Metrics
-from milter.model import META_TEXT_VERSION, Model, load_model
+from milter.model import META_TEXT_VERSION, Model, load_model, model_id_of
 from milter.notify import Notifier
 from milter.reload import (
     ModelSelector,
@@ -136,15 +140,6 @@ def setup(tmp_path: Path, variants: Callable[[str], bytes]) -> Setup:
     write(s.rules, rules_text("first"))
     write(s.model("a.onnx"), variants("a"), mtime=time.time() - 100)
     return s
-
-
-def model_id(data: bytes, tmp_path: Path) -> str:
-    p = tmp_path / f"probe-{time.monotonic_ns()}.onnx"
-    p.write_bytes(data)
-    try:
-        return load_model(p).id
-    finally:
-        p.unlink()
 
 
 # --- temporary files and the choice of model ----------------------------------------------------
@@ -535,7 +530,7 @@ def test_bad_file_is_refused_with_a_clear_line_and_the_old_policy_serves(
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith(f"reload: refused {kind} file {bad[0]}")
     assert reason in line
-    assert line.endswith(f"the last good {kind} keep serving")
+    assert line.endswith(f"the last good {kind} {'keep' if kind == 'rules' else 'keeps'} serving")
     assert "\n" not in line
 
 
@@ -554,7 +549,6 @@ def test_valid_change_after_a_refused_one_goes_live(setup: Setup) -> None:
 
 
 def test_request_reloads_without_events_and_notifies_systemd(setup: Setup, tmp_path: Path) -> None:
-    import socket
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rl") as d:
@@ -598,7 +592,6 @@ def test_request_reloads_without_events_and_notifies_systemd(setup: Setup, tmp_p
 
 
 def test_refusal_shows_in_the_systemd_status(setup: Setup) -> None:
-    import socket
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rl") as d:
@@ -622,3 +615,182 @@ def test_refusal_shows_in_the_systemd_status(setup: Setup) -> None:
     assert ready["READY"] == "1"
     assert "2 rules; refused " in ready["STATUS"]
     assert "default.yaml" in ready["STATUS"]
+
+
+# --- through the daemon, under load -------------------------------------------------------------
+
+STATUS_FIELD = re.compile(rb"^X-Spam-Status:(.*?)\r?\n(?![ \t])", re.M | re.S | re.I)
+RULE_AND_MODEL = re.compile(r"rule=(\S+)\s+model=(\S+)")
+
+
+class Sink:
+    """The next hop: a real SMTP server recording the X-Spam-Status of every message."""
+
+    def __init__(self) -> None:
+        self.statuses: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        head = bytes(envelope.original_content).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        found = [" ".join(s.decode().split()) for s in STATUS_FIELD.findall(head)]
+        with self.lock:
+            self.statuses.append(found)
+        return "250 2.0.0 Ok"
+
+    def pairs(self) -> list[tuple[str, str] | None]:
+        with self.lock:
+            statuses = list(self.statuses)
+        out: list[tuple[str, str] | None] = []
+        for found in statuses:
+            m = RULE_AND_MODEL.search(found[0]) if len(found) == 1 else None
+            out.append((m.group(1).rpartition("_")[2], m.group(2)) if m else None)
+        return out
+
+
+def test_rule_edits_and_model_swaps_under_load_through_the_daemon(
+    setup: Setup, variants: Callable[[str], bytes], model_bytes: bytes
+) -> None:
+    """A small bench/bench_reload.py: every message scored by one whole, valid policy."""
+    from aiosmtpd.controller import Controller
+
+    from milter.config import Config, NextHop
+    from milter.server import Daemon
+
+    model_ids = {"a": model_id_of(variants("a"))}
+    sink = Sink()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        sink_port = probe.getsockname()[1]
+    controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
+    controller.start()
+    failures: list[str] = []
+    accepted = 0
+
+    def versioned(v: str) -> str:
+        return f"version: 1\nrules:\n  - name: spam_{v}\n    if: {{probability: {{min: 0.9}}}}\n" \
+               f"    action: spam_folder\n  - name: default_{v}\n    action: deliver\n"  # fmt: skip
+
+    async def main() -> tuple[set[tuple[str, str]], set[str], Daemon]:
+        nonlocal accepted
+        config = Config(
+            listen_port=0,
+            next_hop=NextHop("smtp", "127.0.0.1", sink_port),
+            rules=setup.rules,
+            model=setup.models,
+            quarantine=setup.root / "quarantine",
+            hostname="test.example",
+        )
+        write(setup.rules, versioned("v0"))
+        daemon = Daemon(config, metrics=Metrics(), notifier=Notifier({}))
+        await daemon.start()
+        assert daemon.reloader is not None and daemon.metrics is not None
+        stop = False
+
+        async def client(n: int) -> None:
+            nonlocal accepted
+            rng = random.Random(n)
+            while not stop:
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.port, timeout=30)
+                await smtp.connect()
+                for i in range(5):
+                    try:
+                        await smtp.sendmail("a@example.org", ["b@example.net"], _mail(i, i % 2 == 0, rng))
+                        accepted += 1
+                    except aiosmtplib.SMTPException as e:
+                        failures.append(repr(e))
+                await smtp.quit()
+
+        def seen(pair: tuple[str, str]) -> bool:
+            return pair in sink.pairs()[-20:]
+
+        def failed(kind: str) -> float:
+            value = daemon.metrics.registry.get_sample_value(  # type: ignore[union-attr]
+                "milter_reloads_total", {"kind": kind, "result": "failed"}
+            )
+            return value or 0.0
+
+        async def until(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 20  # a hang detector: changes go live in well under 1 s
+            while not condition():
+                assert time.monotonic() < deadline, "change never went live"
+                await asyncio.sleep(0.02)
+
+        clients = [asyncio.create_task(client(n)) for n in range(3)]
+        live = {("v0", model_ids["a"])}
+        invalid: set[str] = set()
+        state = ["v0", model_ids["a"]]
+        try:
+            await until(lambda: seen(("v0", model_ids["a"])))
+            steps: list[tuple[str, str, str]] = [
+                ("rules", "v1", "in place"), ("model", "b", "cp"), ("rules", "bad1", "rename"),
+                ("rules", "v2", "cp"), ("model", "truncated", "in place"), ("rules", "v3", "rename"),
+                ("model", "c", "rename"), ("rules", "bad2", "in place"), ("model", "future", "cp"),
+                ("rules", "v4", "in place"),
+            ]  # fmt: skip
+            for kind, name, how in steps:
+                if kind == "rules":
+                    text = versioned(name)
+                    if name.startswith("bad"):
+                        text = text.replace("action: deliver", "action: reject")  # after-queue: refused
+                        invalid.add(name)
+                    data = text.encode()
+                    path = setup.rules
+                else:
+                    if name == "truncated":
+                        data = model_bytes[: len(model_bytes) // 3]
+                    elif name == "future":
+                        data = with_metadata(model_bytes, **{META_TEXT_VERSION: "999"})
+                    else:
+                        data = variants(name)
+                        model_ids[name] = model_id_of(data)
+                    path = setup.model(f"{name}.onnx")
+                before = failed(kind)
+                await asyncio.to_thread(_place, path, data, how, setup.root)
+                if kind == "rules" and not name.startswith("bad"):
+                    state[0] = name
+                elif kind == "model" and name in model_ids:
+                    state[1] = model_ids[name]
+                else:
+                    if kind == "model":
+                        invalid.add(model_id_of(data))
+                    await until(lambda k=kind, b=before: failed(k) > b)
+                    continue
+                pair = (state[0], state[1])
+                live.add(pair)
+                await until(lambda p=pair: seen(p))
+        finally:
+            stop = True
+            await asyncio.gather(*clients)
+            await daemon.stop()
+        return live, invalid, daemon
+
+    try:
+        live, invalid, daemon = asyncio.run(main())
+    finally:
+        controller.stop()
+    pairs = sink.pairs()
+    assert failures == []
+    assert len(pairs) == accepted > 0
+    assert None not in pairs, "a message without exactly one X-Spam-Status naming rule and model"
+    assert set(pairs) <= live, f"scored by a mix of policies: {set(pairs) - live}"
+    assert not {r for r, m in pairs} & invalid and not {m for r, m in pairs} & invalid
+    assert live <= set(pairs)  # every valid change went live
+    metrics = daemon.metrics
+    assert metrics is not None
+    assert (
+        metrics.registry.get_sample_value("milter_reloads_total", {"kind": "rules", "result": "failed"}) == 2
+    )
+    assert (
+        metrics.registry.get_sample_value("milter_reloads_total", {"kind": "model", "result": "failed"}) == 2
+    )
+
+
+def _place(path: Path, data: bytes, how: str, root: Path) -> None:
+    if how == "in place":
+        write(path, data)
+    elif how == "cp":
+        staged = root / f"staged-{time.monotonic_ns()}"
+        staged.write_bytes(data)
+        shutil.copyfile(staged, path)
+    else:
+        write_by_rename(path, data)
