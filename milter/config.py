@@ -81,6 +81,7 @@ class Config:
     metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
     scoring: bool = True  # off: proxy only (benchmarks), every message delivered unscored
+    text_workers: int | None = None  # processes for message->text; None: one per spare core (max 4)
     hostname: str = field(default_factory=socket.gethostname)  # for the greeting and EHLO
 
     @property
@@ -163,6 +164,7 @@ KEYS: dict[str, str] = {
     "metrics": "HOST:PORT, or null for none",
     "subject_tag": "a string such as [SPAM], or null for none",
     "scoring": "true or false",
+    "text_workers": "a number of processes (0: none), or null for one per spare core",
     "hostname": "a host name",
 }
 
@@ -244,6 +246,13 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             return replace(config, subject_tag=tag)
         case "scoring":
             return replace(config, scoring=_boolean(value, expected))
+        case "text_workers":
+            if value is None or value == "auto":
+                return replace(config, text_workers=None)
+            workers = _integer(value, expected)
+            if not 0 <= workers <= 64:
+                raise ValueError(f"{workers} is out of range; expected {expected} from 0 to 64")
+            return replace(config, text_workers=workers)
         case "hostname":
             name = _text(value, expected)
             if not name or any(c.isspace() for c in name):

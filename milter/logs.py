@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import TextIO
 
 MESSAGE_LOGGER = "milter.message"
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
@@ -125,6 +127,6 @@ def _text_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text

@@ -17,6 +17,7 @@ PREFIX = b"x-spam-"
 # A header field line: a name of printable ASCII but ':' and space, then ':'. Anything else at
 # the top level ends the header block (as a mail reader would see it).
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # spaces and controls: not inside a header word
 _REPORT_FEATURES = 8
 _FOLD_AT = 76
 
@@ -76,7 +77,9 @@ def _fold(name: str, words: list[str], eol: bytes) -> bytes:
 
 def _token(text: str) -> str:
     """`text` as one ASCII header word: no spaces, no controls, non-ASCII escaped."""
-    cleaned = "".join(c if c.isprintable() and not c.isspace() else "_" for c in text)
+    cleaned = (
+        _UNSAFE.sub("_", text[:80]) if not text.isascii() or not text.isprintable() or " " in text else text
+    )
     return cleaned.encode("ascii", "backslashreplace").decode("ascii")[:80] or "-"
 
 

@@ -71,22 +71,24 @@ class Verdict:
         return self.decision.action in SPAM_ACTIONS
 
 
-def score(policy: Policy, message: Message) -> Score:
-    """The model's score for `message`; raises whatever the model raises, or ValueError for a
-    probability outside [0, 1] (a broken model must not route mail)."""
-    result = policy.model.score(message_text(message.raw))
+def score(policy: Policy, message: Message, text: str | None = None) -> Score:
+    """The model's score for `message` (`text`: its model text, if already extracted); raises
+    whatever the model raises, or ValueError for a probability outside [0, 1] (a broken model
+    must not route mail)."""
+    result = policy.model.score(message_text(message.raw) if text is None else text)
     if not (0.0 <= result.probability <= 1.0) or math.isnan(result.probability):
         raise ValueError(f"model returned probability {result.probability!r}, expected 0..1")
     return result
 
 
-def evaluate(policy: Policy, message: Message) -> Verdict:
-    """Decide `message` under `policy`. Pure: no I/O, no clock; never raises for scoring faults."""
+def evaluate(policy: Policy, message: Message, text: str | None = None) -> Verdict:
+    """Decide `message` under `policy`. Pure: no I/O, no clock; never raises for scoring faults.
+    `text`: the message's model text when it was extracted elsewhere (milter.workers)."""
     model_id = policy.model.id
     if not policy.config.scoring:
         return Verdict(policy.rules.decide(facts_of(message, None)), None, model_id, "scoring off")
     try:
-        result = score(policy, message)
+        result = score(policy, message, text)
     except Exception as e:  # any model fault: the message must still be decided, never bounced
         error = f"{type(e).__name__}: {e}"
         if policy.config.on_error == "tempfail":

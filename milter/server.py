@@ -30,6 +30,7 @@ from milter.notify import Notifier, status_text
 from milter.policy import Policy
 from milter.reload import PolicyLoader, Reloader, rule_count
 from milter.smtp import Filter, smtp_factory
+from milter.workers import TextWorkers, default_workers
 
 log = logging.getLogger("milter.server")
 
@@ -78,7 +79,11 @@ class Daemon:
         policy = await loop.run_in_executor(None, self.loader.initial)
         config = self.config
         hop = next_hop_from_url(config.next_hop, timeout=config.next_hop_timeout, hostname=config.hostname)
-        self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics)
+        workers = config.text_workers if config.text_workers is not None else default_workers()
+        texts = TextWorkers(workers) if workers > 0 and config.scoring else None
+        if texts is not None:
+            await texts.start()
+        self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics, texts)
         self._server = await loop.create_server(
             smtp_factory(self.filter, config, loop),
             host=config.listen_host,
@@ -148,6 +153,8 @@ class Daemon:
             await asyncio.sleep(0)  # let connection_lost run and schedule next-hop aborts
             await handler.wait_pending()
             await handler.hop.close()
+            if handler.texts is not None:
+                await handler.texts.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,12 +42,14 @@ from milter.config import Config
 from milter.delivery import HopReply, NextHop, Sent, Transaction
 from milter.delivery.maildir import MaildirHop
 from milter.errors import RelayError
+from milter.logs import log_message
 from milter.mark import mark
 from milter.message import Envelope as MessageEnvelope
 from milter.message import Message
 from milter.metrics import Metrics
 from milter.policy import Policy, Verdict, evaluate
 from milter.rules import Action
+from milter.workers import TextWorkers
 
 log = logging.getLogger("milter.smtp")
 
@@ -71,6 +74,8 @@ XFORWARD_SYNTAX = "501 5.5.4 Syntax: XFORWARD attribute=value ..."
 XFORWARD_BAD_NAME = "501 5.5.4 Bad XFORWARD attribute name {name}; expected one of: {names}"
 XFORWARD_IN_MAIL = "503 5.5.1 Error: XFORWARD is not allowed inside a mail transaction"
 
+# An address the fast path takes: no quoting, comments, routes, spaces or controls.
+_PLAIN_ADDRESS = re.compile(r"(?:[^\x00-\x20<>()\[\]\\\",;:@]+@[^\x00-\x20<>()\\\",;:@]+)?")
 XFORWARD_NAMES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 UNAVAILABLE = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 # Read DATA in pieces up to this size; the reader's buffer limit (commands are held to 512..).
@@ -108,6 +113,7 @@ class Filter:
     hop: NextHop
     quarantine: MaildirHop
     metrics: Metrics | None = None
+    texts: TextWorkers | None = None  # message->text in other processes (None: in the daemon)
     sessions: set[FilterSMTP] = field(default_factory=set)
     draining: bool = False
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -177,7 +183,10 @@ class Filter:
             return NEXT_HOP_DOWN
         try:
             scoring_started = time.perf_counter()
-            verdict = evaluate(policy, message)
+            text = None
+            if self.texts is not None and policy.config.scoring:
+                text = await self.texts.text(raw)
+            verdict = evaluate(policy, message, text)
             scoring_seconds = time.perf_counter() - scoring_started
             fields.update(verdict_fields(verdict))
             if self.metrics is not None:
@@ -285,8 +294,6 @@ def verdict_fields(verdict: Verdict) -> dict[str, object]:
 
 
 def finish_log(fields: dict[str, object], session: FilterSession) -> None:
-    from milter.logs import log_message
-
     if session.started:
         fields["ms"] = round((time.perf_counter() - session.started) * 1000, 1)
     log_message(fields)
@@ -324,6 +331,8 @@ class FilterSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.filter = handler
         self.busy = False  # inside a mail transaction (MAIL..end of DATA)
+        self.receiving = False  # reading a message after 354
+        self.lost = False  # the connection is gone
 
     def _create_session(self) -> FilterSession:
         return FilterSession(self.loop)
@@ -339,6 +348,7 @@ class FilterSMTP(SMTP):
                 self.filter.metrics.session_opened()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.lost = True
         if self in self.filter.sessions:
             self.filter.sessions.discard(self)
             if self.filter.metrics is not None:
@@ -396,6 +406,19 @@ class FilterSMTP(SMTP):
         await super().smtp_MAIL(arg)
         if not (self.envelope is not None and self.envelope.mail_from):
             self.busy = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """`<address> params` -> (address, params): the plain forms directly; anything else
+        (quoted local parts, source routes, bare addresses) through aiosmtpd's full parser.
+        The full parser costs a third of a millisecond per address, per MAIL and RCPT."""
+        text = arg.lstrip()
+        if text.startswith("<"):
+            end = text.find(">")
+            address = text[1:end]
+            if end > 0 and _PLAIN_ADDRESS.fullmatch(address):
+                return (address or "<>"), text[end + 1 :]
+        result: tuple[str | None, str | None] = super()._getaddr(arg)
+        return result
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """XFORWARD NAME=... ADDR=... (Postfix's XFORWARD_README): the original client's data."""
@@ -468,6 +491,25 @@ class FilterSMTP(SMTP):
     async def _read_data(self) -> bytes | None:
         """The message after `354`, un-dot-stuffed; None if it passed the size limit (the rest
         is read and dropped, so the client hears the 552 at the end of DATA, RFC 5321 4.2.5)."""
+        self.receiving = True
+        try:
+            return await self._read_data_until_dot()
+        finally:
+            self.receiving = False
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # Never arm the idle timer of a closed session (aiosmtpd's timer asserts a transport).
+        if not self.lost:
+            super()._reset_timeout(duration)
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd restarts the idle timer per command only; while a message arrives, every
+        # piece of it counts as activity, so a big message on a slow link is not cut off.
+        super().data_received(data)
+        if self.receiving:
+            self._reset_timeout()
+
+    async def _read_data_until_dot(self) -> bytes | None:
         reader = self._reader
         limit = self.data_size_limit or 0
         data = bytearray()
@@ -481,7 +523,6 @@ class FilterSMTP(SMTP):
                 chunk = await reader.readexactly(e.consumed)
             size += len(chunk)
             last5 = chunk[-5:] if len(chunk) >= 5 else (last5 + chunk)[-5:]
-            self._reset_timeout()  # data is flowing: the idle timer restarts
             if not too_big:
                 data += chunk
                 if limit and size > limit + 3:

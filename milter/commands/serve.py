@@ -110,6 +110,12 @@ def register(sub: Any) -> None:
         help="proxy only: deliver every message unscored (for measuring the proxy alone)",
     )
     add(
+        "--text-workers",
+        metavar="N",
+        help="processes that extract message text for the model, beside the daemon's own "
+        "(default: one per core but one, at most 4; 0: all in the daemon)",
+    )
+    add(
         "--no-watch",
         dest="watch",
         action="store_false",
@@ -136,6 +142,7 @@ OVERRIDES = (
     "subject_tag",
     "hostname",
     "scoring",
+    "text_workers",
 )
 
 

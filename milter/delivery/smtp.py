@@ -195,7 +195,7 @@ class SmtpHop:
     async def _xforward(self, conn: _Connection, attributes: Mapping[str, str]) -> None:
         """Pass on what Postfix told us of the original client, as far as the next hop takes it."""
         allowed = set(conn.extensions["xforward"].upper().split())
-        words = [f"{k}={v}" for k, v in attributes.items() if k in allowed]
+        words = [f"{k}={encode_xtext(v)}" for k, v in attributes.items() if k in allowed]
         if words:
             # Its refusal is not worth failing a message for: the attributes are informational.
             await conn.command(b"XFORWARD " + " ".join(words).encode("ascii", "replace"))
@@ -264,6 +264,14 @@ def dot_stuffed(data: bytes) -> bytes:
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
+
+
+def encode_xtext(value: str) -> str:
+    """RFC 3461 xtext, as XFORWARD values travel: `+XX` for '+', '=' and anything not printable."""
+    return "".join(
+        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        for c in value
+    )
 
 
 def _path(address: str) -> bytes:
