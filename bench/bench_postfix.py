@@ -64,6 +64,10 @@ from mailsys import (  # noqa: E402
 SMTP_LOAD = REPO.parent / "shared" / "bench" / "smtp-load.py"
 SPAM_FOLDER_AT, FLAG_AT = 0.90, 0.50  # rules/default.yaml
 ID_HEADER = b"X-Bench-Id"
+# Clients connect from here, not from 127.0.0.1: Postfix rewrites the headers of mail from its
+# own addresses (local_header_rewrite_clients), and this is to be mail from outside.
+REMOTE_CLIENT = "127.0.0.2"
+LINE_END = re.compile(rb"\r\n|\n|\r")
 ID_RE = re.compile(rb"^X-Bench-Id: (\d+)\r?$", re.M)
 
 
@@ -113,12 +117,13 @@ def pick_messages(corpus: Path, n: int) -> list[tuple[str, Path]]:
 
 
 def as_sent(raw: bytes) -> bytes:
-    """A corpus file as an MTA would send it: without the mbox `From ` separator line that
-    starts the TREC files (sent as is, it is no header, and Postfix takes the whole message
-    for body)."""
+    """A corpus file as it goes over SMTP, so that `milter score` can be given the same bytes:
+    without the mbox `From ` separator line that starts the TREC files (sent as is, it is no
+    header, and Postfix takes the whole message for body), and with every line end, bare CRs
+    included, made CRLF as the SMTP client does."""
     if raw.startswith(b"From "):
         raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
-    return raw
+    return LINE_END.sub(b"\r\n", raw)
 
 
 async def inject(
@@ -133,7 +138,13 @@ async def inject(
         nonlocal accepted
         while queue:
             batch = [queue.pop() for _ in range(min(per_conn, len(queue)))]
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=120, start_tls=False)
+            smtp = aiosmtplib.SMTP(
+                hostname="127.0.0.1",
+                port=port,
+                timeout=120,
+                start_tls=False,
+                source_address=(REMOTE_CLIENT, 0),
+            )
             try:
                 await smtp.connect()
                 for i in batch:
@@ -171,6 +182,7 @@ class Result:
     inject_seconds: float
     errors: list[str]
     problems: list[str]
+    mismatches: list[str]
     folders: dict[str, int]
     latency_ms: list[float]
 
@@ -188,6 +200,7 @@ class Result:
             f"{self.rate:.0f} msg/s (accepted by Postfix in {self.inject_seconds:.1f} s); "
             f"accepted->mailbox p50 {p50:.0f} ms, p99 {p99:.0f} ms; {folders}; "
             f"{len(self.errors)} SMTP errors, {len(self.problems)} lost/duplicated/misfiled"
+            + (f", {len(self.mismatches)} scored unlike `milter score`" if self.mismatches else "")
         )
 
 
@@ -223,6 +236,7 @@ def audit(box: Mailbox, n: int, sent_at: dict[int, float], scored: bool, offline
     folders: dict[str, int] = {}
     latency = []
     problems = []
+    mismatches = []
     for d in box.messages():
         m = ID_RE.search(d.raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0])
         if not m:
@@ -243,12 +257,12 @@ def audit(box: Mailbox, n: int, sent_at: dict[int, float], scored: bool, offline
             if (d.folder, "F" in d.flags) != expected_place(p):
                 problems.append(f"id {i}: score {p} but in {d.folder} flags={d.flags!r}")
             if i in offline and abs(offline[i] - p) > 0.0015:  # header has 3 decimals
-                problems.append(f"id {i}: X-Spam-Score {p} but `milter score` says {offline[i]:.4f}")
+                mismatches.append(f"id {i}: X-Spam-Score {p} but `milter score` says {offline[i]:.4f}")
     for i in range(n):
         copies = len(seen.get(i, []))
         if copies != 1:
             problems.append(f"id {i}: delivered {copies} times")
-    return folders, latency, problems
+    return folders, latency, problems, mismatches
 
 
 def run_setup(
@@ -291,15 +305,16 @@ def run_setup(
         files = box.messages()
         last = max((d.path.stat().st_mtime for d in files), default=t_done)
         seconds = last - t0
-        folders, latency, problems = audit(
+        folders, latency, problems, mismatches = audit(
             box, len(messages), sent_at, filter_kind == "milter", offline or {}
         )
         stuck = postfix.queue()
         if stuck:
             problems.append(f"{len(stuck)} message(s) still in Postfix's queue")
         return Result(
-            name, len(messages), accepted, len(files), seconds, t_inject, errors, problems, folders, latency
-        )
+            name, len(messages), accepted, len(files), seconds, t_inject,
+            errors, problems, mismatches, folders, latency,
+        )  # fmt: skip
     except Exception:
         for log in (postfix.maillog, dovecot.log, getattr(flt, "log", work / "reference.log")):
             print(f"--- {log}\n{tail(Path(log), 30)}", file=sys.stderr)
@@ -354,7 +369,7 @@ def main() -> int:
             r = run_setup(name, work, dovecot, messages, args, kind, extra, offline)
             results.append(r)
             print(r.line(), flush=True)
-            for p in r.problems[:10] + r.errors[:10]:
+            for p in r.problems[:10] + r.errors[:10] + r.mismatches[:10]:
                 print(f"    {p}")
     finally:
         dovecot.stop()
