@@ -130,6 +130,8 @@ class SinkHandler:
     data_reply: str = "250 2.0.0 Ok: queued as SINK"
     xforward_seen: list[str] = field(default_factory=list)
     lmtp: bool = False
+    data_delay: float = 0.0  # seconds to wait before answering DATA: keeps messages in flight
+    data_started: int = 0
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -157,6 +159,9 @@ class SinkHandler:
         return "250 2.1.5 Recipient ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         self.received.append(
             Received(
                 envelope.mail_from,

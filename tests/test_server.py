@@ -1,0 +1,242 @@
+"""The daemon as a process: start-up checks, signals, draining, logs; and reload in process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MODEL_PATH, ROOT, RULES_PATH, free_port
+
+from milter.config import NextHop
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"milter exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("milter did not start listening")
+
+
+def milter(
+    *args: str, env: dict[str, str] | None = None, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "milter", "serve", "--no-watch", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def message(i: int) -> bytes:
+    return (
+        f"From: sender{i}@example.org\r\nTo: bob@example.net\r\nSubject: in flight {i}\r\n"
+        f"Message-ID: <flight-{i}@example.org>\r\n\r\nMessage number {i}, sent while milter stops.\r\n"
+    ).encode()
+
+
+def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with sink_factory(data_delay=1.5) as sink, log.open("wb") as stderr:
+        proc = milter(
+            "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url,
+            "--quarantine", str(tmp_path / "q"), "--drain-timeout", "30",
+            stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_port(port, proc)
+            idle = smtplib.SMTP("127.0.0.1", port, timeout=30)  # connected, between transactions
+            idle.ehlo("idle.test")
+            results: dict[int, object] = {}
+
+            def send(i: int) -> None:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+                try:
+                    results[i] = client.sendmail(f"sender{i}@example.org", ["bob@example.net"], message(i))
+                except (smtplib.SMTPException, OSError) as e:
+                    results[i] = e
+                finally:
+                    client.close()  # no QUIT: after its reply the server said 421 and closed
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(50)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while sink.handler.data_started < 50 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert sink.handler.data_started == 50, "the 50 messages never were in flight together"
+            proc.send_signal(signal.SIGTERM)
+            for t in threads:
+                t.join(60)
+            assert proc.wait(60) == 0
+            code, _ = idle.noop()
+            idle.close()
+            assert code == 421  # told the service is going away, not left hanging
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    # Every message in flight was let finish: each client got 250, the next hop has each once.
+    assert results == {i: {} for i in range(50)}
+    ids = sorted(int(r.data.split(b"<flight-")[1].split(b"@")[0]) for r in sink.received)
+    assert ids == list(range(50))
+    text = log.read_text()
+    assert "stopping: draining sessions" in text and "stopped" in text
+
+
+def test_bad_rules_file_fails_start_with_its_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: spam\n    if: {probabilty: {min: 0.9}}\n    action: spam_folder\n")
+    proc = milter("--listen", f"127.0.0.1:{free_port()}", "--rules", str(rules))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert f"{rules}:3:" in err.decode() and "probability" in err.decode()
+
+
+def test_bad_config_exits_2_naming_file_line_and_form(tmp_path: Path) -> None:
+    config = tmp_path / "milter.yaml"
+    config.write_text("listen: 127.0.0.1:10025\nnext_hop: smtp:/nowhere\n")
+    proc = milter("--config", str(config))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"{config}:2: next_hop:" in err.decode() and "smtp://HOST:PORT" in err.decode()
+    proc = milter("--listen", "localhost")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--listen: expected HOST:PORT" in err.decode()
+
+
+def test_port_in_use_fails_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = milter("--listen", f"127.0.0.1:{port}", "--next-hop", f"maildir:{tmp_path / 'md'}")
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "cannot start" in err.decode()
+
+
+def test_journald_lines_have_levels_and_no_timestamps(tmp_path: Path) -> None:
+    port = free_port()
+    proc = milter(
+        "--listen", f"127.0.0.1:{port}", "--next-hop", f"maildir:{tmp_path / 'md'}",
+        "--rules", str(RULES_PATH), "--model", str(MODEL_PATH), "--text-workers", "0",
+        env={"INVOCATION_ID": "0123456789abcdef"},
+    )  # fmt: skip
+    try:
+        wait_port(port, proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("a@example.org", ["b@example.net"], message(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 0
+    assert all(line.startswith("<") for line in lines), lines
+    [line] = [line for line in lines if "message_id=" in line]
+    assert line.startswith("<6>message_id=<flight-1@example.org> client=127.0.0.1 ")
+    assert " rcpts=1 " in line and " action=deliver " in line and " ms=" in line
+
+
+def test_json_log_line(tmp_path: Path) -> None:
+    import json
+
+    port = free_port()
+    proc = milter(
+        "--listen", f"127.0.0.1:{port}", "--next-hop", f"maildir:{tmp_path / 'md'}",
+        "--log-format", "json", "--text-workers", "0",
+    )  # fmt: skip
+    try:
+        wait_port(port, proc)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("a@example.org", ["b@example.net"], message(2))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    [entry] = [r for r in records if r["logger"] == "milter.message"]
+    assert entry["message_id"] == "<flight-2@example.org>" and entry["from"] == "<a@example.org>"
+    assert entry["rcpts"] == 1 and entry["action"] == "deliver" and isinstance(entry["probability"], float)
+    assert entry["reply"].startswith("250 ") and entry["ms"] > 0
+
+
+def test_reload_swaps_the_policy(config_for: Any, serve: Any, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_PATH.read_text())
+    config = config_for(rules=rules)
+    with serve(config) as running:
+        before = running.daemon.policy
+        rules.write_text("rules:\n  - {name: hold-all, action: tempfail}\n")
+        running.call(running.daemon.reload)
+        deadline = time.monotonic() + 10
+        while running.daemon.policy is before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with (
+            smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client,
+            pytest.raises(smtplib.SMTPDataError) as e,
+        ):
+            client.sendmail("a@example.org", ["b@example.net"], message(3))
+        assert e.value.smtp_code == 451
+        # A broken file never goes live: the last good policy keeps serving.
+        current = running.daemon.policy
+        rules.write_text("rules: [oops\n")
+        running.call(running.daemon.reload)
+        time.sleep(0.5)
+        assert running.daemon.policy is current
+
+
+def test_text_workers_give_the_same_verdicts(
+    config_for: Any, serve: Any, banded: Any, tmp_path: Path
+) -> None:
+    from milter.rules import Action
+
+    with serve(config_for(text_workers=2)) as running:
+        assert running.daemon.filter is not None and running.daemon.filter.texts is not None
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            for action in (Action.SPAM_FOLDER, Action.FLAG, Action.DELIVER):
+                client.sendmail("a@example.org", ["b@example.net"], banded[action].raw)
+    maildir = tmp_path / "Maildir"
+    p = banded[Action.SPAM_FOLDER].probability
+    [junk] = (maildir / ".Junk" / "new").glob("*")
+    assert f"X-Spam-Score: {p:.3f}\n".encode() in junk.read_bytes()
+    assert len(list((maildir / "cur").glob("*:2,F"))) == 1 and len(list((maildir / "new").glob("*"))) == 1
+
+
+def test_a_dead_text_worker_costs_only_time(config_for: Any, serve: Any, tmp_path: Path) -> None:
+    with serve(config_for(text_workers=1)) as running:
+        texts = running.daemon.filter.texts
+        [worker] = texts._workers
+        worker.process.kill()  # a worker dies (OOM killer, a bug): mail must not notice
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            for i in range(3):
+                assert client.sendmail("a@example.org", ["b@example.net"], message(10 + i)) == {}
+        deadline = time.monotonic() + 10
+        while (not texts._workers or texts._workers[0] is worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert texts._workers and texts._workers[0] is not worker and texts._workers[0].alive
+    delivered = list((tmp_path / "Maildir" / "new").glob("*"))
+    assert len(delivered) == 3
+    assert all(b"X-Spam-Score: unscored" not in f.read_bytes() for f in delivered)  # scored in process
+
+
+def test_listen_on_ipv6(config_for: Any, serve: Any) -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6; the daemon must still be tested on [::1]")
+    config = config_for(listen_host="::1", next_hop=NextHop("maildir", path=Path("/nonexistent-unused")))
+    with serve(config) as running, smtplib.SMTP("::1", running.port, timeout=30) as client:
+        assert client.noop()[0] == 250
