@@ -373,6 +373,7 @@ async def run(a: argparse.Namespace) -> bool:
         task = asyncio.create_task(load2.run())
         swap_start = block_start = time.monotonic()
         windows: list[tuple[float, float]] = []  # while changes were being made and going live
+        rss_blocks: list[int] = []
         methods = ["in place", "cp", "rename"]
         rng = random.Random(11)
         n_changes = a.rules_edits + a.model_swaps
@@ -481,6 +482,7 @@ async def run(a: argparse.Namespace) -> bool:
                 # A quiet window under the same load: the "without swaps" figures, measured in
                 # between, so that other work on the machine weighs on both alike.
                 windows.append((block_start, time.monotonic() + 0.5))
+                rss_blocks.append(rss_kib(server.pid))
                 await asyncio.sleep(a.quiet_window)
                 block_start = time.monotonic()
         swap_secs = time.monotonic() - swap_start
@@ -507,6 +509,7 @@ async def run(a: argparse.Namespace) -> bool:
             f"each followed by {a.quiet_window:.0f} s without changes; "
             f"RSS {rss_kib(server.pid) / 1024:.0f} MiB, peak {hwm_kib(server.pid) / 1024:.0f} MiB"
         )
+        print(f"  RSS after each block: {', '.join(f'{kib / 1024:.0f}' for kib in rss_blocks)} MiB")
         for kind_key, ds in delays.items():
             if ds:
                 print(

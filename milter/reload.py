@@ -32,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,9 @@ T = TypeVar("T")
 
 QUIET = 0.25  # seconds without a new event before a change is read
 MAX_WAIT = 1.0  # seconds after the first event at most, however busy the directory
+# After a model swap: when to look whether the old model was freed (collecting if not), in seconds
+# after the previous look; messages in flight (bounded by the SMTP timeouts) may still use it.
+RETIRE_DELAYS = (2.0, 5.0, 15.0, 60.0, 300.0)
 DEFAULT_MAX_SECONDS_PER_MESSAGE = 0.05
 
 MODEL_SUFFIXES = (".onnx",)
@@ -468,6 +473,7 @@ class Reloader(Generic[T]):
         quiet: float = QUIET,
         max_wait: float = MAX_WAIT,
         watch: bool = True,
+        retire_delays: tuple[float, ...] = RETIRE_DELAYS,
     ) -> None:
         self.loader = loader
         self._swap = swap
@@ -475,6 +481,7 @@ class Reloader(Generic[T]):
         self.notifier = notifier
         self.quiet = quiet
         self.max_wait = max_wait
+        self.retire_delays = retire_delays
         self._watch = watch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = _Pending()
@@ -483,6 +490,7 @@ class Reloader(Generic[T]):
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="milter-reload")
         self._stopping = False
+        self._retiring: set[asyncio.Task[None]] = set()
         self.reloads = 0
         self.last: ReloadReport | None = None
 
@@ -517,6 +525,8 @@ class Reloader(Generic[T]):
             self._task = None
         for waiter in self._pending.waiters:
             waiter.cancel()
+        for task in list(self._retiring):
+            task.cancel()
         self._executor.shutdown(wait=True)
 
     def request(self, kind: str = "all") -> None:
@@ -579,6 +589,7 @@ class Reloader(Generic[T]):
         started = time.perf_counter()
         if self.notifier is not None:
             self.notifier.reloading(f"reloading {', '.join(sorted(kinds))}")
+        previous = self.loader.models.active
         try:
             result = await loop.run_in_executor(self._executor, self.loader.reload)
         except Exception as e:  # a bug, not a bad file: keep serving, say so loudly
@@ -628,11 +639,41 @@ class Reloader(Generic[T]):
             log.info("reload: nothing changed (%s)", ", ".join(sorted(kinds)))
         self.reloads += 1
         self.last = report
+        if swapped and previous is not None and "model" in report.changed:
+            self._retire(previous)
         self._count(report)
         if self.metrics is not None and swapped and result.model_id is not None:
             self.metrics.policy_active(result.model_id, result.model_load_seconds, result.rule_count or 0)
         self._announce(report)
         return report
+
+    def _retire(self, model: Model) -> None:
+        """Make sure a replaced model's memory is given back once no message uses it.
+
+        Sessions of closed SMTP connections sit in reference cycles until the cyclic garbage
+        collector runs, and the last policy such a session used (with its model, tens of MB of
+        native memory Python does not see) stays alive with them: without a collection, every
+        model swap under load would add its model's size to the process. So once the messages
+        in flight have had time to finish, collect until the old model is gone.
+        """
+        ref = weakref.ref(model)
+        task = asyncio.create_task(self._release(ref, model.id), name=f"milter-retire-{model.id}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _release(self, ref: weakref.ref[Model], model_id: str) -> None:
+        for delay in self.retire_delays:
+            await asyncio.sleep(delay)
+            if ref() is None:
+                return
+            started = time.perf_counter()
+            gc.collect()
+            if ref() is None:
+                seconds = time.perf_counter() - started
+                log.debug("replaced model %s released (collection took %.3f s)", model_id, seconds)
+                return
+        # An idle client connection can keep the policy of its last message; it goes with it.
+        log.info("replaced model %s still in use %.0f s after the swap", model_id, sum(self.retire_delays))
 
     def _count(self, report: ReloadReport) -> None:
         if self.metrics is None:

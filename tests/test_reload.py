@@ -796,3 +796,43 @@ def _place(path: Path, data: bytes, how: str, root: Path) -> None:
         shutil.copyfile(staged, path)
     else:
         write_by_rename(path, data)
+
+
+def test_a_replaced_model_is_freed_though_closed_sessions_hold_it_in_cycles(
+    setup: Setup, variants: Callable[[str], bytes]
+) -> None:
+    """Closed SMTP sessions sit in reference cycles, with the last policy they used, until the
+    cyclic collector runs; the Reloader collects once the swap is past, so a replaced model's
+    native memory does not pile up with each swap."""
+    import gc
+    import weakref
+
+    class ClosedSession:
+        def __init__(self, policy: tuple[Ruleset, Model]) -> None:
+            self.policy = policy
+            self.me = self  # a cycle, as aiosmtpd's protocol and session objects make
+
+    async def main() -> tuple[weakref.ref[Model], bool, bool]:
+        loader = PolicyLoader(setup.rules, setup.models, pair)
+        daemon = Daemon(loader.initial())
+        reloader = Reloader(loader, daemon.swap, quiet=0.05, max_wait=0.2, retire_delays=(0.3, 0.3, 5))
+        await reloader.start()
+        old = weakref.ref(daemon.policy[1])
+        ClosedSession(daemon.policy)  # garbage, but only the cyclic collector can free it
+        write(setup.model("b.onnx"), variants("b"))
+        report = await reloader.reload()
+        assert report.changed == {"model"}
+        held_after_swap = old() is not None
+        deadline = time.monotonic() + 10
+        while old() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await reloader.stop()
+        return old, held_after_swap, gc.isenabled()
+
+    gc.disable()  # no automatic collection: only the Reloader's can free the old model
+    try:
+        old, held_after_swap, _ = asyncio.run(main())
+    finally:
+        gc.enable()
+    assert held_after_swap  # the cycle kept it at first...
+    assert old() is None  # ...and the Reloader's collection freed it
