@@ -10,7 +10,15 @@ times, in this order:
   alone      Postfix -> Dovecot LMTP (+ the shipped Sieve script): no content filter
   reference  Postfix -> the bare aiosmtpd relay of ../shared/bench/smtp-load.py -> Postfix -> Dovecot
   milter     Postfix -> `milter serve` (shipped model and rules) -> Postfix -> Dovecot
-  milter-wN  as milter, with `--workers N` (only with --workers N and if serve has the flag)
+  NAME       with --variant 'NAME=FLAGS': milter again with more `milter serve` flags, e.g.
+             --variant 'tw0=--text-workers 0' or --variant 'w2=--workers 2'; {lmtp} in FLAGS
+             is Dovecot's LMTP socket: --variant 'direct=--next-hop lmtp:{lmtp}' has milter
+             deliver straight to Dovecot instead of back to Postfix (one queue pass, but no
+             Postfix routing, aliases or virtual maps after the filter)
+Each line also gives the CPU time per message of Postfix (its master and every child), Dovecot
+(likewise) and the filter (the daemon and its children), read from /proc: unlike msg/s on a
+machine shared with other work, these hardly depend on what else runs; their sum gives the
+rate the whole path would reach on the machine's cores with nothing else running.
 
 Postfix is configured by the shipped postfix/after-queue.* snippets (templated in ports only,
 exactly as tests/e2e does; the reference relay sits on the filter's port), Dovecot by the
@@ -35,6 +43,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -162,6 +171,27 @@ async def inject(
     return accepted, errors
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants, and of children it has reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def pid_of(pid_file: Path) -> int:
+    return int(pid_file.read_text().split()[0])
+
+
 def count_files(box: Mailbox) -> int:
     n = 0
     for folder in [box.root, *(p for p in box.root.glob(".*") if p.is_dir())]:
@@ -185,6 +215,18 @@ class Result:
     mismatches: list[str]
     folders: dict[str, int]
     latency_ms: list[float]
+    filter_cpu: float | None = None  # CPU seconds of the filter's processes during the run
+    postfix_cpu: float = 0.0  # ... of Postfix's master and all its children
+    dovecot_cpu: float = 0.0  # ... of Dovecot's master and all its children (LMTP, Sieve, auth)
+
+    @property
+    def idle_rate(self) -> float:
+        """Messages per second the path's CPU cost allows on all cores with nothing else running."""
+        return 1000 * (os.cpu_count() or 1) / self.cpu_ms
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * (self.postfix_cpu + self.dovecot_cpu + (self.filter_cpu or 0.0)) / self.sent
 
     @property
     def rate(self) -> float:
@@ -199,7 +241,11 @@ class Result:
             f"{self.name:10s} {self.delivered}/{self.sent} delivered in {self.seconds:.1f} s = "
             f"{self.rate:.0f} msg/s (accepted by Postfix in {self.inject_seconds:.1f} s); "
             f"accepted->mailbox p50 {p50:.0f} ms, p99 {p99:.0f} ms; {folders}; "
-            f"{len(self.errors)} SMTP errors, {len(self.problems)} lost/duplicated/misfiled"
+            + f"CPU ms/msg: Postfix {1000 * self.postfix_cpu / self.sent:.1f}, "
+            f"Dovecot {1000 * self.dovecot_cpu / self.sent:.1f}, "
+            + (f"filter {1000 * self.filter_cpu / self.sent:.1f}, " if self.filter_cpu is not None else "")
+            + f"all {self.cpu_ms:.1f} (= {self.idle_rate:.0f} msg/s on idle cores); "
+            + f"{len(self.errors)} SMTP errors, {len(self.problems)} lost/duplicated/misfiled"
             + (f", {len(self.mismatches)} scored unlike `milter score`" if self.mismatches else "")
         )
 
@@ -292,6 +338,13 @@ def run_setup(
         wait_until(lambda: count_files(dovecot.mailbox(f"warmup-{name}")) >= len(warm), 300, "warm-up", 0.2)
 
         sent_at: dict[int, float] = {}
+        filter_pid = flt.proc.pid if flt is not None and flt.proc is not None else None
+        postfix_pid, dovecot_pid = (
+            pid_of(postfix.root / "queue/pid/master.pid"),
+            pid_of(dovecot.root / "run/master.pid"),
+        )
+        cpu0 = tree_cpu_seconds(filter_pid) if filter_pid else 0.0
+        postfix0, dovecot0 = tree_cpu_seconds(postfix_pid), tree_cpu_seconds(dovecot_pid)
         t0 = time.time()
         accepted, errors = asyncio.run(
             inject(postfix.smtp_port, f"{user}@{DOMAIN}", messages, args.conc, args.per_conn, sent_at)
@@ -301,6 +354,9 @@ def run_setup(
         while count_files(box) < accepted and time.time() < deadline:
             time.sleep(0.05)
         t_done = time.time()
+        filter_cpu = tree_cpu_seconds(filter_pid) - cpu0 if filter_pid else None
+        postfix_cpu = tree_cpu_seconds(postfix_pid) - postfix0
+        dovecot_cpu = tree_cpu_seconds(dovecot_pid) - dovecot0
         # The clock stops at the newest delivered file's mtime (not our polling moment).
         files = box.messages()
         last = max((d.path.stat().st_mtime for d in files), default=t_done)
@@ -313,7 +369,7 @@ def run_setup(
             problems.append(f"{len(stuck)} message(s) still in Postfix's queue")
         return Result(
             name, len(messages), accepted, len(files), seconds, t_inject,
-            errors, problems, mismatches, folders, latency,
+            errors, problems, mismatches, folders, latency, filter_cpu, postfix_cpu, dovecot_cpu,
         )  # fmt: skip
     except Exception:
         for log in (postfix.maillog, dovecot.log, getattr(flt, "log", work / "reference.log")):
@@ -331,7 +387,13 @@ def main() -> int:
     ap.add_argument("--conc", type=int, default=8, help="concurrent SMTP clients (default 8)")
     ap.add_argument("--per-conn", type=int, default=10, help="messages per connection (default 10)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for delivery")
-    ap.add_argument("--workers", type=int, action="append", default=[], help="also run milter --workers N")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also run milter with these flags",
+    )
     ap.add_argument("--only", nargs="+", help="run only these set-ups (alone, reference, milter)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -362,7 +424,10 @@ def main() -> int:
             ("reference", "reference", ()),
             ("milter", "milter", ()),
         ]
-        setups += [(f"milter-w{n}", "milter", ("--workers", str(n))) for n in args.workers]
+        for variant in args.variant:
+            vname, _, flags = variant.partition("=")
+            flags = flags.replace("{lmtp}", str(dovecot.lmtp_socket))
+            setups.append((vname, "milter", tuple(shlex.split(flags))))
         for name, kind, extra in setups:
             if args.only and name not in args.only:
                 continue
