@@ -161,6 +161,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """CPU of the running children of `pid` (milter's text workers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def load(port: int, messages: list[bytes], conc: int, per_conn: int) -> tuple[float, list[float], int]:
     import aiosmtplib
 
@@ -203,6 +218,8 @@ def relay(messages: list[bytes], args: argparse.Namespace, label: str) -> None:
         cmd = [sys.executable, "-c", REFERENCE, str(port), str(sink_port)]
     if label == "proxy":
         cmd.append("--no-scoring")
+    if label == "inline":
+        cmd += ["--text-workers", "0"]
     log = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=log)
     try:
@@ -211,17 +228,24 @@ def relay(messages: list[bytes], args: argparse.Namespace, label: str) -> None:
             return
         asyncio.run(load(port, messages[:200], args.conc, args.per_conn))  # warm-up
         cpu0, sink0, own0 = cpu_seconds(proc.pid), cpu_seconds(sink.pid), time.process_time()
+        workers0 = children_cpu_seconds(proc.pid)
         seconds, latencies, failed = asyncio.run(load(port, messages, args.conc, args.per_conn))
         ok = max(len(latencies), 1)
         cpu = 1000 * (cpu_seconds(proc.pid) - cpu0) / ok
+        workers = 1000 * (children_cpu_seconds(proc.pid) - workers0) / ok
         sink_cpu = 1000 * (cpu_seconds(sink.pid) - sink0) / ok
         client_cpu = 1000 * (time.process_time() - own0) / ok
-        name = {"reference": "reference relay", "proxy": "milter --no-scoring", "scoring": "milter"}[label]
+        name = {
+            "reference": "reference relay",
+            "proxy": "milter --no-scoring",
+            "inline": "milter, text inline",
+            "scoring": "milter",
+        }[label]
         p50, p99 = 1000 * latencies[len(latencies) // 2], 1000 * latencies[int(len(latencies) * 0.99)]
         rate = len(latencies) / seconds
         print(
             f"  {name:20s} {len(latencies)}/{len(messages)} ok, {failed} failed, {rate:4.0f} msg/s,"
-            f" p50 {p50:5.1f} ms, p99 {p99:5.1f} ms; CPU ms/msg: system {cpu:.2f},"
+            f" p50 {p50:5.1f} ms, p99 {p99:5.1f} ms; CPU ms/msg: system {cpu:.2f} (+ workers {workers:.2f}),"
             f" sink {sink_cpu:.2f}, client {client_cpu:.2f}"
         )
     finally:
@@ -249,7 +273,7 @@ def main() -> None:
     if not args.skip_relay:
         wire = [crlf(m) for m in messages]
         print(f"relay, {args.conc} clients x {args.per_conn} messages per connection:")
-        for label in ("reference", "proxy", "scoring"):
+        for label in ("reference", "proxy", "inline", "scoring"):
             relay(wire, args, label)
 
 

@@ -12,7 +12,6 @@ directory, as a shell user expects.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,7 +81,11 @@ class Config:
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
     scoring: bool = True  # off: proxy only (benchmarks), every message delivered unscored
     text_workers: int | None = None  # processes for message->text; None: one per spare core (max 4)
-    hostname: str = field(default_factory=socket.gethostname)  # for the greeting and EHLO
+    # The name in our greeting and EHLO reply, and in our EHLO to the next hop. Not this host's
+    # name: Postfix's smtp client reports "mail loops back to myself" when the server it hands
+    # mail to announces Postfix's own $myhostname. An address literal never matches, needs no DNS
+    # and passes reject_non_fqdn_helo_hostname on the reinjection listener.
+    hostname: str = "[127.0.0.1]"
 
     @property
     def listen(self) -> str:

@@ -354,9 +354,11 @@ class FilterSMTP(SMTP):
             if self.filter.metrics is not None:
                 self.filter.metrics.session_closed()
         session = self.session
-        if isinstance(session, FilterSession) and session.transaction is not None:
-            self.filter.abort_later(session.transaction)
-            session.transaction = None
+        if isinstance(session, FilterSession):
+            if session.transaction is not None:
+                self.filter.abort_later(session.transaction)
+                session.transaction = None
+            session.policy = None
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -392,6 +394,7 @@ class FilterSMTP(SMTP):
                 self.filter.abort_later(session.transaction)
                 session.transaction = None
             session.xforward = {}
+            session.policy = None
         self.busy = False
         super()._set_rset_state()  # type: ignore[no-untyped-call]
 
@@ -480,6 +483,7 @@ class FilterSMTP(SMTP):
                 self.filter.abort_later(session.transaction)
                 session.transaction = None
             session.xforward = {}
+            session.policy = None  # an idle session must not keep an old model alive after a reload
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             self.busy = False
             self._reset_timeout()

@@ -101,7 +101,12 @@ def register(sub: Any) -> None:
     )
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (off by default)")
     add("--subject-tag", metavar="TAG", help="prefix the Subject of spam, e.g. '[SPAM]' (off: breaks DKIM)")
-    add("--hostname", metavar="NAME", help="name in the greeting and EHLO (default: this host's name)")
+    add(
+        "--hostname",
+        metavar="NAME",
+        help="name in the greeting and EHLO (default [127.0.0.1]; never Postfix's $myhostname, or "
+        "Postfix sees a mail loop)",
+    )
     add(
         "--no-scoring",
         dest="scoring",

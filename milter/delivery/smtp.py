@@ -55,7 +55,8 @@ class _Connection:
 
     async def reply(self) -> HopReply:
         try:
-            return await asyncio.wait_for(self._read_reply(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no extra task per reply, unlike wait_for
+                return await self._read_reply()
         except TimeoutError:
             self.close()
             raise RelayError(f"no reply within {self.timeout:g} s") from None
