@@ -32,7 +32,7 @@ TEXT_VERSION: Final[str] = "1"
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
 MAX_PART_BYTES: Final = 64 * 1024  # decoded bytes kept per text part
-MAX_HTML_CHARS: Final = 48 * 1024  # HTML characters fed to the HTML parser per part
+MAX_HTML_CHARS: Final = 24 * 1024  # HTML characters fed to the HTML parser per part
 MAX_TEXT_CHARS: Final = 96 * 1024  # text characters tokenised over all parts
 MAX_HEAD_BYTES: Final = 64 * 1024  # bytes of one header block
 MAX_PARTS: Final = 64  # MIME parts looked at
@@ -47,6 +47,9 @@ _URL: Final = re.compile(r"(?:https?://|www\.)([a-z0-9](?:[a-z0-9.-]{0,252}))", 
 _HEADER_LINE: Final = re.compile(rb"([!-9;-~]+)[ \t]*:[ \t]*(.*)", re.DOTALL)
 _PARAM: Final = re.compile(r'([\w.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 _FILENAME: Final = re.compile(r'filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)
+_INVISIBLE: Final = re.compile(
+    r"<!--.*?(?:-->|$)|<(style|script)\b.*?(?:</\1\s*>|$)", re.DOTALL | re.IGNORECASE
+)
 _AFTER_DELIMITER: Final = (b"", b"-", b"\r", b"\n", b" ", b"\t")
 _NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
 _FOOTER_RULE: Final = re.compile(r"^[ \t]*[_=-]{5,}[ \t\r]*$", re.MULTILINE)
@@ -58,6 +61,7 @@ _BLOCK_TAGS: Final = frozenset(
     {"br", "p", "div", "td", "th", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "hr"}
     | {"blockquote"}
 )
+_STYLE_ATTRS: Final = frozenset({"color", "bgcolor", "face", "size", "align", "width", "height", "border"})
 _COUNTED_TAGS: Final = frozenset({"img", "a", "table", "font", "form", "input", "iframe", "map", "area", "b"})
 
 
@@ -74,11 +78,17 @@ class _HtmlText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP_TAGS:
             self._skip += 1
-        elif tag in _COUNTED_TAGS:
-            self.tags.add(tag)
+        if len(self.tags) < 200:
+            self.tags.add(tag[:16])
+            for name, value in attrs:
+                self.tags.add(tag[:16] + "." + name[:16])
+                if value and name in _STYLE_ATTRS:
+                    self.tags.add(name[:16] + "=" + "".join(value.split()).lower()[:16])
         for name, value in attrs:
             if value and name in ("href", "src", "action"):
                 self.urls.append(value)
+                if value[:4].lower() == "cid:":
+                    self.tags.add(tag[:16] + "." + name + "=cid")
         if tag in _BLOCK_TAGS:
             self.text.append(" ")
 
@@ -162,11 +172,12 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     """Append about `limit` normalised word tokens of `text` (lowercased) to `out`."""
     # Words average under 8 characters; scanning a bounded prefix keeps the cost bounded.
     words = _WORD.findall(text[: limit * 16].lower())[:limit]
-    for word in words:
-        if len(word) <= 3 or (len(word) <= MAX_TOKEN_CHARS and not word.isdigit()):
-            out.append(prefix + word)
-        else:
-            out.extend(prefix + piece for piece in _long_word(word))
+    plain = [w for w in words if len(w) <= 3 or (len(w) <= MAX_TOKEN_CHARS and not w.isdigit())]
+    if len(plain) != len(words):  # rare: long numbers, long words, scripts without spaces
+        for word in words:
+            if len(word) > 3 and (len(word) > MAX_TOKEN_CHARS or word.isdigit()):
+                plain.extend(_long_word(word))
+    out.extend([prefix + w for w in plain] if prefix else plain)
 
 
 def _strip_list_footer(text: str) -> str:
@@ -324,6 +335,7 @@ def _address_tokens(prefix: str, value: str, out: list[str]) -> str:
         out.append(prefix + ":no-name")
     if domain:
         out.append(prefix + "tld:" + _token(domain.rpartition(".")[2][:MAX_TOKEN_CHARS]))
+        out.append(prefix + "dom:" + _token(_registrable(domain)))
     local = address.partition("@")[0]
     if local and sum(c.isdigit() for c in local) >= 3:
         out.append(prefix + ":digits-in-local")
@@ -372,8 +384,12 @@ def _extract(raw: bytes) -> str:
         _words(mailer, head, "mailer:", 2)
     else:
         head.append("mailer:none")
-    if "message-id" not in message.headers:
+    message_id = message.header("message-id")
+    if message_id is None:
         head.append("msgid:none")
+    elif from_domain:
+        id_domain = _registrable(message_id.rpartition("@")[2].strip(" <>"))
+        head.append("msgid:same-domain" if id_domain == from_domain else "msgid:other-domain")
 
     texts: list[str] = []
     html_urls: list[str] = []
@@ -401,7 +417,9 @@ def _extract(raw: bytes) -> str:
         if ctype == "text/html" or text.lstrip()[:6].lower() == "<html>":
             html = _HtmlText()
             try:
-                html.feed(text[:MAX_HTML_CHARS])
+                # Invisible stretches go first, by regex: CSS and scripts cost the parser most,
+                # and comments are where spam hides words for Bayesian filters.
+                html.feed(_INVISIBLE.sub(" ", text[: MAX_HTML_CHARS * 4])[:MAX_HTML_CHARS])
                 html.close()
             except Exception:  # a parser assertion on hostile markup: keep what was collected
                 pass
@@ -418,6 +436,8 @@ def _extract(raw: bytes) -> str:
     _url_tokens(_hosts([*html_urls, *texts]), urls, seen)
     if len(seen) > 50:
         urls.append("url:many")
+    if seen and from_domain:
+        head.append("url:from-domain" if from_domain in seen else "url:not-from-domain")
     head.extend(urls)
     body: list[str] = []
     body_text = _ARTEFACTS.sub(" ", " ".join(texts))

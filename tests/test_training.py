@@ -173,3 +173,51 @@ def test_metrics_on_a_known_example() -> None:
     assert table[0]["count"] == 1 and table[9]["count"] == 2 and table[5]["spam_rate"] == 1.0
     assert metrics.ece(np.array([0, 1]), np.array([0.5, 0.5])) == 0.0
     assert metrics.ece(np.array([0, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+
+
+def test_evaluate_command_reports_figures_and_writes_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=150, spam=150)
+    model_path = tmp_path / "m.onnx"
+    argv = [
+        "train",
+        "--ham",
+        str(ham),
+        "--spam",
+        str(spam),
+        "--out",
+        str(model_path),
+        "--quiet",
+        "--min-df",
+        "1",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    report = tmp_path / "report"
+    argv = ["evaluate", "--ham", str(ham), "--spam", str(spam), "--model", str(model_path)]
+    assert main([*argv, "--compare", "yardstick", "bogofilter", "--report", str(report), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "recall@0.1%" in table and "yardstick" in table and "bogofilter" in table
+    data = json.loads((report / "report.json").read_text())
+    names = [system["name"] for system in data["systems"]]
+    assert names[0].startswith("milter (spam-") and names[1].startswith("yardstick")
+    assert names[2].startswith("bogofilter")  # the real program (a Debian package the CI installs)
+    ours = data["systems"][0]["figures"]
+    assert ours["all"]["ham"] == 15 and ours["all"]["spam"] == 15  # the validation slice only
+    assert {"threshold spam p>=0.9", "threshold suspicious p>=0.5"} <= set(ours["all"])
+    assert ours["messages_per_second"] > 0
+    assert len(data["reliability"]) == 10
+    for name in ("roc.png", "histogram.png", "reliability.png"):
+        assert (report / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_all_scores_every_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=40, spam=40)
+    model_path = tmp_path / "m.onnx"
+    assert main(["train", "--ham", str(ham), "--spam", str(spam), "--out", str(model_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "--ham", str(ham), "--spam", str(spam), "--model", str(model_path), "--all"]) == 0
+    )
+    assert "ham    40 spam    40" in capsys.readouterr().out

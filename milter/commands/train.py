@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--min-df", type=int, default=2, help="least messages a term must occur in (default: %(default)s)"
     )
     parser.add_argument(
-        "--C", type=float, default=10.0, dest="C", help="inverse regularisation (default: %(default)s)"
+        "--C", type=float, default=30.0, dest="C", help="inverse regularisation (default: %(default)s)"
     )
     parser.add_argument(
         "--ham-weight", type=float, default=1.0, help="class weight of ham (default: %(default)s)"

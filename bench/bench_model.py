@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Benchmark of the spam model: message->text, inference, import+load, and `milter score` throughput.
+
+Prints one JSON object (and a readable summary on stderr). Figures:
+  text_us       message->text per message (median, p90, p99, mean) over a seeded sample of corpus mail
+  infer_us      model.score(text) per message, text already extracted, one thread (median, p90, p99)
+  batch_us      per message when scoring batches of 64 texts in one graph run
+  load_s        `import milter.model` + load_model in a fresh interpreter (median of 5), and the bare
+                interpreter start for reference
+  score_msg_s   `milter score --json DIR...` over corpus directories, one process, wall clock
+The machine is shared: the load average before and after is printed with the numbers.
+
+usage: bench/bench_model.py [--model model/spam.onnx] [--corpus /work/corpus] [--sample 3000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from milter.model import load_model  # noqa: E402
+from milter.text import message_text  # noqa: E402
+
+DIRS = ("spamassassin/ham", "spamassassin/spam", "trec07p-early/ham", "trec07p-early/spam")
+
+
+def percentiles(values: list[float], scale: float) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(len(ordered) * q))]  # noqa: E731
+    return {
+        "median": round(statistics.median(ordered) * scale, 1),
+        "p90": round(pick(0.90) * scale, 1),
+        "p99": round(pick(0.99) * scale, 1),
+        "mean": round(statistics.fmean(ordered) * scale, 1),
+    }
+
+
+def machine() -> dict[str, object]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "loadavg_start": os.getloadavg()[0],
+    }
+
+
+def load_time(model: Path) -> dict[str, float]:
+    code = (
+        "import time; t=time.perf_counter(); from milter.model import load_model; "
+        f"m=load_model({str(model)!r}); print(time.perf_counter()-t)"
+    )
+    runs = []
+    bare = []
+    for _ in range(5):
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        runs.append(float(out.stdout.strip()))
+        bare.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare[-1] = time.perf_counter() - started
+    return {
+        "import_and_load_median": round(statistics.median(runs), 3),
+        "bare_interpreter": round(min(bare), 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "model" / "spam.onnx")
+    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("MILTER_CORPUS", "/work/corpus")))
+    parser.add_argument("--sample", type=int, default=3000)
+    parser.add_argument("--quick", action="store_true", help="only spamassassin for the score throughput")
+    args = parser.parse_args()
+
+    result: dict[str, object] = {"machine": machine(), "model": str(args.model)}
+    files = [p for d in DIRS for p in sorted((args.corpus / d).iterdir())]
+    random.Random(0).shuffle(files)
+    raws = [f.read_bytes() for f in files[: args.sample]]
+    result["sample"] = {"messages": len(raws), "median_bytes": statistics.median(len(r) for r in raws)}
+
+    model = load_model(args.model)
+    result["model_id"] = model.id
+    result["model_bytes"] = args.model.stat().st_size
+
+    timings = []
+    texts = []
+    for raw in raws:
+        started = time.perf_counter()
+        texts.append(message_text(raw))
+        timings.append(time.perf_counter() - started)
+    result["text_us"] = percentiles(timings, 1e6)
+    result["tokens_median"] = statistics.median(len(t.split()) for t in texts)
+
+    for text in texts[:50]:  # warm-up
+        model.score(text)
+    timings = []
+    for text in texts:
+        started = time.perf_counter()
+        model.score(text)
+        timings.append(time.perf_counter() - started)
+    result["infer_us"] = percentiles(timings, 1e6)
+    started = time.perf_counter()
+    for i in range(0, len(texts), 64):
+        model.score_texts(texts[i : i + 64])
+    result["batch_us"] = round((time.perf_counter() - started) / len(texts) * 1e6, 1)
+
+    result["load_s"] = load_time(args.model)
+
+    dirs = [str(args.corpus / d) for d in (DIRS[:2] if args.quick else DIRS)]
+    command = [sys.executable, "-m", "milter", "score", "--json", "--model", str(args.model), *dirs]
+    started = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, check=False, cwd=REPO)
+    seconds = time.perf_counter() - started
+    lines = out.stdout.count(b"\n")
+    result["score_cli"] = {
+        "messages": lines,
+        "seconds": round(seconds, 2),
+        "messages_per_second": round(lines / seconds, 1),
+        "exit": out.returncode,
+        "dirs": dirs,
+    }
+    result["machine"]["loadavg_end"] = os.getloadavg()[0]  # type: ignore[index]
+    print(json.dumps(result, indent=2))
+    print(
+        f"text median {result['text_us']['median']} us, inference median {result['infer_us']['median']} us, "  # type: ignore[index]
+        f"batched {result['batch_us']} us/msg, import+load {result['load_s']['import_and_load_median']} s, "  # type: ignore[index]
+        f"score CLI {result['score_cli']['messages_per_second']} msg/s",  # type: ignore[index]
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
