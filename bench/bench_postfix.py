@@ -258,22 +258,25 @@ def expected_place(p: float) -> tuple[str, bool]:
     return "INBOX", False
 
 
-def offline_scores(messages: list[bytes], work: Path) -> dict[int, float]:
+def offline_scores(messages: list[bytes], work: Path) -> tuple[dict[int, float], str]:
     """`milter score --json` on the same bytes as sent: the score each message should carry."""
     folder = work / "offline"
     folder.mkdir()
     for i, raw in enumerate(messages):
         (folder / f"{i:05d}").write_bytes(raw)
     out = subprocess.run(
-        [sys.executable, "-m", "milter", "score", "--json", str(folder)],
+        [sys.executable, "-m", "milter", "score", "--json", "--model", str(work / "model" / "spam.onnx"),
+         "--rules", str(work / "rules.yaml"), str(folder)],
         capture_output=True, text=True, check=False, cwd=REPO,
     ).stdout  # fmt: skip
     scores = {}
+    models = set()
     for line in out.splitlines():
         rec = json.loads(line)
         if "probability" in rec:
             scores[int(Path(rec["file"]).name)] = float(rec["probability"])
-    return scores
+            models.add(rec["model"])
+    return scores, ", ".join(sorted(models))
 
 
 def audit(box: Mailbox, n: int, sent_at: dict[int, float], scored: bool, offline: dict[int, float]) -> tuple:
@@ -318,8 +321,9 @@ def run_setup(
     postfix = Postfix(work / f"postfix-{name}", name, dovecot.lmtp_socket)
     flt: Milter | Relay | None = None
     if filter_kind == "milter":
-        rules = REPO / "rules" / "default.yaml"
-        flt = Milter(work, "after-queue", postfix.reinject_port, rules, milter_args, name=name)
+        # The model and rules copied at the start: the shipped ones may change while we run.
+        pinned = ("--model", str(work / "model" / "spam.onnx"), *milter_args)
+        flt = Milter(work, "after-queue", postfix.reinject_port, work / "rules.yaml", pinned, name=name)
     elif filter_kind == "reference":
         flt = Relay(work, postfix.reinject_port)
     if flt is None:
@@ -416,8 +420,12 @@ def main() -> int:
     os.chmod(work, 0o755)
     dovecot = Dovecot(work / "dovecot")
     results = []
+    (work / "model").mkdir()
+    shutil.copy(REPO / "model" / "spam.onnx", work / "model" / "spam.onnx")
+    shutil.copy(REPO / "rules" / "default.yaml", work / "rules.yaml")
     try:
-        offline = offline_scores(messages, work)
+        offline, model = offline_scores(messages, work)
+        print(f"model {model} (copied from model/spam.onnx), rules/default.yaml", flush=True)
         dovecot.start()
         setups: list[tuple[str, str | None, tuple[str, ...]]] = [
             ("alone", None, ()),
