@@ -161,6 +161,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def children_cpu_seconds(pid: int) -> float:
     """CPU of the running children of `pid` (milter's text workers)."""
     total = 0.0
@@ -243,10 +262,13 @@ def relay(messages: list[bytes], args: argparse.Namespace, label: str) -> None:
         }[label]
         p50, p99 = 1000 * latencies[len(latencies) // 2], 1000 * latencies[int(len(latencies) * 0.99)]
         rate = len(latencies) / seconds
+        rss = peak_rss_mib(proc.pid)
+        worker_rss = [peak_rss_mib(child) for child in children(proc.pid)]
         print(
             f"  {name:20s} {len(latencies)}/{len(messages)} ok, {failed} failed, {rate:4.0f} msg/s,"
             f" p50 {p50:5.1f} ms, p99 {p99:5.1f} ms; CPU ms/msg: system {cpu:.2f} (+ workers {workers:.2f}),"
-            f" sink {sink_cpu:.2f}, client {client_cpu:.2f}"
+            f" sink {sink_cpu:.2f}, client {client_cpu:.2f}; peak RSS {rss:.0f} MiB"
+            + (f" (workers {', '.join(f'{w:.0f}' for w in worker_rss)} MiB)" if worker_rss else "")
         )
     finally:
         proc.terminate()

@@ -84,13 +84,18 @@ class Daemon:
         if texts is not None:
             await texts.start()
         self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics, texts)
-        self._server = await loop.create_server(
-            smtp_factory(self.filter, config, loop),
-            host=config.listen_host,
-            port=config.listen_port,
-            reuse_address=True,
-            backlog=max(128, config.max_sessions),
-        )
+        try:
+            self._server = await loop.create_server(
+                smtp_factory(self.filter, config, loop),
+                host=config.listen_host,
+                port=config.listen_port,
+                reuse_address=True,
+                backlog=max(128, config.max_sessions),
+            )
+        except OSError:
+            if texts is not None:
+                await texts.close()
+            raise
         self.reloader = Reloader(
             self.loader, self._swap, metrics=self.metrics, notifier=self.notifier, watch=self.watch
         )

@@ -536,10 +536,13 @@ class FilterSMTP(SMTP):
                 break
         if too_big:
             return None
-        content = bytes(data[:-3])
-        if content.startswith(b"."):
-            content = content[1:]
-        return content.replace(b"\r\n.", b"\r\n")
+        # Un-stuff in place where possible: a 10 MB message should cost 20 MB at the peak, not 40.
+        del data[-3:]
+        if data.startswith(b"."):
+            del data[:1]
+        content = bytes(data)
+        del data
+        return content.replace(b"\r\n.", b"\r\n") if b"\r\n." in content else content
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers 500: Postfix would bounce a message over our own bug.

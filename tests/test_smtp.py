@@ -221,10 +221,14 @@ MALFORMED = [
     b"Subject: ok\r\nthis is not a header\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\nbody\r\n",
     # headers only, no body and no final line end
     b"Subject: headers only",
+    # the very first byte is a dot (dot-stuffed on the wire, so it must be un-stuffed here)
+    b".starts with a dot\r\n..two dots\r\n.\r\n",
 ]
 
 
-@pytest.mark.parametrize("raw", MALFORMED, ids=["broken-multipart", "binary", "bad-header", "no-body"])
+@pytest.mark.parametrize(
+    "raw", MALFORMED, ids=["broken-multipart", "binary", "bad-header", "no-body", "leading-dot"]
+)
 def test_malformed_mime_is_still_delivered(config_for: Any, serve: Any, sink: Sink, raw: bytes) -> None:
     config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port))
     with serve(config) as running, smtp(running.port) as client:
