@@ -106,7 +106,7 @@ def main() -> int:
             kept = [t for t, w in zip(terms, l1.coef_[0], strict=True) if w != 0.0]
             vectorizer, classifier = refit_on(kept, tr, labels[train_ix], config)
         fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
-        fitted.platt = platt(fitted.decision(ca), labels[cal_ix])
+        fitted.platt = platt(fitted.decision(ca), labels[cal_ix], config.calibration_ham_weight)
         p = fitted.probabilities(va)
         figures = metrics.figures(labels[val_ix], p, [("spam", 0.9)])
         data = export(fitted, {"milter.text_version": "1"}, config.top_k)

@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--ham-weight", type=float, default=1.0, help="class weight of ham (default: %(default)s)"
     )
+    parser.add_argument(
+        "--calibration-ham-weight",
+        type=float,
+        default=8.0,
+        help="weight of ham when calibrating: >1 makes probabilities err towards ham (default: %(default)s)",
+    )
     parser.add_argument("--calibration-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument(
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         min_df=args.min_df,
         C=args.C,
         ham_weight=args.ham_weight,
+        calibration_ham_weight=args.calibration_ham_weight,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,
