@@ -500,6 +500,8 @@ async def run(a: argparse.Namespace) -> bool:
             ("without swaps", quiet_lat, quiet_secs),
             ("during swaps", swap_lat, busy_secs),
         ):
+            if not lat or secs <= 0:
+                continue
             print(
                 f"{name}: {len(lat)} messages in {secs:.0f} s ({len(lat) / secs:.0f} msg/s), "
                 f"p50 {1000 * percentile(lat, 0.5):.1f} ms, p99 {1000 * percentile(lat, 0.99):.1f} ms"

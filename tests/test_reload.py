@@ -836,3 +836,11 @@ def test_a_replaced_model_is_freed_though_closed_sessions_hold_it_in_cycles(
         gc.enable()
     assert held_after_swap  # the cycle kept it at first...
     assert old() is None  # ...and the Reloader's collection freed it
+
+
+def test_mmap_threshold_is_pinned_where_glibc_is() -> None:
+    import platform
+
+    from milter.reload import pin_mmap_threshold
+
+    assert pin_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
