@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mailsys import LOGS, mail_system, tail
+
+from e2e.mailsys import LOGS, mail_system, tail
 
 __all__ = ["mail_system"]
 

@@ -17,7 +17,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from mailsys import (
+
+from e2e.mailsys import (
     UTF8_DOMAIN,
     Installation,
     addr,

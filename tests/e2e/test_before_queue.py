@@ -8,7 +8,8 @@ from __future__ import annotations
 import smtplib
 
 import pytest
-from mailsys import Installation, addr, assert_marked, make_message, milter_log_line, one, send, smtp_code
+
+from e2e.mailsys import Installation, addr, assert_marked, make_message, milter_log_line, one, send, smtp_code
 
 pytestmark = pytest.mark.e2e
 

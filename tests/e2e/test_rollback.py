@@ -8,7 +8,8 @@ the master.cf entries (`postconf -MX`) must leave a configuration `postfix check
 from __future__ import annotations
 
 import pytest
-from mailsys import (
+
+from e2e.mailsys import (
     Installation,
     Postfix,
     addr,
@@ -19,7 +20,7 @@ from mailsys import (
     run,
     send,
 )
-from mailsys import wait_until as wait
+from e2e.mailsys import wait_until as wait
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from mailsys import (
+
+from e2e.mailsys import (
     Installation,
     Milter,
     Postfix,

@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mailsys import DOVECOT_SNIPPETS, POSTFIX_SNIPPETS
+
+from e2e.mailsys import DOVECOT_SNIPPETS, POSTFIX_SNIPPETS
 
 pytestmark = pytest.mark.e2e
 
