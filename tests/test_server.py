@@ -240,3 +240,23 @@ def test_listen_on_ipv6(config_for: Any, serve: Any) -> None:
     config = config_for(listen_host="::1", next_hop=NextHop("maildir", path=Path("/nonexistent-unused")))
     with serve(config) as running, smtplib.SMTP("::1", running.port, timeout=30) as client:
         assert client.noop()[0] == 250
+
+
+def test_metrics_count_messages_and_sessions(config_for: Any, serve: Any, banded: Any) -> None:
+    from milter.metrics import Metrics
+    from milter.rules import Action
+
+    metrics = Metrics()
+    with serve(config_for(), metrics=metrics) as running:
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            assert metrics.registry.get_sample_value("milter_sessions_open") == 1
+            for action in (Action.SPAM_FOLDER, Action.DELIVER, Action.DELIVER):
+                client.sendmail("a@example.org", ["b@example.net"], banded[action].raw)
+        deadline = time.monotonic() + 5
+        while metrics.registry.get_sample_value("milter_sessions_open") != 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    sample = metrics.registry.get_sample_value
+    assert sample("milter_messages_total", {"action": "spam_folder", "rule": "spam"}) == 1
+    assert sample("milter_messages_total", {"action": "deliver", "rule": "default"}) == 2
+    assert sample("milter_score_count") == 3 and sample("milter_relay_seconds_count") == 3
+    assert sample("milter_sessions_open") == 0

@@ -423,3 +423,30 @@ def test_many_concurrent_sessions(config_for: Any, serve: Any, sink: Sink) -> No
     assert errors == []
     ids = sorted(r.data.split(b"Message-ID: <")[1].split(b"@")[0] for r in sink.received)
     assert ids == sorted(b"c-%d-%d" % (i, j) for i in range(20) for j in range(3))
+
+
+def test_silent_next_hop_times_out_to_451(config_for: Any, serve: Any) -> None:
+    """A next hop that accepts the connection and never says a word."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = config_for(
+            next_hop=NextHop("smtp", "127.0.0.1", silent.getsockname()[1]), next_hop_timeout=0.5
+        )
+        with serve(config) as running, smtp(running.port) as client:
+            started = time.monotonic()
+            code, text = client.mail("a@example.org")
+            assert code == 451 and b"4.4.1" in text
+            assert time.monotonic() - started < 5
+
+
+def test_slow_next_hop_at_data_is_451(config_for: Any, serve: Any, sink_factory: Any) -> None:
+    with sink_factory(data_delay=2.0) as sink:
+        config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port), next_hop_timeout=0.5)
+        with serve(config) as running, smtp(running.port) as client:
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                client.sendmail("a@example.org", ["b@example.net"], PLAIN)
+            assert e.value.smtp_code == 451 and b"4.4.2" in e.value.smtp_error
+            # The timed-out connection is not reused: the next message goes through a new one.
+            sink.handler.data_delay = 0.0
+            assert client.sendmail("a@example.org", ["b@example.net"], PLAIN) == {}
