@@ -80,7 +80,7 @@ class Config:
     metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
     scoring: bool = True  # off: proxy only (benchmarks), every message delivered unscored
-    text_workers: int | None = None  # processes for message->text; None: one per spare core (max 4)
+    text_workers: int | None = None  # processes for message->text; None: workers.default_workers()
     # The name in our greeting and EHLO reply, and in our EHLO to the next hop. Not this host's
     # name: Postfix's smtp client reports "mail loops back to myself" when the server it hands
     # mail to announces Postfix's own $myhostname. An address literal never matches, needs no DNS
@@ -167,7 +167,7 @@ KEYS: dict[str, str] = {
     "metrics": "HOST:PORT, or null for none",
     "subject_tag": "a string such as [SPAM], or null for none",
     "scoring": "true or false",
-    "text_workers": "a number of processes (0: none), or null for one per spare core",
+    "text_workers": "a number of processes (0: none), or null for the default (none on 2 cores)",
     "hostname": "a host name",
 }
 

@@ -34,9 +34,16 @@ _HEADER = 4
 _OK, _FAILED = b"\x00", b"\x01"
 
 
-def default_workers() -> int:
-    """One worker per core but the one the event loop uses, at most 4; none on one core."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def default_workers(cores: int | None = None) -> int:
+    """None on one or two cores, else one per core but the event loop's, at most 4.
+
+    Measured (docs/benchmarks.md): handing a message to a worker and back costs CPU of its own,
+    so it only pays where the event loop's core is the bottleneck. On two cores the second one
+    is busy anyway (Postfix, Dovecot, the sending clients): there, text in the daemon used less
+    CPU in all and gave the same or better msg/s.
+    """
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 class _Worker:

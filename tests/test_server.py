@@ -40,6 +40,7 @@ def milter(
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: signals can go to it and its workers
     )
 
 
@@ -57,6 +58,7 @@ def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, t
         proc = milter(
             "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url,
             "--quarantine", str(tmp_path / "q"), "--drain-timeout", "30",
+            "--text-workers", "1",  # the worker path too: workers ignore SIGTERM, the daemon drains
             stderr=stderr,
         )  # fmt: skip
         try:
@@ -81,7 +83,7 @@ def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, t
             while sink.handler.data_started < 50 and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert sink.handler.data_started == 50, "the 50 messages never were in flight together"
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)  # as systemd stops a unit: every process of it
             for t in threads:
                 t.join(60)
             assert proc.wait(60) == 0
@@ -98,6 +100,7 @@ def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, t
     assert ids == list(range(50))
     text = log.read_text()
     assert "stopping: draining sessions" in text and "stopped" in text
+    assert "text worker" not in text  # the workers ignored SIGTERM and served to the end
 
 
 def test_bad_rules_file_fails_start_with_its_line(tmp_path: Path) -> None:
@@ -260,3 +263,9 @@ def test_metrics_count_messages_and_sessions(config_for: Any, serve: Any, banded
     assert sample("milter_messages_total", {"action": "deliver", "rule": "default"}) == 2
     assert sample("milter_score_count") == 3 and sample("milter_relay_seconds_count") == 3
     assert sample("milter_sessions_open") == 0
+
+
+def test_default_text_workers() -> None:
+    from milter.workers import default_workers
+
+    assert [default_workers(n) for n in (1, 2, 3, 4, 8, 64)] == [0, 0, 2, 3, 4, 4]

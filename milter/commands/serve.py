@@ -118,7 +118,7 @@ def register(sub: Any) -> None:
         "--text-workers",
         metavar="N",
         help="processes that extract message text for the model, beside the daemon's own "
-        "(default: one per core but one, at most 4; 0: all in the daemon)",
+        "(default: none on 1-2 cores, else one per core but one, at most 4; 0: all in the daemon)",
     )
     add(
         "--no-watch",
