@@ -43,6 +43,7 @@ def monotonic_usec() -> int:
 def status_text(model_id: str, rule_count: int, note: str = "") -> str:
     """The STATUS= line: `model spam-2026-01, 3 rules` (+ `; note`)."""
     text = f"model {model_id}, {rule_count} rule{'s' if rule_count != 1 else ''}"
+    note = " ".join(note.split())  # one line: STATUS= ends at the newline
     return f"{text}; {note}" if note else text
 
 

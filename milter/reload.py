@@ -152,7 +152,8 @@ class Refusal:
 
     def log_line(self) -> str:
         verb = "keep" if self.kind == "rules" else "keeps"
-        return f"reload: refused {self.kind} file {self.reason}; the last good {self.kind} {verb} serving"
+        reason = " ".join(self.reason.split())  # one line, whatever the error says
+        return f"reload: refused {self.kind} file {reason}; the last good {self.kind} {verb} serving"
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -537,15 +538,25 @@ class Reloader(Generic[T]):
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="milter-reloader")
         if self._watch:
-            observer = Observer()
             specs = self.loader.watched()
-            handler = _Handler(self._from_thread, specs)
-            for directory in sorted({d.resolve() for d, _, _ in specs}):
-                observer.schedule(handler, str(directory), recursive=False)
+            directories = sorted({d.resolve() for d, _, _ in specs})
+            observer = Observer()
             observer.daemon = True
-            observer.start()
-            self._observer = observer
-            log.info("watching %s", ", ".join(sorted({str(d) for d, _, _ in specs})))
+            handler = _Handler(self._from_thread, specs)
+            try:
+                for directory in directories:
+                    observer.schedule(handler, str(directory), recursive=False)
+                observer.start()
+            except OSError as e:  # a directory gone, or the inotify limits reached
+                # Mail must flow all the same: SIGHUP still reloads.
+                log.error(
+                    "cannot watch %s: %s; changes take effect on `systemctl reload` (SIGHUP) only",
+                    ", ".join(map(str, directories)),
+                    e.strerror or e,
+                )
+            else:
+                self._observer = observer
+                log.info("watching %s", ", ".join(map(str, directories)))
 
     async def stop(self) -> None:
         if self._observer is not None:

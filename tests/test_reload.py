@@ -844,3 +844,38 @@ def test_mmap_threshold_is_pinned_where_glibc_is() -> None:
     from milter.reload import pin_mmap_threshold
 
     assert pin_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_unwatchable_directory_is_logged_and_sighup_still_reloads(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> tuple[Daemon, list[str]]:
+        loader = PolicyLoader(setup.rules, setup.models, pair)
+        daemon = Daemon(loader.initial())
+        moved = setup.root / "rules-moved"
+        setup.rules.parent.rename(moved)  # the rules directory is gone when watching starts
+        reloader = Reloader(loader, daemon.swap)
+        with caplog.at_level(logging.ERROR, logger="milter.reload"):
+            await reloader.start()
+        errors = [r.getMessage() for r in caplog.records]
+        moved.rename(setup.rules.parent)
+        write(setup.rules, rules_text("after_hup"))
+        report = await reloader.reload()  # SIGHUP
+        assert report.swapped
+        await reloader.stop()
+        return daemon, errors
+
+    daemon, errors = asyncio.run(main())
+    assert daemon.rule_name == "after_hup"
+    [line] = errors
+    assert line.startswith("cannot watch ") and str(setup.rules.parent.resolve()) in line
+    assert line.endswith("changes take effect on `systemctl reload` (SIGHUP) only")
+
+
+def test_status_and_refusal_lines_stay_on_one_line() -> None:
+    from milter.notify import status_text
+    from milter.reload import Refusal
+
+    refusal = Refusal("model", Path("m.onnx"), ModelError("m.onnx", "first line\nsecond line"))
+    assert "\n" not in refusal.log_line()
+    assert status_text("m", 2, "a\nb") == "model m, 2 rules; a b"
