@@ -9,7 +9,9 @@ so the `Reloader`
    dotfiles, backups and editors' temporary files (`is_temporary`);
 2. debounces: waits for a quiet period (QUIET seconds without a new event), but never longer
    than MAX_WAIT after the first event, so a file written in pieces is read once it is whole and
-   a stream of edits still goes live;
+   a stream of edits still goes live; while a watched file is open for writing (written to, not
+   yet closed: inotify tells both) it waits for the close, up to MAX_WRITE_WAIT, so a slow
+   writer's half-written file (which may well be a valid, shorter rules file) is never read;
 3. loads and validates in a worker thread (`PolicyLoader.reload`, via run_in_executor), never on
    the event loop;
 4. swaps the policy as one reference, by calling `swap(policy)` on the loop thread. The daemon
@@ -58,6 +60,7 @@ T = TypeVar("T")
 
 QUIET = 0.25  # seconds without a new event before a change is read
 MAX_WAIT = 1.0  # seconds after the first event at most, however busy the directory
+MAX_WRITE_WAIT = 10.0  # ... unless a file is still open for writing: then up to this long
 # After a model swap: when to look whether the old model was freed (collecting if not), in seconds
 # after the previous look; messages in flight (bounded by the SMTP timeouts) may still use it.
 RETIRE_DELAYS = (2.0, 5.0, 15.0, 60.0, 300.0)
@@ -455,7 +458,9 @@ class _Handler(FileSystemEventHandler):
     """Runs in watchdog's thread: filters events and hands the relevant ones to the loop."""
 
     def __init__(
-        self, note: Callable[[str, str], None], specs: Iterable[tuple[Path, str, Callable[[str], bool]]]
+        self,
+        note: Callable[[str, str, bool, str, bool | None], None],
+        specs: Iterable[tuple[Path, str, Callable[[str], bool]]],
     ) -> None:
         self._note = note
         self._specs = [(d.resolve(), kind, relevant) for d, kind, relevant in specs]
@@ -463,13 +468,17 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in _CHANGE_EVENTS:
             return
+        kind_of_event = event.event_type
+        # Is a writer still at the file? A write (IN_MODIFY) says yes until it is closed
+        # (IN_CLOSE_WRITE); a file renamed into place or deleted is complete (or gone).
+        writing = {"modified": True, "closed": False, "moved": False, "deleted": False}.get(kind_of_event)
         for raw in (event.src_path, event.dest_path):
             if not raw:
                 continue
             p = Path(os.fsdecode(raw))
             for directory, kind, relevant in self._specs:
                 if p.parent == directory and relevant(p.name):
-                    self._note(kind, f"{event.event_type} {p.name}")
+                    self._note(kind, f"{kind_of_event} {p.name}", False, str(p), writing)
 
 
 @dataclass(slots=True)
@@ -510,6 +519,7 @@ class Reloader(Generic[T]):
         max_wait: float = MAX_WAIT,
         watch: bool = True,
         retire_delays: tuple[float, ...] = RETIRE_DELAYS,
+        max_write_wait: float = MAX_WRITE_WAIT,
     ) -> None:
         self.loader = loader
         self._swap = swap
@@ -518,6 +528,8 @@ class Reloader(Generic[T]):
         self.quiet = quiet
         self.max_wait = max_wait
         self.retire_delays = retire_delays
+        self.max_write_wait = max_write_wait
+        self._writing: set[str] = set()  # watched files written to and not closed yet
         self._watch = watch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = _Pending()
@@ -579,7 +591,7 @@ class Reloader(Generic[T]):
 
     def request(self, kind: str = "all") -> None:
         """Reload now, without the debounce (SIGHUP, `systemctl reload`). Safe from any thread."""
-        self._from_thread(kind, "requested", immediate=True)
+        self._from_thread(kind, "requested", True)
 
     async def reload(self, kind: str = "all") -> ReloadReport:
         """Request a reload and wait for its report."""
@@ -589,17 +601,25 @@ class Reloader(Generic[T]):
         self._note(kind, "requested", immediate=True)
         return await waiter
 
-    def _from_thread(self, kind: str, why: str, immediate: bool = False) -> None:
+    def _from_thread(
+        self, kind: str, why: str, immediate: bool = False, path: str = "", writing: bool | None = None
+    ) -> None:
         loop = self._loop
         if loop is None:
             return
         # RuntimeError: the loop is closing, there is nothing left to reload for.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._note, kind, why, immediate)
+            loop.call_soon_threadsafe(self._note, kind, why, immediate, path, writing)
 
-    def _note(self, kind: str, why: str, immediate: bool = False) -> None:
+    def _note(
+        self, kind: str, why: str, immediate: bool = False, path: str = "", writing: bool | None = None
+    ) -> None:
         """On the loop: record a change (or request) and wake the reload task."""
         now = time.monotonic()
+        if writing is True:
+            self._writing.add(path)
+        elif writing is False:
+            self._writing.discard(path)
         p = self._pending
         if not p.kinds:
             p.first = now
@@ -617,7 +637,10 @@ class Reloader(Generic[T]):
             await wake.wait()
             while not self._pending.immediate and not self._stopping:  # debounce
                 now = time.monotonic()
-                due = min(self._pending.last + self.quiet, self._pending.first + self.max_wait)
+                if self._writing:  # a file still open for writing: wait for it to be closed
+                    due = self._pending.first + self.max_write_wait
+                else:
+                    due = min(self._pending.last + self.quiet, self._pending.first + self.max_wait)
                 if now >= due:
                     break
                 wake.clear()
@@ -627,6 +650,7 @@ class Reloader(Generic[T]):
             if self._stopping:
                 break
             batch, self._pending = self._pending, _Pending()
+            self._writing.clear()  # a writer that never closed: its next write marks it again
             report = await self._reload_once(frozenset(batch.kinds))
             for waiter in batch.waiters:
                 if not waiter.done():

@@ -397,6 +397,28 @@ def test_a_file_written_in_pieces_is_read_once_whole(setup: Setup) -> None:
     assert live.failed("rules") == 0
 
 
+def test_a_slow_writer_is_waited_for_until_it_closes_the_file(setup: Setup) -> None:
+    # Line by line, pausing longer than the quiet period and in all longer than MAX_WAIT: cut at
+    # a rule's end, the file is a valid rules file with fewer rules, which must never serve.
+    three = rules_text("slow").replace(
+        "  - name: default",
+        "  - name: middle\n    if: {probability: {min: 0.5}}\n    action: flag\n  - name: default",
+    )
+
+    async def body(live: Live) -> None:
+        with setup.rules.open("w") as f:
+            for line in three.splitlines(keepends=True):
+                f.write(line)
+                f.flush()
+                await asyncio.sleep(0.12)
+        await live.until(lambda: live.daemon.rule_name == "slow")
+        await live.settle(1)
+
+    live = run_live(setup, body)
+    assert [[r.name for r in rules] for rules, _ in live.daemon.swaps] == [["slow", "middle", "default"]]
+    assert live.failed("rules") == 0
+
+
 def test_a_burst_of_events_is_one_reload(setup: Setup) -> None:
     async def body(live: Live) -> None:
         for i in range(10):
