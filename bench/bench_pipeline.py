@@ -291,7 +291,17 @@ def main() -> None:
     ap.add_argument("--skip-relay", action="store_true")
     args = ap.parse_args()
     messages = corpus_messages(args.mail, args.n)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    from milter.config import Config
+    from milter.model import load_model
+    from milter.reload import model_candidates
+
+    model_dir = Config().model
+    model_id = load_model(model_dir if model_dir.is_file() else model_candidates(model_dir)[0]).id
+    load = os.getloadavg()[0]
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores (load {load:.1f}),"
+        f" python {sys.version.split()[0]}, model {model_id}"
+    )
     if not args.skip_stages:
         stages(messages)
     if not args.skip_relay:
