@@ -42,7 +42,7 @@ class MaildirHop:
     """A Maildir++ tree as the next hop; also the quarantine store."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # fixed at start: a later chdir must not move the mail
 
     def __str__(self) -> str:
         return f"maildir:{self.root}"
