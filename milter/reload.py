@@ -464,21 +464,38 @@ class _Handler(FileSystemEventHandler):
     ) -> None:
         self._note = note
         self._specs = [(d.resolve(), kind, relevant) for d, kind, relevant in specs]
+        self._open: set[str] = set()  # watched files opened and not closed (this thread only)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type not in _CHANGE_EVENTS:
+        if event.is_directory:
             return
-        kind_of_event = event.event_type
-        # Is a writer still at the file? A write (IN_MODIFY) says yes until it is closed
-        # (IN_CLOSE_WRITE); a file renamed into place or deleted is complete (or gone).
-        writing = {"modified": True, "closed": False, "moved": False, "deleted": False}.get(kind_of_event)
+        what = event.event_type
         for raw in (event.src_path, event.dest_path):
             if not raw:
                 continue
             p = Path(os.fsdecode(raw))
             for directory, kind, relevant in self._specs:
                 if p.parent == directory and relevant(p.name):
-                    self._note(kind, f"{kind_of_event} {p.name}", False, str(p), writing)
+                    self._file_event(kind, what, str(p))
+
+    def _file_event(self, kind: str, what: str, path: str) -> None:
+        # Is a writer still at the file? Written to (IN_MODIFY) after an open (IN_OPEN) and not
+        # closed yet (IN_CLOSE_WRITE). A write without an open seen (truncate(2) by name) has
+        # no close to wait for; a file renamed into place or deleted is complete (or gone).
+        writing: bool | None = None
+        if what == "opened":
+            self._open.add(path)
+            return  # opening (our own reads too) changes nothing
+        if what == "closed_no_write":
+            self._open.discard(path)
+            return
+        if what == "modified":
+            writing = path in self._open or None
+        elif what in ("closed", "moved", "deleted"):
+            self._open.discard(path)
+            writing = False
+        if what in _CHANGE_EVENTS:
+            self._note(kind, f"{what} {Path(path).name}", False, path, writing)
 
 
 @dataclass(slots=True)

@@ -347,12 +347,21 @@ def run_live(
     body: Callable[[Live], Awaitable[None]],
     mode: str | None = None,
     notifier: Notifier | None = None,
+    max_write_wait: float = 10.0,
 ) -> Live:
     async def main() -> Live:
         loader = PolicyLoader(setup.rules, setup.models, pair, mode=mode)
         daemon = Daemon(loader.initial())
         metrics = Metrics()
-        reloader = Reloader(loader, daemon.swap, metrics=metrics, notifier=notifier, quiet=0.1, max_wait=0.5)
+        reloader = Reloader(
+            loader,
+            daemon.swap,
+            metrics=metrics,
+            notifier=notifier,
+            quiet=0.1,
+            max_wait=0.5,
+            max_write_wait=max_write_wait,
+        )
         await reloader.start()
         live = Live(daemon, reloader, metrics)
         try:
@@ -417,6 +426,17 @@ def test_a_slow_writer_is_waited_for_until_it_closes_the_file(setup: Setup) -> N
     live = run_live(setup, body)
     assert [[r.name for r in rules] for rules, _ in live.daemon.swaps] == [["slow", "middle", "default"]]
     assert live.failed("rules") == 0
+
+
+def test_a_write_with_no_open_file_is_not_waited_for(setup: Setup) -> None:
+    # truncate(2) by name modifies the file without opening it: there will be no close to wait
+    # for, so the change is read after the usual quiet period, not after max_write_wait.
+    async def body(live: Live) -> None:
+        os.truncate(setup.rules, 10)
+        await live.until(lambda: live.failed("rules") == 1)  # within 10 s; max_write_wait is 600
+
+    live = run_live(setup, body, max_write_wait=600)
+    assert live.reloader.reloads == 1
 
 
 def test_a_burst_of_events_is_one_reload(setup: Setup) -> None:
