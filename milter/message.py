@@ -8,6 +8,19 @@ from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 from functools import cached_property
 
+# A header block longer than this is hostile or broken; the rules see its first part.
+MAX_HEADER_BYTES = 256 * 1024
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section of `raw`, up to and including the blank line that ends it."""
+    head = raw[:MAX_HEADER_BYTES]
+    ends = [i for i in (head.find(b"\n\n"), head.find(b"\n\r\n")) if i >= 0]
+    if not ends:
+        return head
+    end = min(ends)
+    return head[: end + (2 if head[end + 1 : end + 2] == b"\n" else 3)]
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -32,8 +45,10 @@ class Message:
     @cached_property
     def headers(self) -> EmailMessage:
         # compat32 never raises on broken headers; it keeps what it can and records defects.
+        # Only the header block is handed to the parser: it decodes all it is given, and the
+        # body (up to the size limit) is none of the rules' business.
         parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-        return parser.parsebytes(self.raw)
+        return parser.parsebytes(header_block(self.raw))
 
     @property
     def size(self) -> int:
