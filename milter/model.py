@@ -33,6 +33,7 @@ OUT_CONTRIBUTIONS: Final = "feature_contributions"
 META_TEXT_VERSION: Final = "milter.text_version"
 META_FIGURES: Final = "milter.validation"  # JSON: the validation figures `milter train` measured
 SUPPORTED_TEXT_VERSIONS: Final = frozenset({TEXT_VERSION})
+_OUTPUTS: Final = [OUT_PROBABILITY, OUT_FEATURES, OUT_CONTRIBUTIONS]
 EMPTY_TEXT: Final = "body:empty"  # what an empty text is scored as (the graph needs one token)
 
 # Built-in messages for validate_model: written here, not taken from any corpus.
@@ -119,20 +120,23 @@ class Model:
         """Scores of many model texts in one graph run (cheaper per text than one by one)."""
         if not texts:
             return []
-        cleaned = [_clean(text) for text in texts]
-        batch = np.array(cleaned, dtype=object)
-        probabilities, names, contributions = self._session.run(
-            [OUT_PROBABILITY, OUT_FEATURES, OUT_CONTRIBUTIONS], {INPUT: batch}
-        )
-        scores = []
-        for i in range(len(cleaned)):
-            features = tuple(
-                (str(name), round(float(value), 4))
-                for name, value in zip(names[i], contributions[i], strict=True)
-                if value != 0.0
+        batch = np.array([_clean(text) for text in texts], dtype=object)
+        probabilities, names, contributions = self._session.run(_OUTPUTS, {INPUT: batch})
+        model_id = self.id
+        return [
+            Score(
+                probability,
+                model_id,
+                tuple(
+                    (name, round(value, 4))
+                    for name, value in zip(row_names, row_values, strict=True)
+                    if value
+                ),
             )
-            scores.append(Score(float(probabilities[i]), self.id, features))
-        return scores
+            for probability, row_names, row_values in zip(
+                probabilities.tolist(), names.tolist(), contributions.tolist(), strict=True
+            )
+        ]
 
     def score(self, text: str) -> Score:
         """The score of one model text (from `message_text`)."""
