@@ -12,6 +12,7 @@ directory, as a shell user expects.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ ON_ERROR = ("deliver", "tempfail")
 LOG_FORMATS = ("text", "json")
 NEXT_HOP_FORMS = "smtp://HOST:PORT, lmtp://HOST:PORT, lmtp:/PATH.sock or maildir:PATH"
 LISTEN_FORM = "HOST:PORT (e.g. 127.0.0.1:10025 or [::1]:10025)"
+MAX_WORKERS = 256
 # Postfix's message_size_limit default; a smaller limit here would bounce mail Postfix accepted.
 POSTFIX_MESSAGE_SIZE_LIMIT = 10_240_000
 
@@ -81,6 +83,7 @@ class Config:
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
     scoring: bool = True  # off: proxy only (benchmarks), every message delivered unscored
     text_workers: int | None = None  # processes for message->text; None: workers.default_workers()
+    workers: int = 1  # serving processes sharing the port (milter.supervisor); 1: no supervisor
     # The name in our greeting and EHLO reply, and in our EHLO to the next hop. Not this host's
     # name: Postfix's smtp client reports "mail loops back to myself" when the server it hands
     # mail to announces Postfix's own $myhostname. An address literal never matches, needs no DNS
@@ -169,6 +172,7 @@ KEYS: dict[str, str] = {
     "scoring": "true or false",
     "text_workers": "a number of processes (0: none), or null for the default (none on 2 cores)",
     "hostname": "a host name",
+    "workers": f"a number of processes from 1 to {MAX_WORKERS}, or auto (one per core)",
 }
 
 
@@ -189,7 +193,21 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, object] 
             config = _apply(config, key, value, base=None)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
+    _check_together(config)
     return config
+
+
+def _check_together(config: Config) -> None:
+    """Settings that are valid alone but not together."""
+    if config.metrics is not None and config.workers > 1:
+        # Each worker serves its own metrics endpoint, on the metrics port plus its index.
+        _, port = config.metrics
+        last = port + config.workers - 1
+        if last > 65535:
+            raise ConfigError(
+                f"metrics: {config.workers} workers serve metrics on ports {port} to {last}, past 65535; "
+                "expected a metrics port that leaves room for one port per worker"
+            )
 
 
 def _apply_file(config: Config, path: Path) -> Config:
@@ -256,12 +274,27 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             if not 0 <= workers <= 64:
                 raise ValueError(f"{workers} is out of range; expected {expected} from 0 to 64")
             return replace(config, text_workers=workers)
+        case "workers":
+            if value == "auto":
+                return replace(config, workers=cores())
+            workers = _integer(value, expected)
+            if not 1 <= workers <= MAX_WORKERS:
+                raise ValueError(f"{workers} is out of range; expected {expected}")
+            return replace(config, workers=workers)
         case "hostname":
             name = _text(value, expected)
             if not name or any(c.isspace() for c in name):
                 raise ValueError(f"{shown(name)} is not a host name")
             return replace(config, hostname=name)
     raise ValueError(f"unknown setting {key!r}")  # pragma: no cover - KEYS guards this
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: CPUAffinity=, cpusets), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - Linux has it
+        return os.cpu_count() or 1
 
 
 def _set(config: Config, key: str, value: Any) -> Config:

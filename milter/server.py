@@ -45,8 +45,13 @@ class Daemon:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         watch: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        # SO_REUSEPORT: several worker processes (milter.supervisor) listen on one port and the
+        # kernel spreads connections over them.
+        self.reuse_port = reuse_port
+        self._reload_requested = False  # a SIGHUP before the Reloader was running
         self.metrics = metrics
         self.notifier = notifier or Notifier()
         self.watch = watch
@@ -90,6 +95,7 @@ class Daemon:
                 host=config.listen_host,
                 port=config.listen_port,
                 reuse_address=True,
+                reuse_port=self.reuse_port or None,
                 backlog=max(128, config.max_sessions),
             )
         except OSError:
@@ -100,6 +106,8 @@ class Daemon:
             self.loader, self._swap, metrics=self.metrics, notifier=self.notifier, watch=self.watch
         )
         await self.reloader.start()
+        if self._reload_requested:  # the files may have changed after the loader read them
+            self.reloader.request()
         model_id, rules = policy.model.id, self.loader.rules.active
         count = rule_count(rules) if rules is not None else 0
         if self.metrics is not None:
@@ -124,6 +132,8 @@ class Daemon:
         """Rebuild the policy off the loop and swap it in if it is valid (SIGHUP)."""
         if self.reloader is not None:
             self.reloader.request()
+        else:
+            self._reload_requested = True
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -168,26 +178,36 @@ class Daemon:
         log.info("stopped")
 
 
-async def serve(config: Config, *, watch: bool = True) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the process exit code."""
+async def serve(
+    config: Config, *, watch: bool = True, notifier: Notifier | None = None, reuse_port: bool = False
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit code.
+
+    `notifier`: where READY/STATUS/WATCHDOG go (default: systemd's $NOTIFY_SOCKET; a worker of
+    milter.supervisor tells its supervisor instead). `reuse_port`: listen with SO_REUSEPORT.
+    """
     loop = asyncio.get_running_loop()
     metrics = Metrics() if config.metrics is not None else None
-    notifier = Notifier()
-    daemon = Daemon(config, metrics=metrics, notifier=notifier, watch=watch)
+    notifier = notifier if notifier is not None else Notifier()
+    daemon = Daemon(config, metrics=metrics, notifier=notifier, watch=watch, reuse_port=reuse_port)
     metrics_server = None
+    # Signals are handled from before start-up's end (the READY notification), so whoever
+    # heard READY may signal at once: a supervisor forwarding SIGHUP must not kill a worker.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
     except (MilterError, OSError) as e:
         log.error("cannot start: %s", e)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
         notifier.close()
         return 1
     if metrics is not None and config.metrics is not None:
         metrics_server = start_metrics_server(metrics, *config.metrics)
         log.info("metrics on %s", metrics_server.url)
     watchdog = asyncio.create_task(notifier.run_watchdog())
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.wait_stopped()
         log.info("stopping: draining sessions (at most %g s)", config.drain_timeout)
@@ -202,7 +222,9 @@ async def serve(config: Config, *, watch: bool = True) -> int:
     return 0
 
 
-def run(config: Config, *, watch: bool = True) -> int:
+def run(
+    config: Config, *, watch: bool = True, notifier: Notifier | None = None, reuse_port: bool = False
+) -> int:
     """`serve` on uvloop when it is installed (faster sockets), else asyncio's own loop."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
@@ -213,4 +235,4 @@ def run(config: Config, *, watch: bool = True) -> int:
         factory = None
     runner_args: dict[str, Any] = {"loop_factory": factory} if factory is not None else {}
     with asyncio.Runner(**runner_args) as runner:
-        return runner.run(serve(config, watch=watch))
+        return runner.run(serve(config, watch=watch, notifier=notifier, reuse_port=reuse_port))

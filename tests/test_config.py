@@ -96,6 +96,12 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
         ("scoring: maybe\n", ':1: scoring: expected true or false, got the string "maybe"'),
         ('subject_tag: "a\\nb"\n', ":1: subject_tag: a subject tag cannot contain a line break"),
         ("text_workers: 100\n", ":1: text_workers: 100 is out of range"),
+        ("workers: 0\n", ":1: workers: 0 is out of range; expected a number of processes from 1 to 256"),
+        (
+            "workers: many\n",
+            ":1: workers: expected a number of processes from 1 to 256, or auto (one per core), got the "
+            'string "many"',
+        ),
         ("a: 1\nlistn: x\n", ':1: unknown key "a"; expected one of:'),
         ("listn: x\n", 'unknown key "listn"; did you mean "listen"?'),
         ("- a\n- b\n", ":1: expected a mapping (key: value), got a list"),
@@ -123,6 +129,12 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
         ({"next_hop": "smtp://h"}, "--next-hop:"),
         ({"max_sessions": "0"}, "--max-sessions: 0 is too small"),
         ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"workers": "-2"}, "--workers: expected a number of processes"),
+        ({"workers": "300"}, "--workers: 300 is out of range"),
+        (
+            {"workers": "4", "metrics": "127.0.0.1:65534"},
+            "metrics: 4 workers serve metrics on ports 65534 to 65537, past 65535",
+        ),
     ],
 )
 def test_flag_errors(overrides: dict[str, object], message: str, tmp_path: Path) -> None:
@@ -167,5 +179,16 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     text = capsys.readouterr().out
     for word in ("--listen", "--next-hop", "--rules", "--model", "--mode", "--on-error", "--max-message-size",
                  "--quarantine", "--log-format", "--no-scoring", "lmtp:/PATH.sock", "maildir:PATH",
-                 "SIGHUP", "SIGTERM", "exit status", "./Maildir"):  # fmt: skip
+                 "SIGHUP", "SIGTERM", "exit status", "./Maildir", "--workers", "SO_REUSEPORT"):  # fmt: skip
         assert word in text, word
+
+
+def test_workers(tmp_path: Path) -> None:
+    import os
+
+    assert load_config(write(tmp_path, "")).workers == 1  # one process, no supervisor
+    assert load_config(write(tmp_path, "workers: 3\n")).workers == 3
+    assert load_config(write(tmp_path, "workers: 3\n"), {"workers": "2"}).workers == 2
+    assert load_config(write(tmp_path, "workers: auto\n")).workers == len(os.sched_getaffinity(0))
+    config = load_config(write(tmp_path, "workers: 2\nmetrics: 127.0.0.1:9125\n"))
+    assert (config.workers, config.metrics) == (2, ("127.0.0.1", 9125))

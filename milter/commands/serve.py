@@ -47,6 +47,16 @@ signals:
   SIGHUP        reload rules and model (also done on file changes); a bad file never goes live
   SIGTERM/INT   stop accepting, let transactions in flight finish (--drain-timeout), exit 0
 
+workers (--workers N, N > 1):
+  The process started becomes a supervisor: it checks the config, rules and model as above,
+  then runs N worker processes, each a whole filter listening on the same address with
+  SO_REUSEPORT (the kernel spreads connections over them). It forwards SIGHUP and SIGTERM to
+  all of them, starts a worker that dies again (after 0.5 s, up to 30 s while it keeps dying),
+  and alone speaks to systemd (READY once all workers listen). Worker log lines carry
+  worker=INDEX (0 to N-1); the supervisor logs each index's pid. With --metrics HOST:PORT,
+  worker I serves its metrics on PORT+I; the supervisor serves none. Text workers default to
+  none per worker.
+
 exit status:
   0  stopped by a signal
   1  could not start (rules or model unusable, port in use)
@@ -56,6 +66,7 @@ examples:
   milter serve
   milter serve --listen [::1]:10025 --next-hop smtp://127.0.0.1:10026
   milter serve --config /etc/milter/milter.yaml --log-format json
+  milter serve --workers auto --next-hop smtp://127.0.0.1:10026
   swaks --server 127.0.0.1:10025 --to me@example.com --body 'hello'
 """
 
@@ -121,6 +132,12 @@ def register(sub: Any) -> None:
         "(default: none on 1-2 cores, else one per core but one, at most 4; 0: all in the daemon)",
     )
     add(
+        "--workers",
+        metavar="N",
+        help="serving processes sharing the port, or auto: one per core (default 1: this process "
+        "alone); see below",
+    )
+    add(
         "--no-watch",
         dest="watch",
         action="store_false",
@@ -148,6 +165,7 @@ OVERRIDES = (
     "hostname",
     "scoring",
     "text_workers",
+    "workers",
 )
 
 
@@ -161,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"milter serve: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_format)
+    if config.workers > 1:
+        from milter.supervisor import run as run_supervisor
+
+        return run_supervisor(config, watch=args.watch)
     from milter.server import run as run_server
 
     return run_server(config, watch=args.watch)
