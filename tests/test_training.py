@@ -221,3 +221,23 @@ def test_evaluate_all_scores_every_message(tmp_path: Path, capsys: pytest.Captur
         main(["evaluate", "--ham", str(ham), "--spam", str(spam), "--model", str(model_path), "--all"]) == 0
     )
     assert "ham    40 spam    40" in capsys.readouterr().out
+
+
+def test_the_recorded_command_leaves_out_flags_that_do_not_shape_the_model() -> None:
+    from milter.commands.train import _recorded_arguments
+
+    argv = [
+        "milter",
+        "train",
+        "--ham",
+        "h",
+        "--jobs",
+        "2",
+        "--spam",
+        "s",
+        "--quiet",
+        "--jobs=3",
+        "--seed",
+        "0",
+    ]
+    assert _recorded_arguments(argv) == ["--ham", "h", "--spam", "s", "--seed", "0"]

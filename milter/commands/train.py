@@ -69,6 +69,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _recorded_arguments(argv: list[str]) -> list[str]:
+    """The arguments that shape the model; --jobs and --quiet do not, so they are not recorded
+    (the same data, seed and options then give the same file, byte for byte)."""
+    args = argv[2:] if argv[1:2] == ["train"] else argv[1:]
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--jobs":
+            skip = True
+        elif arg != "--quiet" and not arg.startswith("--jobs="):
+            kept.append(arg)
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     from milter.training.train import TrainConfig, train
 
@@ -87,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"milter train: {path}: no such file or directory", file=sys.stderr)
             return 2
-    command = "milter train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:])
+    command = "milter train " + shlex.join(_recorded_arguments(sys.argv))
 
     def log(line: str) -> None:
         if not args.quiet:
