@@ -29,11 +29,15 @@ def mark(raw: bytes, verdict: Verdict, subject_tag: str | None = None) -> bytes:
     messages the verdict calls spam.
     """
     eol = _line_ending(raw)
-    head_end = _header_end(raw)
-    head, body = raw[:head_end], raw[head_end:]
+    # An mbox "From " line (some clients send stored mail as is) is not a header field; the
+    # fields follow it, and so must the stripping of forged ones. It stays first.
+    unixfrom = raw[: raw.find(b"\n") + 1] if raw.startswith(b"From ") and b"\n" in raw else b""
+    rest = raw[len(unixfrom) :]
+    head_end = _header_end(rest)
+    head, body = rest[:head_end], rest[head_end:]
     if PREFIX in head.lower() or (subject_tag and verdict.is_spam):
         head = _rewrite_fields(head, subject_tag.encode() if subject_tag and verdict.is_spam else None)
-    return b"".join(line + eol for line in headers(verdict, eol)) + head + body
+    return unixfrom + b"".join(line + eol for line in headers(verdict, eol)) + head + body
 
 
 def headers(verdict: Verdict, eol: bytes = b"\r\n") -> list[bytes]:

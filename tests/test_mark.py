@@ -67,6 +67,14 @@ def test_inbound_x_spam_fields_are_removed_with_their_folds() -> None:
     )
 
 
+def test_forged_fields_after_an_mbox_from_line_are_removed_and_the_line_stays_first() -> None:
+    raw = b"From spammer@example.ru Mon Apr  9 12:00:00 2007\nX-Spam-Flag: NO\nSubject: hi\n\nbody\n"
+    out = mark(raw, SPAM)
+    assert out.startswith(b"From spammer@example.ru Mon Apr  9 12:00:00 2007\nX-Spam-Flag: YES\n")
+    assert out.count(b"X-Spam-Flag") == 1
+    assert out.endswith(b"Subject: hi\n\nbody\n")
+
+
 def test_stray_cr_inside_a_field_is_not_a_line_break() -> None:
     raw = b"Subject: a\rX-Spam-Flag: YES\r\nX-Spam-Score: 99\r\n\r\n"
     out = mark(raw, HAM)
