@@ -205,12 +205,13 @@ def _strip_list_footer(text: str) -> str:
 class _Part:
     """One MIME entity: its headers (first value of each, lowercased names) and its raw body."""
 
-    __slots__ = ("body", "depth", "headers")
+    __slots__ = ("_content_type", "body", "depth", "headers")
 
     def __init__(self, headers: dict[str, bytes], body: bytes, depth: int) -> None:
         self.headers = headers
         self.body = body
         self.depth = depth
+        self._content_type: tuple[str, dict[str, str]] | None = None
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -218,6 +219,11 @@ class _Part:
 
     def content_type(self) -> tuple[str, dict[str, str]]:
         """(type/subtype, parameters); a missing or malformed type is text/plain, as RFC 2045 says."""
+        if self._content_type is None:
+            self._content_type = self._parse_content_type()
+        return self._content_type
+
+    def _parse_content_type(self) -> tuple[str, dict[str, str]]:
         value = self.header("content-type") or ""
         main, _, rest = value.partition(";")
         words = main.split()
