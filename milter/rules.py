@@ -25,7 +25,6 @@ from milter.message import Message
 from milter.yamlfile import Checker, KeyPath, LineMap, load_yaml, parse_yaml, shown, wrong_type_message
 
 # The rules file shipped with milter, used when the config names none.
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules" / "default.yaml"
 
 # Rules files are short; anything this large is a mistake (or an attack) and is refused unread.
 MAX_RULES_BYTES = 1_000_000

@@ -11,12 +11,10 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Protocol
 
-import milter
 from milter.errors import FileError
 from milter.message import Envelope, Message
+from milter.paths import SHIPPED_MODEL
 from milter.rules import MODE_ACTIONS, Decision, Facts, Ruleset, Trace, actions_for_mode, facts_of
-
-SHIPPED_MODEL = Path(milter.__file__).resolve().parent.parent / "model" / "spam.onnx"
 
 DESCRIPTION = """\
 Work with rules files. `milter rules test` shows which rule each message hits and why, so a

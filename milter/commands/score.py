@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import milter
 from milter.errors import MilterError
+from milter.paths import SHIPPED_MODEL, SHIPPED_RULES
 
-REPO_ROOT = Path(milter.__file__).resolve().parent.parent
-DEFAULT_RULES = REPO_ROOT / "rules" / "default.yaml"
-DEFAULT_MODEL = REPO_ROOT / "model" / "spam.onnx"
+DEFAULT_RULES = SHIPPED_RULES
+DEFAULT_MODEL = SHIPPED_MODEL
 BATCH = 64  # messages per graph run: amortises the per-call cost of onnxruntime
 
 HELP = """\
