@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from milter.cli import main
-from milter.rules import SHIPPED_RULES
+from milter.paths import SHIPPED_RULES
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from milter.errors import RulesError
 from milter.message import Envelope, Message
+from milter.paths import SHIPPED_RULES
 from milter.rules import (
     FALLBACK_RULE,
     MODE_ACTIONS,
-    SHIPPED_RULES,
     Action,
     Decision,
     Facts,
