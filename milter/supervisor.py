@@ -162,11 +162,12 @@ class Supervisor:
         """The supervisor's life; its exit code (1: could not start, 0: stopped by a signal)."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.validate)
+            self.validate()  # on this thread: nothing else runs yet, and its memory is given back
         except (MilterError, OSError) as e:
             log.error("cannot start: %s", e)
             self.notifier.close()
             return 1
+        release_memory()
         self._open_socket()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -403,6 +404,17 @@ class Supervisor:
                     worker.process.kill()
         if late:
             await asyncio.wait(late, timeout=10)
+
+
+def release_memory() -> None:
+    """Give the model the supervisor loaded to check it back to the system (glibc keeps freed
+    heap otherwise): measured 48 -> 36 MB anonymous memory, most of the rest is imports."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def describe_exit(code: int) -> str:
