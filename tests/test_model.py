@@ -196,14 +196,17 @@ def _with_metadata(source: Path, target: Path, **changes: str | None) -> Path:
     return target
 
 
+# "1": models trained before message->text parsed HTML with lexbor (their tokens differ).
+@pytest.mark.parametrize("version", ["999", "1"])
 def test_refuses_a_text_version_this_code_does_not_implement(
-    tmp_path: Path, trained: tuple[Path, TrainResult]
+    tmp_path: Path, trained: tuple[Path, TrainResult], version: str
 ) -> None:
-    path = _with_metadata(trained[0], tmp_path / "future.onnx", milter_text_version="999")
+    assert version != TEXT_VERSION
+    path = _with_metadata(trained[0], tmp_path / "other.onnx", milter_text_version=version)
     with pytest.raises(ModelError) as caught:
         load_model(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: model expects message->text version '999'")
+    assert message.startswith(f"{path}: model expects message->text version '{version}'")
     assert f"expected version {TEXT_VERSION}" in message
     assert "milter train" in message
 

@@ -7,7 +7,7 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from milter.text import MAX_WORDS, TEXT_VERSION, message_text
+from milter.text import _WORD, MAX_WORDS, TEXT_VERSION, _split_words, message_text
 
 
 def tokens(raw: bytes) -> list[str]:
@@ -104,6 +104,55 @@ def test_html_is_parsed_scripts_dropped_links_kept() -> None:
         assert expected in words, expected
     for absent in ("hidden", "var", "color", "ignored"):
         assert absent not in words, absent
+
+
+def html_message(html: str) -> bytes:
+    return b"Subject: hi\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html.encode()
+
+
+def test_html_block_tags_separate_words_inline_tags_do_not() -> None:
+    words = tokens(html_message("<table><tr><td>alpha</td><td>beta</td></tr></table>V<b>ia</b>gra<br>end"))
+    assert {"alpha", "beta", "viagra", "end"} <= set(words)
+    assert "alphabeta" not in words and "via" not in words and "viagraend" not in words
+
+
+def test_html_tag_attribute_and_link_tokens() -> None:
+    html = (
+        "<html><head><title>head title</title></head><body><p align='Center'>hello</p>"
+        "<font color='#FF0000' face='Arial'>red</font><img src='cid:part1@example'>"
+        "<form action='http://collect.example.biz/'><input type=text></form>"
+        "<title>second title</title><!-- hidden comment words --></body></html>"
+    )
+    words = tokens(html_message(html))
+    for expected in (
+        "html:p",
+        "html:p.align",
+        "html:align=center",
+        "html:font.color",
+        "html:color=#ff0000",
+        "html:img.src=cid",
+        "html:form.action",
+        "html:input",
+        "url:example.biz",
+        "hello",
+        "red",
+    ):
+        assert expected in words, expected
+    for absent in ("head", "title", "second", "hidden", "comment"):
+        assert absent not in words, absent
+
+
+def test_hostile_html_returns_text() -> None:
+    for html in (
+        "<div>" * 6000 + "deep",
+        "<select><option>" * 500 + "<svg><template><math><mi><table><td>x",
+        "<frameset><frame src='http://f.example.com/'></frameset>",
+        "<plaintext><p>not a tag</p>",
+        "\x00<p\x00 a\x00=\x00>\ud800 &#0; &#xD800; &#x110000; <![CDATA[ x ]]>",
+        "<a href='http://[::1'><<<>><!--<![CDATA[<x y=\"",
+    ):
+        raw = b"Content-Type: text/html\r\n\r\n" + html.encode("utf-8", "surrogatepass")
+        check_text(message_text(raw))
 
 
 def test_broken_and_unknown_charsets_still_give_words() -> None:
@@ -206,10 +255,35 @@ def mime_messages(draw: st.DrawFn) -> bytes:
     return head + b"\r\n" + body + draw(st.sampled_from([b"--zz--\r\n", b"", b"--zz"]))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(max_codepoint=127), max_size=300))
+def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
+    # ASCII text takes a faster path through string methods; it must give the same words.
+    assert _split_words(text) == _WORD.findall(text)
+    assert _split_words(text.lower()) == _WORD.findall(text.lower())
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2000))
 def test_never_raises_on_random_bytes(raw: bytes) -> None:
     check_text(message_text(raw))
+
+
+HTML_PIECES = st.sampled_from(
+    [
+        *("<p>", "</p>", "<td>", "<table>", "<select>", "<option>", "<svg>", "<template>", "<math>"),
+        *("<b>", "</b>", "<title>", "<a href='cid:x'>", "<img src=http://e.example.ru/>", "<frameset>"),
+        *("<plaintext>", "<!--", "-->", "<![CDATA[", "&#0;", "&nbsp;", "<", ">", "\x00", "\ufeff"),
+        *("word", " ", "\u65e5\u672c"),
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(HTML_PIECES, st.text(max_size=20)), max_size=80))
+def test_never_raises_on_random_html(pieces: list[str]) -> None:
+    html = "".join(pieces).encode("utf-8", "surrogatepass")
+    check_text(message_text(b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -181,6 +181,7 @@ def _counts(messages: Sequence[LabelledMessage], indices: Sequence[int]) -> dict
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
+    import selectolax
     import sklearn
 
     return {
@@ -189,6 +190,8 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        # message->text parses HTML with it: another lexbor may give other tokens.
+        "selectolax": selectolax.__version__,
     }
 
 
