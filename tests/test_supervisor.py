@@ -74,17 +74,31 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def start(
-    *args: str, log: Path, env: dict[str, str] | None = None, workers: str = "2"
+    *args: str, log: Path, env: dict[str, str] | None = None, workers: str = "2", watch: bool = False
 ) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "milter", "serve", "--workers", workers, *args]
     with log.open("ab") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "milter", "serve", "--no-watch", "--workers", workers, *args],
+            argv if watch else [*argv, "--no-watch"],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
+
+
+def free_pair() -> int:
+    """A port that is free, and the one after it too (metrics of workers 0 and 1)."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
 
 
 def wait_log(log: Path, pattern: str, count: int = 1, seconds: float = 30) -> list[re.Match[str]]:
@@ -240,6 +254,45 @@ def test_sigterm_to_the_whole_group_with_sessions_in_flight_loses_none(
     assert ids == list(range(30))
     assert set(workers_by_message(log, "flight").values()) == {0, 1}  # both were draining
     assert "was killed" not in log.read_text() and "exited with" not in log.read_text()
+
+
+def test_each_worker_watches_the_files_and_serves_its_own_metrics(
+    sink: Any, notify: NotifySocket, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    rules = tmp_path / "rules" / "rules.yaml"
+    rules.parent.mkdir()
+    rules.write_text(RULES_PATH.read_text())
+    port, metrics, log = free_port(), free_pair(), tmp_path / "serve.log"
+    proc = start(
+        "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url, "--rules", str(rules),
+        "--metrics", f"127.0.0.1:{metrics}", "--quarantine", str(tmp_path / "q"), log=log, watch=True,
+        env={"NOTIFY_SOCKET": str(notify.path)},
+    )  # fmt: skip
+    try:
+        notify.wait_for("READY=1")
+        # No SIGHUP: each worker sees the edit in the directory it watches.
+        mark = len(notify.received)
+        rules.write_text("rules:\n  - {name: held, action: tempfail}\n")
+        notify.wait_for("READY=1", notify.wait_for("RELOADING=1", mark))
+        wait_log(log, r"worker=(\d) reload: now serving 1 rules", 2)
+        for worker in (0, 1):  # worker I on the metrics port + I; the supervisor serves none
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics + worker}/metrics", timeout=10) as r:
+                assert "milter_rules 1.0" in r.read().decode()
+        refused = 0
+        for i in range(20):
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                with pytest.raises(smtplib.SMTPDataError) as e:
+                    client.sendmail("a@example.org", ["b@example.net"], message("held", i))
+                refused += e.value.smtp_code == 451
+        assert refused == 20 and not sink.received
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+        stopped(proc)
+    lines = re.findall(r"worker=(\d) metrics on http://127.0.0.1:(\d+)", log.read_text())
+    assert sorted(lines) == [("0", str(metrics)), ("1", str(metrics + 1))]
 
 
 def test_start_up_failures_say_what_a_single_daemon_says(tmp_path: Path) -> None:
