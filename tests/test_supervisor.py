@@ -272,7 +272,14 @@ def test_each_worker_watches_the_files_and_serves_its_own_metrics(
     )  # fmt: skip
     try:
         notify.wait_for("READY=1")
-        # No SIGHUP: each worker sees the edit in the directory it watches.
+        # No SIGHUP: each worker sees the edits in the directory it watches. A rule after a
+        # catch-all is refused by both ...
+        mark = len(notify.received)
+        rules.write_text("rules:\n  - {name: held, action: tempfail}\n  - {name: other, action: deliver}\n")
+        notify.wait_for("READY=1", notify.wait_for("RELOADING=1", mark))
+        refusals = wait_log(log, r"worker=(\d) reload: refused rules file .*rules.yaml:3: rule \"other\"", 2)
+        assert {m[1] for m in refusals} == {"0", "1"}
+        # ... and a good edit goes live in both.
         mark = len(notify.received)
         rules.write_text("rules:\n  - {name: held, action: tempfail}\n")
         notify.wait_for("READY=1", notify.wait_for("RELOADING=1", mark))
