@@ -127,6 +127,7 @@ class Worker:
     started: float = 0.0
     failures: int = 0
     hup_pending: bool = False  # SIGHUP forwarded, its READY=1 not back yet
+    hup_when_ready: bool = False  # SIGHUP while it started: it may have read the files before
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -255,7 +256,7 @@ class Supervisor:
             parent=os.getpid(),
         )
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
-        worker.state, worker.status, worker.hup_pending = "starting", "", False
+        worker.state, worker.status, worker.hup_pending, worker.hup_when_ready = "starting", "", False, False
         worker.started = worker.last_heard = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -321,9 +322,12 @@ class Supervisor:
         elif fields.get("RELOADING") == "1":
             worker.state = "reloading"
         elif fields.get("READY") == "1":
-            if worker.state == "starting":
+            starting = worker.state == "starting"
+            if starting:
                 log.info("worker %d (pid %s) ready", worker.index, worker.pid)
             worker.state, worker.hup_pending = "ready", False
+            if starting and worker.hup_when_ready:
+                self._forward_hup(worker)
 
     def _update(self) -> None:
         """Tell systemd what changed: READY once, RELOADING/READY around reloads, STATUS."""
@@ -371,11 +375,18 @@ class Supervisor:
         """SIGHUP: every serving worker reloads (one that is starting reads the files anyway)."""
         log.info("reload: forwarding SIGHUP to the workers")
         for worker in self.workers:
-            if worker.running and worker.state in ("ready", "reloading") and worker.process is not None:
-                worker.hup_pending = True
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signal.SIGHUP)
+            if worker.running and worker.state in ("ready", "reloading"):
+                self._forward_hup(worker)
+            elif worker.running and worker.state == "starting":
+                # Not before it handles SIGHUP (it would die of it): once it says READY.
+                worker.hup_when_ready = True
         self._update()
+
+    def _forward_hup(self, worker: Worker) -> None:
+        worker.hup_pending, worker.hup_when_ready = True, False
+        if worker.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGHUP)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -55,7 +55,8 @@ workers (--workers N, N > 1):
   and alone speaks to systemd (READY once all workers listen). Worker log lines carry
   worker=INDEX (0 to N-1); the supervisor logs each index's pid. With --metrics HOST:PORT,
   worker I serves its metrics on PORT+I; the supervisor serves none. Text workers default to
-  none per worker.
+  none per worker. Each worker keeps its own next-hop connections open: let the next hop
+  take N times as many (Postfix's reinjection listener: maxproc N x that of milter-scan).
 
 exit status:
   0  stopped by a signal
