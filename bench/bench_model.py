@@ -10,12 +10,18 @@ Prints one JSON object (and a readable summary on stderr). Figures:
   score_msg_s   `milter score --json DIR...` over corpus directories, one process, wall clock
 The machine is shared: the load average before and after is printed with the numbers.
 
+With --text-baseline FILE (another version of milter/text.py, e.g. from `git show REV:milter/text.py`),
+message->text of that version is timed too, alternating with the current one message by message, so
+that both see the same machine load: text_baseline_us, text_baseline_cpu_us.
+
 usage: bench/bench_model.py [--model model/spam.onnx] [--corpus /work/corpus] [--sample 3000] [--quick]
+                            [--text-baseline FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -99,7 +105,14 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("MILTER_CORPUS", "/work/corpus")))
     parser.add_argument("--sample", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="only spamassassin for the score throughput")
+    parser.add_argument("--text-baseline", type=Path, help="another milter/text.py to time alongside")
     args = parser.parse_args()
+    baseline = None
+    if args.text_baseline:
+        spec = importlib.util.spec_from_file_location("text_baseline", args.text_baseline)
+        assert spec is not None and spec.loader is not None
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
 
     result: dict[str, object] = {"machine": machine(), "model": str(args.model)}
     files = [p for d in DIRS for p in sorted((args.corpus / d).iterdir())]
@@ -114,7 +127,15 @@ def main() -> int:
     timings = []
     cpu = []
     texts = []
+    base_timings: list[float] = []
+    base_cpu: list[float] = []
     for raw in raws:
+        if baseline is not None:
+            started = time.perf_counter()
+            cpu_started = time.thread_time()
+            baseline.message_text(raw)
+            base_cpu.append(time.thread_time() - cpu_started)
+            base_timings.append(time.perf_counter() - started)
         started = time.perf_counter()
         cpu_started = time.thread_time()
         texts.append(message_text(raw))
@@ -123,6 +144,10 @@ def main() -> int:
     result["text_us"] = percentiles(timings, 1e6)
     # CPU time of this thread: less disturbed than the wall clock when the machine is shared.
     result["text_cpu_us"] = percentiles(cpu, 1e6)
+    if baseline is not None:
+        result["text_baseline"] = str(args.text_baseline)
+        result["text_baseline_us"] = percentiles(base_timings, 1e6)
+        result["text_baseline_cpu_us"] = percentiles(base_cpu, 1e6)
     result["tokens_median"] = statistics.median(len(t.split()) for t in texts)
 
     for text in texts[:50]:  # warm-up

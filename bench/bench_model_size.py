@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from milter.model import load_model  # noqa: E402
+from milter.model import META_TEXT_VERSION, load_model  # noqa: E402
+from milter.text import TEXT_VERSION  # noqa: E402
 from milter.training import metrics  # noqa: E402
 from milter.training.corpus import load_labelled, time_split  # noqa: E402
 from milter.training.train import (  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> int:
         fitted.platt = platt(fitted.decision(ca), labels[cal_ix], config.calibration_ham_weight)
         p = fitted.probabilities(va)
         figures = metrics.figures(labels[val_ix], p, [("spam", 0.9)])
-        data = export(fitted, {"milter.text_version": "1"}, config.top_k)
+        data = export(fitted, {META_TEXT_VERSION: TEXT_VERSION}, config.top_k)
         diff = float(np.max(np.abs(onnx_probabilities(data, va) - p)))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
