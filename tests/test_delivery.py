@@ -121,6 +121,33 @@ def test_connections_are_reused_and_a_stale_one_is_replaced(sink_factory: Any) -
     assert sink.received[0].data == RAW
 
 
+def test_idle_connections_are_closed_and_given_back_to_the_next_hop(sink_factory: Any) -> None:
+    with sink_factory() as sink:
+        hop = SmtpHop(NextHop("smtp", "127.0.0.1", sink.port), timeout=5, idle_seconds=0.2)
+
+        async def send_one() -> None:
+            reply, tx = await hop.begin("a@example.org", [], {})
+            assert reply.ok and tx is not None
+            assert (await tx.add_recipient("b@example.net", [])).ok
+            assert (await tx.send(RAW, Action.DELIVER)).all_ok
+
+        async def scenario() -> tuple[bool, bool, int, bool]:
+            await send_one()
+            (conn,) = hop._idle
+            await asyncio.sleep(0.05)
+            kept_while_fresh = not conn.writer.is_closing()
+            await asyncio.sleep(0.4)
+            closed_when_idle = conn.writer.is_closing()
+            left = len(hop._idle)
+            await send_one()  # a new connection serves the next message
+            fresh = hop._idle[0] is not conn
+            await hop.close()
+            return kept_while_fresh, closed_when_idle, left, fresh
+
+        assert run(scenario()) == (True, True, 0, True)
+    assert len(sink.received) == 2
+
+
 def test_unreachable_next_hop_is_a_relay_error() -> None:
     hop = SmtpHop(NextHop("smtp", "127.0.0.1", 1), timeout=2)
     with pytest.raises(RelayError, match="cannot connect"):

@@ -33,7 +33,11 @@ from milter.errors import RelayError
 from milter.rules import Action
 
 MAX_IDLE = 32  # idle connections kept; the inbound side allows max_sessions at most anyway
-IDLE_SECONDS = 30.0  # Postfix's smtpd drops idle clients after 300 s; stay well inside that
+# An idle connection is closed after this long. It holds one of the next hop's server processes
+# (Postfix's reinjection smtpd has maxproc of them): under load connections are reused within
+# milliseconds, so a short limit keeps the reuse and gives idle processes back to Postfix
+# (with --workers N, N pools would otherwise sit on them and starve each other).
+IDLE_SECONDS = 5.0
 _LONE_EOL = re.compile(rb"\r\n|\r|\n")
 # MAIL parameters and the extension that must be announced for each to be passed on.
 _MAIL_PARAM_EXTENSION = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
@@ -107,7 +111,12 @@ class SmtpHop:
     """An SMTP or LMTP server as the next hop."""
 
     def __init__(
-        self, spec: NextHopSpec, *, timeout: float = 120.0, local_hostname: str = "localhost"
+        self,
+        spec: NextHopSpec,
+        *,
+        timeout: float = 120.0,
+        local_hostname: str = "localhost",
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         if spec.scheme not in ("smtp", "lmtp"):
             raise ValueError(f"SmtpHop needs an smtp:// or lmtp: next hop, got {spec}")
@@ -115,8 +124,10 @@ class SmtpHop:
         self.lmtp = spec.scheme == "lmtp"
         self.timeout = timeout
         self.local_hostname = local_hostname
+        self.idle_seconds = idle_seconds
         self._idle: list[_Connection] = []
         self._closed = False
+        self._reaper: asyncio.TimerHandle | None = None
 
     def __str__(self) -> str:
         return str(self.spec)
@@ -143,17 +154,17 @@ class SmtpHop:
 
     async def close(self) -> None:
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         idle, self._idle = self._idle, []
         for conn in idle:
-            with contextlib.suppress(OSError):
-                conn.writer.write(b"QUIT\r\n")
-            conn.close()
+            _quit(conn)
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.alive and now - conn.idle_since < IDLE_SECONDS:
+            if conn.alive and now - conn.idle_since < self.idle_seconds:
                 return conn, True
             conn.close()
         return await self._connect(), False
@@ -162,8 +173,22 @@ class SmtpHop:
         if conn.alive and not self._closed and len(self._idle) < MAX_IDLE:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
+            if self._reaper is None:
+                self._reaper = asyncio.get_running_loop().call_later(self.idle_seconds, self._reap)
         else:
             conn.close()
+
+    def _reap(self) -> None:
+        """Close the connections idle for `idle_seconds`; come back for the rest."""
+        self._reaper = None
+        now = time.monotonic()
+        stale = [c for c in self._idle if now - c.idle_since >= self.idle_seconds]
+        self._idle = [c for c in self._idle if c not in stale]
+        for conn in stale:
+            _quit(conn)
+        if self._idle and not self._closed:
+            wait = min(c.idle_since for c in self._idle) + self.idle_seconds - now
+            self._reaper = asyncio.get_running_loop().call_later(max(wait, 0.01), self._reap)
 
     async def _connect(self) -> _Connection:
         spec = self.spec
@@ -251,6 +276,12 @@ class SmtpTransaction:
         if self.conn is None:
             raise RelayError(f"{self.hop}: the transaction was already ended")
         return self.conn
+
+
+def _quit(conn: _Connection) -> None:
+    with contextlib.suppress(OSError):
+        conn.writer.write(b"QUIT\r\n")
+    conn.close()
 
 
 def dot_stuffed(data: bytes) -> bytes:
