@@ -18,15 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import milter
 from milter.errors import ConfigError, FileError
+from milter.paths import SHIPPED_MODEL_DIR, SHIPPED_RULES
 from milter.yamlfile import Checker, load_yaml, shown
 
 DEFAULT_CONFIG_PATH = Path("/etc/milter/milter.yaml")
-# The shipped rules/ and model/ live beside the package in a checkout or an installed tree.
-PROJECT_ROOT = Path(milter.__file__).resolve().parent.parent
-DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
-DEFAULT_MODEL = PROJECT_ROOT / "model"
+DEFAULT_RULES = SHIPPED_RULES
+DEFAULT_MODEL = SHIPPED_MODEL_DIR
+# A model slower than this per message is refused before it serves (the shipped one: ~0.1 ms).
+DEFAULT_MAX_MS_PER_MESSAGE = 50.0
 
 MODES = ("after-queue", "before-queue")
 ON_ERROR = ("deliver", "tempfail")
@@ -77,6 +77,7 @@ class Config:
     next_hop_timeout: float = 120.0  # per next-hop command; well under Postfix's 600 s data timeout
     max_sessions: int = 100  # Postfix's default_process_limit: it never opens more
     drain_timeout: float = 30.0  # SIGTERM: how long sessions in flight may finish
+    max_ms_per_message: float = DEFAULT_MAX_MS_PER_MESSAGE  # model validation's speed limit
     quarantine: Path = Path("quarantine")
     log_format: LogFormat = "text"
     metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
@@ -165,6 +166,7 @@ KEYS: dict[str, str] = {
     "next_hop_timeout": "seconds",
     "max_sessions": "an integer",
     "drain_timeout": "seconds",
+    "max_ms_per_message": "milliseconds a model may take per message (checked before it serves)",
     "quarantine": "a path to a Maildir",
     "log_format": " or ".join(LOG_FORMATS),
     "metrics": "HOST:PORT, or null for none",
@@ -254,6 +256,11 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             if not 0 < seconds <= 3600:
                 raise ValueError(f"{seconds:g} is out of range; expected {expected} between 0 and 3600")
             return _set(config, key, seconds)
+        case "max_ms_per_message":
+            ms = _number(value, expected)
+            if not 0 < ms <= 10_000:
+                raise ValueError(f"{ms:g} is out of range; expected {expected}, between 0 and 10000")
+            return _set(config, key, ms)
         case "metrics":
             if value is None or value is False or value in ("", "off", "none"):
                 return replace(config, metrics=None)

@@ -60,6 +60,7 @@ class Daemon:
             config.model,
             lambda rules, model: Policy(config, model, rules),
             mode=config.mode,
+            max_seconds_per_message=config.max_ms_per_message / 1000,
         )
         self.filter: Filter | None = None
         self.reloader: Reloader[Policy] | None = None

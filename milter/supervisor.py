@@ -208,7 +208,11 @@ class Supervisor:
 
         config = self.config
         loader: PolicyLoader[Policy] = PolicyLoader(
-            config.rules, config.model, lambda rules, model: Policy(config, model, rules), mode=config.mode
+            config.rules,
+            config.model,
+            lambda rules, model: Policy(config, model, rules),
+            mode=config.mode,
+            max_seconds_per_message=config.max_ms_per_message / 1000,
         )
         loader.initial()
         check_port_free(config.listen_host, config.listen_port)

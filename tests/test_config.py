@@ -93,6 +93,11 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
         ),
         ("timeout: -1\n", ":1: timeout: -1 is out of range; expected seconds between 0 and 3600"),
         ("timeout: [1]\n", ":1: timeout: expected seconds, got a list"),
+        (
+            "max_ms_per_message: 0\n",
+            ":1: max_ms_per_message: 0 is out of range; expected milliseconds a model may take per "
+            "message (checked before it serves), between 0 and 10000",
+        ),
         ("scoring: maybe\n", ':1: scoring: expected true or false, got the string "maybe"'),
         ('subject_tag: "a\\nb"\n', ":1: subject_tag: a subject tag cannot contain a line break"),
         ("text_workers: 100\n", ":1: text_workers: 100 is out of range"),

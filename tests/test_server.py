@@ -112,6 +112,20 @@ def test_bad_rules_file_fails_start_with_its_line(tmp_path: Path) -> None:
     assert f"{rules}:3:" in err.decode() and "probability" in err.decode()
 
 
+def test_a_model_slower_than_the_configured_limit_is_refused_at_start(tmp_path: Path) -> None:
+    proc = milter(
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--next-hop",
+        f"maildir:{tmp_path / 'md'}",
+        "--max-ms-per-message",
+        "0.000001",
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "spam.onnx" in err.decode() and "per message" in err.decode()
+
+
 def test_bad_config_exits_2_naming_file_line_and_form(tmp_path: Path) -> None:
     config = tmp_path / "milter.yaml"
     config.write_text("listen: 127.0.0.1:10025\nnext_hop: smtp:/nowhere\n")

@@ -105,6 +105,11 @@ def register(sub: Any) -> None:
     add("--next-hop-timeout", metavar="SECONDS", help="time allowed per next-hop step (default 120)")
     add("--max-sessions", metavar="N", help="concurrent client sessions; more get 421 (default 100)")
     add("--drain-timeout", metavar="SECONDS", help="on SIGTERM, time for sessions to finish (default 30)")
+    add(
+        "--max-ms-per-message",
+        metavar="MS",
+        help="refuse a model (at start and on reload) slower than this per message (default 50)",
+    )
     add("--quarantine", metavar="PATH", help="Maildir for quarantined mail (default ./quarantine)")
     add(
         "--log-format",
@@ -159,6 +164,7 @@ OVERRIDES = (
     "next_hop_timeout",
     "max_sessions",
     "drain_timeout",
+    "max_ms_per_message",
     "quarantine",
     "log_format",
     "metrics",
