@@ -44,7 +44,8 @@ actions (from the rules):
   reject                       550 (before-queue mode only)
 
 signals:
-  SIGHUP        reload rules and model (also done on file changes); a bad file never goes live
+  SIGHUP        reload rules and model (also done on file changes); a bad file never goes live.
+                The config file is read at start only: restart to change ports, next hop, ...
   SIGTERM/INT   stop accepting, let transactions in flight finish (--drain-timeout), exit 0
 
 workers (--workers N, N > 1):
