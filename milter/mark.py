@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import re
 
+from milter.message import FIELD
 from milter.policy import Verdict
 
 PREFIX = b"x-spam-"
-# A header field line: a name of printable ASCII but ':' and space, then ':'. Anything else at
-# the top level ends the header block (as a mail reader would see it).
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # spaces and controls: not inside a header word
 _REPORT_FEATURES = 8
 _FOLD_AT = 76
@@ -104,7 +102,7 @@ def _header_end(raw: bytes) -> int:
         stripped = line.rstrip(b"\r")
         if not stripped:
             return pos  # the blank line
-        if stripped[:1] not in (b" ", b"\t") and not _FIELD.match(stripped):
+        if stripped[:1] not in (b" ", b"\t") and not FIELD.match(stripped):
             return pos  # not a header: the body starts here (malformed, but keep every byte)
         if end < 0:
             return length

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import re
 from dataclasses import dataclass, field
-from email.message import Message as EmailMessage
 from functools import cached_property
 
 # A header block longer than this is hostile or broken; the rules see its first part.
 MAX_HEADER_BYTES = 256 * 1024
+# A header field line: a name of printable ASCII but ':' and space, then ':'. Any other line at
+# the top level ends the header block, as a mail reader (and the stdlib parser) would see it.
+FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 def header_block(raw: bytes) -> bytes:
@@ -20,6 +21,38 @@ def header_block(raw: bytes) -> bytes:
         return head
     end = min(ends)
     return head[: end + (2 if head[end + 1 : end + 2] == b"\n" else 3)]
+
+
+def parse_header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """(name, value) of each header field of `raw`, in order, values unfolded and whitespace
+    collapsed, bytes read as UTF-8 (undecodable ones replaced). Never raises.
+
+    Done on bytes rather than with the stdlib parser, which cost more than the model per
+    message; encoded words (RFC 2047) stay as sent, as header rules expect to match them.
+    """
+    fields: list[list[bytes]] = []
+    lines = header_block(raw).split(b"\n")
+    if lines and lines[0].startswith(b"From "):
+        lines = lines[1:]  # an mbox From_ line is not a header field
+    for line in lines:
+        line = line.removesuffix(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1].append(line)
+            continue
+        if not FIELD.match(line):
+            break  # not a header: the body starts here (malformed, but that is how it reads)
+        name, _, value = line.partition(b":")
+        fields.append([name.rstrip(b" \t"), value])
+    return tuple(
+        (
+            name.decode("ascii"),
+            " ".join(b" ".join(parts).decode("utf-8", "replace").split()),
+        )
+        for name, *parts in fields
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +76,18 @@ class Message:
     envelope: Envelope = field(default_factory=lambda: Envelope("", ()))
 
     @cached_property
-    def headers(self) -> EmailMessage:
-        # compat32 never raises on broken headers; it keeps what it can and records defects.
-        # Only the header block is handed to the parser: it decodes all it is given, and the
-        # body (up to the size limit) is none of the rules' business.
-        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-        return parser.parsebytes(header_block(self.raw))
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """(name, value) of each header field, in order; see parse_header_fields."""
+        return parse_header_fields(self.raw)
 
     @property
     def size(self) -> int:
         return len(self.raw)
 
     def header_values(self, name: str) -> list[str]:
-        """Every value of header `name`, unfolded, as text (undecodable bytes replaced)."""
-        values = self.headers.get_all(name) or []
-        return [" ".join(str(v).split()) for v in values]
+        """Every value of header `name` (any case), unfolded, as text."""
+        wanted = name.lower()
+        return [value for key, value in self.headers if key.lower() == wanted]
 
     @property
     def message_id(self) -> str | None:

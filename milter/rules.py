@@ -79,7 +79,6 @@ class Decision:
 
 def facts_of(message: Message, probability: float | None) -> Facts:
     """The facts rules look at, from a message and its probability (None: unscored)."""
-    headers = tuple((name, " ".join(str(value).split())) for name, value in message.headers.items())
     env = message.envelope
     return Facts(
         probability=probability,
@@ -87,7 +86,7 @@ def facts_of(message: Message, probability: float | None) -> Facts:
         rcpt_tos=env.rcpt_tos,
         client_address=env.client_address,
         size=message.size,
-        headers=headers,
+        headers=message.headers,
     )
 
 
