@@ -15,6 +15,9 @@ from milter.message import FIELD
 from milter.policy import Verdict
 
 PREFIX = b"x-spam-"
+# Header lines, one regex pass in C (a loop over lines in Python cost ~0.1 ms per message):
+# a field line (milter.message.FIELD) or a continuation line, each up to its LF or the end.
+_HEADER_LINES = re.compile(rb"(?:(?:" + FIELD.pattern + rb"|[ \t])[^\n]*(?:\n|\Z))*")
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # spaces and controls: not inside a header word
 _REPORT_FEATURES = 8
 _FOLD_AT = 76
@@ -93,21 +96,11 @@ def _line_ending(raw: bytes) -> bytes:
 
 
 def _header_end(raw: bytes) -> int:
-    """Offset where the header block ends (the blank line and body stay with the body)."""
-    pos = 0
-    length = len(raw)
-    while pos < length:
-        end = raw.find(b"\n", pos)
-        line = raw[pos:] if end < 0 else raw[pos:end]
-        stripped = line.rstrip(b"\r")
-        if not stripped:
-            return pos  # the blank line
-        if stripped[:1] not in (b" ", b"\t") and not FIELD.match(stripped):
-            return pos  # not a header: the body starts here (malformed, but keep every byte)
-        if end < 0:
-            return length
-        pos = end + 1
-    return length
+    """Offset where the header block ends (the blank line and body stay with the body): the
+    longest run of lines from the start that are fields or their continuations. A blank line,
+    or any other line (malformed, but every byte is kept), starts the body."""
+    match = _HEADER_LINES.match(raw)
+    return match.end() if match else 0
 
 
 def _lines(block: bytes) -> list[bytes]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from milter.mark import mark
+from milter.mark import _header_end, mark
+from milter.message import FIELD
 from milter.model import Score
 from milter.policy import Verdict
 from milter.rules import Action, Decision
@@ -119,3 +122,33 @@ def test_features_are_escaped_into_one_ascii_word_and_folded() -> None:
     assert b"w\\xf6rd_0__X-Injected:_yes=+1.000" in head
     report = [line for line in lines if line.startswith((b"X-Spam-Report:", b"\t"))]
     assert len(report) > 1  # folded
+
+
+def header_end_by_lines(raw: bytes) -> int:
+    """The header block's end, line by line: the reference the one-regex version must match."""
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\n", pos)
+        stripped = (raw[pos:] if end < 0 else raw[pos:end]).rstrip(b"\r")
+        if not stripped or (stripped[:1] not in (b" ", b"\t") and not FIELD.match(stripped)):
+            return pos
+        if end < 0:
+            return len(raw)
+        pos = end + 1
+    return len(raw)
+
+
+LINE_PIECES = st.sampled_from(
+    [b"Subject: x", b"X-Spam-Flag: YES", b" cont", b"\tcont", b"no colon", b"", b"\r", b"a :b", b":", b" "]
+)
+
+
+@given(st.lists(st.tuples(LINE_PIECES, st.sampled_from([b"\r\n", b"\n", b"\r", b""])), max_size=8))
+def test_header_end_is_the_line_by_line_end(parts: list[tuple[bytes, bytes]]) -> None:
+    raw = b"".join(line + end for line, end in parts)
+    assert _header_end(raw) == header_end_by_lines(raw)
+
+
+@given(st.binary(max_size=200))
+def test_header_end_on_any_bytes(raw: bytes) -> None:
+    assert _header_end(raw) == header_end_by_lines(raw)
