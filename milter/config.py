@@ -25,7 +25,9 @@ from milter.yamlfile import Checker, load_yaml, shown
 DEFAULT_CONFIG_PATH = Path("/etc/milter/milter.yaml")
 DEFAULT_RULES = SHIPPED_RULES
 DEFAULT_MODEL = SHIPPED_MODEL_DIR
-# A model slower than this per message is refused before it serves (the shipped one: ~0.1 ms).
+# milter.model.DEFAULT_MAX_SECONDS_PER_MESSAGE in ms: not imported, because importing the model
+# module loads onnxruntime and `milter --help` reads this module (tests/test_config.py checks
+# that the two agree).
 DEFAULT_MAX_MS_PER_MESSAGE = 50.0
 
 MODES = ("after-queue", "before-queue")

@@ -200,7 +200,11 @@ def load_model(path: Path | str) -> Model:
     return Model(path, model_id_of(data), session, metadata, time.perf_counter() - started)
 
 
-def validate_model(model: Model, max_seconds_per_message: float = 0.05) -> None:
+# A model slower than this per message is refused before it serves (the shipped one: ~0.1 ms).
+DEFAULT_MAX_SECONDS_PER_MESSAGE = 0.05
+
+
+def validate_model(model: Model, max_seconds_per_message: float = DEFAULT_MAX_SECONDS_PER_MESSAGE) -> None:
     """Score the built-in probes; refuse odd probabilities and a model slower than the limit."""
     timings: list[float] = []
     for probe in _PROBES:

@@ -50,7 +50,7 @@ from watchdog.observers import Observer
 
 from milter.errors import ModelError, RulesError
 from milter.metrics import Metrics
-from milter.model import Model, load_model, validate_model
+from milter.model import DEFAULT_MAX_SECONDS_PER_MESSAGE, Model, load_model, validate_model
 from milter.notify import Notifier, status_text
 from milter.rules import Ruleset, actions_for_mode
 
@@ -65,7 +65,6 @@ MAX_WRITE_WAIT = 10.0  # ... unless a file is still open for writing: then up to
 # after the previous look; messages in flight (bounded by the SMTP timeouts) may still use it.
 RETIRE_DELAYS = (2.0, 5.0, 15.0, 60.0, 300.0)
 MIN_COLLECT_INTERVAL = 1.0  # seconds: a burst of swaps costs one collection a second at most
-DEFAULT_MAX_SECONDS_PER_MESSAGE = 0.05
 
 MODEL_SUFFIXES = (".onnx",)
 RULES_SUFFIXES = (".yaml", ".yml")

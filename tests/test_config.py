@@ -38,6 +38,10 @@ def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert config.mode == "after-queue" and config.on_error == "deliver"
     assert config.max_message_size >= POSTFIX_MESSAGE_SIZE_LIMIT
     assert config.subject_tag is None and config.metrics is None and config.scoring
+    # The daemon's model speed limit is the one `milter check` and validate_model default to.
+    from milter.model import DEFAULT_MAX_SECONDS_PER_MESSAGE
+
+    assert config.max_ms_per_message == DEFAULT_MAX_SECONDS_PER_MESSAGE * 1000
 
 
 def test_the_default_file_is_read_when_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

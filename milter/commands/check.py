@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 def _max_seconds(ms: float | None) -> float:
     if ms is not None:
         return ms / 1000.0
-    from milter.reload import DEFAULT_MAX_SECONDS_PER_MESSAGE
+    from milter.model import DEFAULT_MAX_SECONDS_PER_MESSAGE
 
     return DEFAULT_MAX_SECONDS_PER_MESSAGE
 
