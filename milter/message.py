@@ -11,6 +11,9 @@ MAX_HEADER_BYTES = 256 * 1024
 # A header field line: a name of printable ASCII but ':' and space, then ':'. Any other line at
 # the top level ends the header block, as a mail reader (and the stdlib parser) would see it.
 FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# Header lines, one regex pass in C (a loop over lines in Python cost more): a field line or a
+# continuation line, each up to its LF or the end.
+_HEADER_LINES = re.compile(rb"(?:(?:" + FIELD.pattern + rb"|[ \t])[^\n]*(?:\n|\Z))*")
 
 
 def header_block(raw: bytes) -> bytes:
@@ -23,6 +26,15 @@ def header_block(raw: bytes) -> bytes:
     return head[: end + (2 if head[end + 1 : end + 2] == b"\n" else 3)]
 
 
+def header_end(raw: bytes) -> int:
+    """Offset where the header fields of `raw` end: the longest run of lines from the start that
+    are fields or their continuations. A blank line, or any other line (malformed, but how a
+    reader sees it), starts the body. The one definition of the header section: the rules read
+    the fields before it, marking strips forged ones before it."""
+    match = _HEADER_LINES.match(raw)
+    return match.end() if match else 0
+
+
 def parse_header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
     """(name, value) of each header field of `raw`, in order, values unfolded and whitespace
     collapsed, bytes read as UTF-8 (undecodable ones replaced). Never raises.
@@ -31,21 +43,17 @@ def parse_header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
     message; encoded words (RFC 2047) stay as sent, as header rules expect to match them.
     """
     fields: list[list[bytes]] = []
-    lines = header_block(raw).split(b"\n")
-    if lines and lines[0].startswith(b"From "):
-        lines = lines[1:]  # an mbox From_ line is not a header field
-    for line in lines:
+    head = header_block(raw)
+    if head.startswith(b"From "):
+        head = head.partition(b"\n")[2]  # an mbox From_ line is not a header field
+    for line in head[: header_end(head)].split(b"\n"):
         line = line.removesuffix(b"\r")
-        if not line:
-            break
         if line[:1] in (b" ", b"\t"):
             if fields:
                 fields[-1].append(line)
-            continue
-        if not FIELD.match(line):
-            break  # not a header: the body starts here (malformed, but that is how it reads)
-        name, _, value = line.partition(b":")
-        fields.append([name.rstrip(b" \t"), value])
+        elif line:  # a field line (header_end let no other through); "" after the last LF
+            name, _, value = line.partition(b":")
+            fields.append([name.rstrip(b" \t"), value])
     return tuple(
         (
             name.decode("ascii"),

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from milter.mark import _header_end, mark
+from milter.mark import mark
 from milter.message import FIELD
+from milter.message import header_end as _header_end
 from milter.model import Score
 from milter.policy import Verdict
 from milter.rules import Action, Decision
