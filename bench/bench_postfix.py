@@ -251,8 +251,11 @@ class Result:
             + f"all {self.cpu_ms:.1f} (= {self.idle_rate:.0f} msg/s on idle cores); "
             + f"{len(self.errors)} SMTP errors, {len(self.problems)} lost/duplicated/misfiled"
             + (f", {self.disagreements} scored unlike `milter score`" if self.disagreements else "")
-            + (f", {len(self.mismatches) - self.disagreements} rewritten by Postfix before the filter"
-               if len(self.mismatches) > self.disagreements else "")
+            + (
+                f", {len(self.mismatches) - self.disagreements} rewritten by Postfix before the filter"
+                if len(self.mismatches) > self.disagreements
+                else ""
+            )
         )
 
 
@@ -322,7 +325,9 @@ def audit(
     return folders, latency, problems, explain_mismatches(mismatches, offline, model)
 
 
-def explain_mismatches(found: list[tuple[int, float, Path]], offline: dict[int, float], model: Path) -> list[str]:
+def explain_mismatches(
+    found: list[tuple[int, float, Path]], offline: dict[int, float], model: Path
+) -> list[str]:
     """A score unlike the offline one is a fault only if milter scored other bytes than it got.
 
     Postfix's cleanup rewrites some broken messages before the filter sees them (a header line
@@ -341,7 +346,9 @@ def explain_mismatches(found: list[tuple[int, float, Path]], offline: dict[int, 
             why = f"the delivered copy scores {again:.4f} too: Postfix rewrote it before milter"
         else:
             why = "a real disagreement"
-        out.append(f"id {i}: X-Spam-Score {p} but `milter score` says {offline[i]:.4f} on the bytes sent; {why}")
+        out.append(
+            f"id {i}: X-Spam-Score {p} but `milter score` says {offline[i]:.4f} on the bytes sent; {why}"
+        )
     return out
 
 
@@ -350,7 +357,11 @@ def score_files(paths: list[Path], model: Path) -> dict[str, float]:
         [sys.executable, "-m", "milter", "score", "--json", "--model", str(model), *map(str, paths)],
         capture_output=True, text=True, check=False, cwd=REPO,
     ).stdout  # fmt: skip
-    return {rec["file"]: float(rec["probability"]) for rec in map(json.loads, out.splitlines()) if "probability" in rec}
+    return {
+        rec["file"]: float(rec["probability"])
+        for rec in map(json.loads, out.splitlines())
+        if "probability" in rec
+    }
 
 
 def run_setup(
