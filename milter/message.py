@@ -16,6 +16,10 @@ FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _HEADER_LINES = re.compile(rb"(?:(?:" + FIELD.pattern + rb"|[ \t])[^\n]*(?:\n|\Z))*")
 
 
+# The Message-ID field and its continuation lines; names are case-insensitive.
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 def header_block(raw: bytes) -> bytes:
     """The header section of `raw`, up to and including the blank line that ends it."""
     head = raw[:MAX_HEADER_BYTES]
@@ -99,5 +103,19 @@ class Message:
 
     @property
     def message_id(self) -> str | None:
-        ids = self.header_values("Message-ID")
-        return ids[0] if ids else None
+        """The first Message-ID, as `header_values` gives it.
+
+        Every message's log line wants it, while most rulesets never look at a header: one
+        regex over the header section costs a tenth of parsing every field for it.
+        """
+        if "headers" in self.__dict__:  # parsed already (a header rule ran): use that
+            ids = self.header_values("Message-ID")
+            return ids[0] if ids else None
+        head = header_block(self.raw)
+        if head.startswith(b"From "):
+            head = head.partition(b"\n")[2]
+        found = _MESSAGE_ID.search(head, 0, header_end(head))
+        if found is None:
+            return None
+        # Unfolded and whitespace collapsed (CR and LF are whitespace), as parse_header_fields does.
+        return " ".join(found.group(1).decode("utf-8", "replace").split())

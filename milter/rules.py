@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, overload
 
 import re2
 
@@ -66,7 +66,7 @@ class Facts:
     rcpt_tos: tuple[str, ...]
     client_address: str | None
     size: int
-    headers: tuple[tuple[str, str], ...]  # (name, unfolded value), in message order
+    headers: Sequence[tuple[str, str]]  # (name, unfolded value), in message order
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,34 @@ def facts_of(message: Message, probability: float | None) -> Facts:
         rcpt_tos=env.rcpt_tos,
         client_address=env.client_address,
         size=message.size,
-        headers=message.headers,
+        headers=_Headers(message),
     )
+
+
+class _Headers(Sequence[tuple[str, str]]):
+    """A message's header fields, parsed only if a rule reads them: most rulesets never do,
+    and the parse costs about as much as the model."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        return self._message.headers[index]
+
+    def __len__(self) -> int:
+        return len(self._message.headers)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._message.headers)
+
+    def __repr__(self) -> str:
+        return repr(self._message.headers)
 
 
 # When no rule matches, the message is delivered. Deliver is the one action that can never lose

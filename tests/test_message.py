@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from milter.message import MAX_HEADER_BYTES, Envelope, Message, header_block
 
 
@@ -65,8 +68,6 @@ def test_a_line_that_is_no_field_ends_the_headers() -> None:
 def test_agrees_with_the_stdlib_parser_on_corpus_mail() -> None:
     import email.parser
     import email.policy
-    import os
-    from pathlib import Path
 
     root = Path(os.environ.get("MILTER_CORPUS", "/work/corpus"))
     files = sorted((root / "spamassassin" / "ham").iterdir())[:150]
@@ -83,3 +84,31 @@ def test_agrees_with_the_stdlib_parser_on_corpus_mail() -> None:
         assert ours == theirs, path.name
         compared += 1
     assert compared > 250
+
+
+def test_message_id_without_parsing_every_field_is_what_the_parse_gives() -> None:
+    """The log line's fast Message-ID agrees with header_values over corpus mail and odd cases."""
+    root = Path(os.environ.get("MILTER_CORPUS", "/work/corpus"))
+    files = sorted((root / "spamassassin" / "ham").iterdir())[:200]
+    files += sorted((root / "trec07p-early" / "spam").iterdir())[:200]
+    odd = [
+        b"Subject: x\r\nmessage-id  \t:  <a@b>\r\n  folded\r\n\r\nbody",
+        b"From someone Mon Jan  1 00:00:00 2001\nMessage-ID: <mbox@x>\n\nb",
+        b"Subject: x\n\nMessage-ID: <in-body@x>\n",  # in the body: none
+        b"Subject: x\nnot a field\nMessage-ID: <after-garbage@x>\n\n",  # the body starts early
+        b"X-Message-ID: <other@x>\nMessage-Id: <second@x>\nMessage-ID: <third@x>\n\n",
+        b"Message-ID: <caf\xc3\xa9\xff@x>\r\n\r\n",
+        b"Message-ID:\r\n\r\n",
+        b"",
+    ]
+    raws = [p.read_bytes() for p in files] + odd
+    for raw in raws:
+        fast = Message(raw).message_id
+        parsed = Message(raw)
+        ids = parsed.header_values("Message-ID")
+        assert fast == (ids[0] if ids else None), raw[:80]
+        assert parsed.message_id == fast  # and through the parsed fields once they exist
+    assert Message(odd[0]).message_id == "<a@b> folded"
+    assert Message(odd[2]).message_id is None
+    assert Message(odd[3]).message_id is None
+    assert Message(odd[4]).message_id == "<second@x>"

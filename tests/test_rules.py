@@ -720,3 +720,14 @@ def test_facts_of_a_message_feed_the_rules() -> None:
     )
     d = ruleset.decide(f)
     assert d.rule == "hit", d.reason
+
+
+def test_headers_are_parsed_only_when_a_rule_reads_them() -> None:
+    raw = b"Subject: cheap pills\r\n\r\nbody\r\n"
+    message = Message(raw, Envelope("a@x.example", ("b@y.example",)))
+    assert one_rule("size: {max: 1000}").decide(facts_of(message, 0.5)).rule == "hit"
+    assert "headers" not in message.__dict__  # no header condition: the fields were never parsed
+    facts = facts_of(message, 0.5)
+    assert one_rule('header: {Subject: "pills"}').decide(facts).rule == "hit"
+    assert list(facts.headers) == [("Subject", "cheap pills")] and len(facts.headers) == 1
+    assert facts.headers[0] == ("Subject", "cheap pills")
