@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -73,6 +73,7 @@ DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 XFORWARD_SYNTAX = "501 5.5.4 Syntax: XFORWARD attribute=value ..."
 XFORWARD_BAD_NAME = "501 5.5.4 Bad XFORWARD attribute name {name}; expected one of: {names}"
 XFORWARD_IN_MAIL = "503 5.5.1 Error: XFORWARD is not allowed inside a mail transaction"
+DSN_SYNTAX = "501 5.5.4 Bad DSN parameter {word}; expected {expected}"
 
 # An address the fast path takes: no quoting, comments, routes, spaces or controls.
 _PLAIN_ADDRESS = re.compile(r"(?:[^\x00-\x20<>()\[\]\\\",;:@]+@[^\x00-\x20<>()\\\",;:@]+)?")
@@ -81,6 +82,52 @@ UNAVAILABLE = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 # Read DATA in pieces up to this size; the reader's buffer limit (commands are held to 512..).
 READ_LIMIT = 1 << 16
 COMMAND_LIMIT = 2048  # MAIL with SIZE, BODY, SMTPUTF8 and a long address; XFORWARD lines
+
+# DSN (RFC 3461) parameters, passed to the next hop as sent: aiosmtpd knows none of them (it
+# answers 555) and upper-cases every parameter, which would change ENVID's and ORCPT's values.
+_XTEXT = r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})+"
+_DSN_MAIL: Final = {
+    "RET": (re.compile(r"FULL|HDRS", re.IGNORECASE), "RET=FULL or RET=HDRS"),
+    "ENVID": (re.compile(_XTEXT), "ENVID=xtext of up to 100 characters"),
+}
+_DSN_RCPT: Final = {
+    "NOTIFY": (
+        re.compile(r"NEVER|(?:SUCCESS|FAILURE|DELAY)(?:,(?:SUCCESS|FAILURE|DELAY))*", re.IGNORECASE),
+        "NOTIFY=NEVER or NOTIFY= a comma list of SUCCESS, FAILURE, DELAY",
+    ),
+    "ORCPT": (
+        re.compile(r"[A-Za-z0-9-]+;" + _XTEXT),
+        "ORCPT=address-type;xtext (e.g. rfc822;user+40example.org)",
+    ),
+}
+
+
+def split_dsn(arg: str, known: dict[str, tuple[re.Pattern[str], str]]) -> tuple[str, list[str], str | None]:
+    """MAIL/RCPT argument -> (it without DSN parameters, those parameters as sent, error reply).
+
+    Only the words after the address are looked at (an address may hold "=" and spaces)."""
+    close = arg.find(">")
+    if close < 0:  # a bare address: its first word
+        address_end = len(arg) - len(arg.lstrip())
+        address_end = arg.find(" ", address_end)
+        close = len(arg) if address_end < 0 else address_end - 1
+    head, rest = arg[: close + 1], arg[close + 1 :]
+    kept: list[str] = []
+    dsn: list[str] = []
+    seen: set[str] = set()
+    for word in rest.split():
+        keyword, eq, value = word.partition("=")
+        keyword = keyword.upper()
+        if keyword not in known:
+            kept.append(word)
+            continue
+        pattern, expected = known[keyword]
+        if not eq or keyword in seen or len(value) > 100 or not pattern.fullmatch(value):
+            return arg, [], DSN_SYNTAX.format(word=word[:120], expected=expected)
+        seen.add(keyword)
+        # RET and NOTIFY are keywords (any case); ENVID and ORCPT go on exactly as given.
+        dsn.append(f"{keyword}={value.upper() if keyword in ('RET', 'NOTIFY') else value}")
+    return " ".join([head, *kept]), dsn, None
 
 
 def reply_text(code: int, text: str) -> str:
@@ -102,6 +149,7 @@ class FilterSession(Session):
         self.transaction: Transaction | None = None
         self.policy: Policy | None = None
         self.started = 0.0
+        self.dsn: list[str] = []  # the DSN parameters of the MAIL or RCPT being handled
 
 
 @dataclass
@@ -130,7 +178,7 @@ class Filter:
     ) -> list[str]:
         session.host_name = hostname
         # PIPELINING: commands are read in order from one stream and answered in order.
-        extra = ["250-PIPELINING", "250-XFORWARD " + " ".join(XFORWARD_NAMES)]
+        extra = ["250-PIPELINING", "250-DSN", "250-XFORWARD " + " ".join(XFORWARD_NAMES)]
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(
@@ -140,7 +188,7 @@ class Filter:
         session.started = time.perf_counter()
         mail_from = "" if address == "<>" else address
         try:
-            reply, transaction = await self.hop.begin(mail_from, options, session.xforward)
+            reply, transaction = await self.hop.begin(mail_from, [*options, *session.dsn], session.xforward)
         except RelayError as e:
             log.warning("next hop down at MAIL from <%s>: %s", mail_from, e)
             return NEXT_HOP_DOWN
@@ -158,7 +206,7 @@ class Filter:
         if transaction is None:  # the next hop went away earlier in this transaction
             return NEXT_HOP_DOWN
         try:
-            reply = await transaction.add_recipient(address, options)
+            reply = await transaction.add_recipient(address, [*options, *session.dsn])
         except RelayError as e:
             log.warning("next hop failed at RCPT <%s>: %s", address, e)
             session.transaction = None
@@ -405,10 +453,34 @@ class FilterSMTP(SMTP):
             await self.push(SHUTTING_DOWN)
             self._close()
             return
+        arg, ok = await self._take_dsn(arg, _DSN_MAIL)
+        if not ok:
+            return
         self.busy = True
         await super().smtp_MAIL(arg)
         if not (self.envelope is not None and self.envelope.mail_from):
             self.busy = False
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg, ok = await self._take_dsn(arg, _DSN_RCPT)
+        if ok:
+            await super().smtp_RCPT(arg)
+
+    async def _take_dsn(
+        self, arg: str | None, known: dict[str, tuple[re.Pattern[str], str]]
+    ) -> tuple[str | None, bool]:
+        """Set aside the DSN parameters of MAIL or RCPT for the next hop: (the rest, False if
+        refused). Without EHLO there are no parameters: aiosmtpd refuses them as usual."""
+        session = self.session
+        assert isinstance(session, FilterSession)
+        session.dsn = []
+        if not arg or not session.extended_smtp:
+            return arg, True
+        rest, session.dsn, error = split_dsn(arg, known)
+        if error is not None:
+            await self.push(error)
+            return arg, False
+        return rest, True
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """`<address> params` -> (address, params): the plain forms directly; anything else

@@ -132,12 +132,15 @@ class SinkHandler:
     lmtp: bool = False
     data_delay: float = 0.0  # seconds to wait before answering DATA: keeps messages in flight
     data_started: int = 0
+    dsn: bool = True  # announce DSN (as Postfix's smtpd does) and record the DSN parameters
+    dsn_seen: list[str] = field(default_factory=list)  # "MAIL RET=HDRS", "RCPT <b@x> NOTIFY=..."
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-XFORWARD NAME ADDR PROTO HELO IDENT", responses[-1]]
+        dsn = ["250-DSN"] if self.dsn else []
+        return [*responses[:-1], *dsn, "250-XFORWARD NAME ADDR PROTO HELO IDENT", responses[-1]]
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -185,6 +188,23 @@ class _XforwardSMTP(AiosmtpdSMTP):
     async def smtp_XFORWARD(self, arg: str) -> None:
         self.event_handler.xforward_seen.append(arg)
         await self.push("250 2.0.0 Ok")
+
+    # aiosmtpd refuses DSN parameters (555): a DSN sink records them, as sent, and takes them off.
+    async def smtp_MAIL(self, arg: str) -> None:
+        await super().smtp_MAIL(self._record_dsn("MAIL", arg, ("RET", "ENVID")))
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        await super().smtp_RCPT(self._record_dsn("RCPT", arg, ("NOTIFY", "ORCPT")))
+
+    def _record_dsn(self, verb: str, arg: str, keywords: tuple[str, ...]) -> str:
+        if not (arg and self.event_handler.dsn):
+            return arg
+        words = arg.split()
+        dsn = [w for w in words[1:] if w.split("=")[0].upper() in keywords]
+        if dsn:
+            who = f" {words[0].partition(':')[2]}" if verb == "RCPT" else ""
+            self.event_handler.dsn_seen.append(f"{verb}{who} {' '.join(dsn)}")
+        return " ".join(w for w in words if w not in dsn)
 
 
 class _SinkController(Controller):

@@ -175,6 +175,68 @@ def test_8bit_and_smtputf8(config_for: Any, serve: Any, sink: Sink) -> None:
     assert "SMTPUTF8" in second.mail_options
 
 
+def test_dsn_parameters_reach_the_next_hop_as_sent(config_for: Any, serve: Any, sink: Sink) -> None:
+    config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port))
+    with serve(config) as running, smtp(running.port) as client:
+        assert client.has_extn("dsn")
+        refused = client.sendmail(
+            "alice@example.org",
+            ["bob@example.net", "carol@example.net"],
+            PLAIN,
+            mail_options=["RET=hdrs", "ENVID=Qx+2B1.Ab"],
+            rcpt_options=["NOTIFY=success,DELAY", "ORCPT=rfc822;Bob+40Example.NET"],
+        )
+    assert refused == {}
+    assert [r.rcpt_tos for r in sink.received] == [["bob@example.net", "carol@example.net"]]
+    # Keywords as RFC 3461 spells them; ENVID's and ORCPT's values exactly as the client sent them.
+    assert sink.handler.dsn_seen == [
+        "MAIL RET=HDRS ENVID=Qx+2B1.Ab",
+        "RCPT <bob@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bob+40Example.NET",
+        "RCPT <carol@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Bob+40Example.NET",
+    ]
+
+
+def test_dsn_parameters_are_dropped_for_a_next_hop_without_dsn(
+    config_for: Any, serve: Any, sink_factory: Any
+) -> None:
+    with (
+        sink_factory(dsn=False) as sink,
+        serve(config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port))) as running,
+        smtp(running.port) as client,
+    ):
+        refused = client.sendmail(
+            "alice@example.org", ["bob@example.net"], PLAIN,
+            mail_options=["RET=FULL", "BODY=8BITMIME"], rcpt_options=["NOTIFY=NEVER"],
+        )  # fmt: skip
+    assert refused == {}
+    assert len(sink.received) == 1 and sink.received[0].mail_options == ["BODY=8BITMIME"]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("MAIL FROM:<a@example.org> RET=MAYBE", "RET=FULL or RET=HDRS"),
+        ("MAIL FROM:<a@example.org> RET=FULL RET=HDRS", "RET=FULL or RET=HDRS"),
+        ("MAIL FROM:<a@example.org> ENVID=a=b", "ENVID=xtext"),
+        ("RCPT TO:<b@example.net> NOTIFY=NEVER,SUCCESS", "NOTIFY=NEVER or NOTIFY= a comma list"),
+        ("RCPT TO:<b@example.net> NOTIFY", "NOTIFY=NEVER or NOTIFY= a comma list"),
+        ("RCPT TO:<b@example.net> ORCPT=b@example.net", "ORCPT=address-type;xtext"),
+    ],
+)
+def test_bad_dsn_parameters_get_501_naming_the_expected_form(
+    config_for: Any, serve: Any, sink: Sink, command: str, expected: str
+) -> None:
+    config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port))
+    with serve(config) as running, smtp(running.port) as client:
+        if command.startswith("RCPT"):
+            assert client.mail("a@example.org")[0] == 250
+        code, text = client.docmd(command)
+        assert code == 501, text
+        assert expected in text.decode()
+        # The session goes on: the same command without the bad parameter works.
+        assert client.docmd(command.rsplit(" ", 1)[0])[0] == 250
+
+
 def test_over_the_size_limit_is_552(config_for: Any, serve: Any, sink: Sink) -> None:
     config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port), max_message_size=4096)
     big = PLAIN + b"x" * 5000 + b"\r\n"

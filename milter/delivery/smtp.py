@@ -40,7 +40,14 @@ MAX_IDLE = 32  # idle connections kept; the inbound side allows max_sessions at 
 IDLE_SECONDS = 5.0
 _LONE_EOL = re.compile(rb"\r\n|\r|\n")
 # MAIL parameters and the extension that must be announced for each to be passed on.
-_MAIL_PARAM_EXTENSION = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8"}
+_MAIL_PARAM_EXTENSION = {
+    "SIZE": "size",
+    "BODY": "8bitmime",
+    "SMTPUTF8": "smtputf8",
+    "RET": "dsn",
+    "ENVID": "dsn",
+}
+_RCPT_PARAM_EXTENSION = {"NOTIFY": "dsn", "ORCPT": "dsn"}
 
 
 class _Connection:
@@ -316,11 +323,13 @@ def _path(address: str) -> bytes:
 def _params(conn: _Connection, options: Sequence[str], *, mail: bool) -> bytes:
     """The ESMTP parameters as received, but those whose extension the next hop does not
     announce (sending them would be a protocol error; SMTPUTF8 always goes: the next hop must
-    refuse such mail rather than get it mangled)."""
+    refuse such mail rather than get it mangled). DSN requests to a next hop without DSN are
+    dropped: the message matters more than the notice (Postfix's reinjection smtpd announces
+    DSN, so in the shipped after-queue set-up nothing is dropped)."""
     kept = []
     for option in options:
         keyword = option.split("=", 1)[0].upper()
-        extension = _MAIL_PARAM_EXTENSION.get(keyword) if mail else None
+        extension = (_MAIL_PARAM_EXTENSION if mail else _RCPT_PARAM_EXTENSION).get(keyword)
         if extension is not None and keyword != "SMTPUTF8" and extension not in conn.extensions:
             continue
         kept.append(option)

@@ -632,11 +632,12 @@ def send(
     source: str = "127.0.0.1",
     helo: str = "client.example.org",
     mail_options: tuple[str, ...] = (),
+    rcpt_options: tuple[str, ...] = (),
 ) -> dict[str, tuple[int, bytes]]:
     """Send over SMTP to Postfix; raises smtplib errors the way a client would see them."""
     raw = msg if isinstance(msg, bytes) else msg.as_bytes(policy=email.policy.SMTP)
     with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, source_address=(source, 0), timeout=60) as s:
-        return s.sendmail(sender, [to], raw, mail_options=list(mail_options))
+        return s.sendmail(sender, [to], raw, mail_options=list(mail_options), rcpt_options=list(rcpt_options))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from e2e.mailsys import (
+    DOMAIN,
     UTF8_DOMAIN,
     Installation,
     addr,
@@ -224,6 +225,29 @@ def utf8_message(to: str, subject: str, body: str) -> bytes:
 
 SUBJECT_UTF8 = "Grüße aus Köln — 東京 🎉"
 BODY_UTF8 = "Schöne Grüße, naïve café, 日本語のテキスト.\n"
+
+
+def test_dsn_requests_pass_through_milter_to_the_final_delivery(mail_system: Installation) -> None:
+    """NOTIFY=SUCCESS is answered where the mail is finally delivered (Dovecot's LMTP, which
+    takes no DSN itself, so Postfix reports "relayed" there), not at milter's hop, which is
+    where Postfix answers when a content filter does not take DSN; the sender's ENVID and ORCPT
+    come back, carried through both Postfix passes and milter."""
+    user, sender = "aq-dsn", "aq-dsn-sender"
+    msg = make_message(addr(user), "dsn", "Tell me when it is there.\n", route="ham")
+    send(mail_system.after.smtp_port, msg, addr(user), sender=addr(sender),
+         mail_options=("RET=HDRS", "ENVID=e2e-Envid+2B1"),
+         rcpt_options=("NOTIFY=SUCCESS", f"ORCPT=rfc822;Original+40{DOMAIN}"))  # fmt: skip
+    one(mail_system, user)
+    notice = one(mail_system, sender).raw.decode("utf-8", "replace")
+    report = notice[notice.index("Content-Type: message/delivery-status") :]
+    assert re.search(r"^Original-Envelope-Id: e2e-Envid\+1$", report, re.MULTILINE), report  # xtext decoded
+    assert re.search(rf"^Original-Recipient: rfc822; ?Original@{DOMAIN}$", report, re.MULTILINE | re.I), (
+        report
+    )
+    diagnostic = report[report.index("Diagnostic-Code:") :].split("\n\n")[0]
+    assert "Saved" in diagnostic and "queued as" not in diagnostic, (
+        diagnostic
+    )  # Dovecot's reply, not milter's
 
 
 def test_8bit_message_passes_intact(mail_system: Installation) -> None:
