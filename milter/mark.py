@@ -92,8 +92,6 @@ def _line_ending(raw: bytes) -> bytes:
     return b"\n" if newline >= 0 else b"\r\n"
 
 
-
-
 def _lines(block: bytes) -> list[bytes]:
     parts = block.split(b"\n")
     lines = [part + b"\n" for part in parts[:-1]]

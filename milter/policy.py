@@ -81,13 +81,18 @@ def score(policy: Policy, message: Message, text: str | None = None) -> Score:
     return result
 
 
-def evaluate(policy: Policy, message: Message, text: str | None = None) -> Verdict:
+def evaluate(
+    policy: Policy, message: Message, text: str | None = None, text_error: Exception | None = None
+) -> Verdict:
     """Decide `message` under `policy`. Pure: no I/O, no clock; never raises for scoring faults.
-    `text`: the message's model text when it was extracted elsewhere (milter.workers)."""
+    `text`: the message's model text when it was extracted elsewhere (milter.workers);
+    `text_error`: why that extraction failed, a scoring fault like any other."""
     model_id = policy.model.id
     if not policy.config.scoring:
         return Verdict(policy.rules.decide(facts_of(message, None)), None, model_id, "scoring off")
     try:
+        if text_error is not None:
+            raise text_error
         result = score(policy, message, text)
     except Exception as e:  # any model fault: the message must still be decided, never bounced
         error = f"{type(e).__name__}: {e}"

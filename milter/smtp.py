@@ -49,7 +49,7 @@ from milter.message import Message
 from milter.metrics import Metrics
 from milter.policy import Policy, Verdict, evaluate
 from milter.rules import Action
-from milter.workers import TextWorkers
+from milter.workers import TextTimeout, TextWorkers
 
 log = logging.getLogger("milter.smtp")
 
@@ -231,10 +231,13 @@ class Filter:
             return NEXT_HOP_DOWN
         try:
             scoring_started = time.perf_counter()
-            text = None
+            text, text_error = None, None
             if self.texts is not None and policy.config.scoring:
-                text = await self.texts.text(raw)
-            verdict = evaluate(policy, message, text)
+                try:
+                    text = await self.texts.text(raw)
+                except TextTimeout as e:
+                    text_error = e
+            verdict = evaluate(policy, message, text, text_error)
             scoring_seconds = time.perf_counter() - scoring_started
             fields.update(verdict_fields(verdict))
             if self.metrics is not None:

@@ -12,8 +12,12 @@ daemon (concurrent.futures' process pool was measured: its feeder and manager th
 event loop more CPU than half the text extraction they saved).
 
 A worker that dies or fails costs nothing but time: `text()` returns None and the daemon
-extracts the text itself; the worker is started again. Workers ignore SIGTERM/SIGINT (systemd
-signals the whole cgroup): the daemon drains its sessions first, then closes their stdin.
+extracts the text itself; the worker is started again. A worker that hangs (message->text is
+capped to milliseconds, so a silent worker is stuck, not busy) is killed after TEXT_TIMEOUT and
+replaced, and that message is a scoring fault (`TextTimeout`: delivered unscored, or deferred,
+as the config's on_error says), not extracted again in the daemon, where it might hang the loop.
+Workers ignore SIGTERM/SIGINT (systemd signals the whole cgroup): the daemon drains its sessions
+first, then closes their stdin.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from milter.text import message_text
 log = logging.getLogger("milter.workers")
 _HEADER = 4
 _OK, _FAILED = b"\x00", b"\x01"
+TEXT_TIMEOUT = 30.0  # seconds; message->text takes milliseconds even for a 30 MB message
+
+
+class TextTimeout(Exception):
+    """A text worker did not answer in time (it was killed and replaced)."""
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -98,10 +107,11 @@ class _Worker:
 class TextWorkers:
     """A few processes computing `message_text` for the daemon."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, timeout: float = TEXT_TIMEOUT) -> None:
         if processes < 1:
             raise ValueError("TextWorkers needs at least one process")
         self.processes = processes
+        self.timeout = timeout
         self._workers: list[_Worker] = []
         self._closed = False
 
@@ -130,10 +140,18 @@ class TextWorkers:
             return None
         stdin = worker.process.stdin
         future = worker.submit(raw)
-        if stdin is not None and len(raw) > 65536:
-            with contextlib.suppress(OSError):
-                await stdin.drain()
-        return await future
+        try:
+            async with asyncio.timeout(self.timeout):
+                if stdin is not None and len(raw) > 65536:
+                    with contextlib.suppress(OSError):
+                        await stdin.drain()
+                return await asyncio.shield(future)
+        except TimeoutError:
+            log.error("text worker %d gave no answer in %g s; killing it", worker.process.pid, self.timeout)
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            await self._replace(worker)
+            raise TextTimeout(f"no model text within {self.timeout:g} s (text worker killed)") from None
 
     async def _replace(self, worker: _Worker) -> None:
         if worker not in self._workers or self._closed:

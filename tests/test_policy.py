@@ -70,6 +70,18 @@ def test_scoring_fault_tempfails_when_configured(rules: Ruleset) -> None:
     assert verdict.action is Action.TEMPFAIL and verdict.decision.rule == "on_error"
 
 
+def test_text_failed_elsewhere_is_a_scoring_fault(model: Model, rules: Ruleset, banded: Any) -> None:
+    from milter.workers import TextTimeout
+
+    spam = Message(banded[Action.SPAM_FOLDER].raw, ENVELOPE)
+    failed = TextTimeout("no model text within 30 s (text worker killed)")
+    verdict = evaluate(Policy(Config(), model, rules), spam, None, failed)
+    assert verdict.action is Action.DELIVER and verdict.score is None  # not scored in the daemon
+    assert verdict.error == "TextTimeout: no model text within 30 s (text worker killed)"
+    strict = Policy(dataclasses.replace(Config(), on_error="tempfail"), model, rules)
+    assert evaluate(strict, spam, None, failed).action is Action.TEMPFAIL
+
+
 def test_a_probability_outside_0_1_is_a_fault(rules: Ruleset) -> None:
     verdict = evaluate(Policy(Config(), OddModel(), rules), Message(b"Subject: x\r\n\r\n", ENVELOPE))
     assert (

@@ -251,6 +251,27 @@ def test_a_dead_text_worker_costs_only_time(config_for: Any, serve: Any, tmp_pat
     assert all(b"X-Spam-Score: unscored" not in f.read_bytes() for f in delivered)  # scored in process
 
 
+def test_a_hung_text_worker_is_killed_and_the_message_delivered_unscored(
+    config_for: Any, serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serve(config_for(text_workers=1)) as running:
+        texts = running.daemon.filter.texts
+        texts.timeout = 0.5
+        [worker] = texts._workers
+        os.kill(worker.process.pid, signal.SIGSTOP)  # stuck: alive, silent
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            assert client.sendmail("a@example.org", ["b@example.net"], message(20)) == {}
+            assert texts._workers and texts._workers[0] is not worker and texts._workers[0].alive
+            assert worker.process.returncode is not None  # the stuck one was killed, not left behind
+            assert client.sendmail("a@example.org", ["b@example.net"], message(21)) == {}
+    delivered = sorted((tmp_path / "Maildir" / "new").glob("*"), key=lambda f: f.stat().st_mtime)
+    assert len(delivered) == 2
+    first, second = (f.read_bytes() for f in delivered)
+    assert b"X-Spam-Score: unscored" in first  # on_error: deliver (the default)
+    assert b"X-Spam-Score: unscored" not in second  # the new worker scores again
+    assert "gave no answer in 0.5 s; killing it" in caplog.text
+
+
 def test_listen_on_ipv6(config_for: Any, serve: Any) -> None:
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6; the daemon must still be tested on [::1]")
