@@ -214,6 +214,39 @@ def test_two_workers_share_the_port_reload_as_one_and_a_killed_one_comes_back(
     assert len(re.findall(r"worker=\d stopped", text)) == 2 and text.rstrip().endswith("stopped")
 
 
+def test_sighup_while_the_workers_start_reaches_them_once_they_are_ready(
+    sink: Any, notify: NotifySocket, tmp_path: Path
+) -> None:
+    """`systemctl reload` (or an admin's kill -HUP) while the workers are still loading: none
+    dies of it (a worker does not handle SIGHUP before its daemon runs), and each reloads once
+    it is ready, so a file changed during start-up is live in all of them."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_PATH.read_text())
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start(
+        "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url, "--rules", str(rules),
+        "--model", str(MODEL_PATH), "--quarantine", str(tmp_path / "q"), log=log,
+        env={"NOTIFY_SOCKET": str(notify.path)},
+    )  # fmt: skip
+    try:
+        wait_log(log, r"worker 1 started", 1)
+        rules.write_text("rules:\n  - {name: changed-at-start, action: flag}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        assert "ready" not in log.read_text()  # still starting: the path under test
+        notify.wait_for("READY=1")
+        reloads = wait_log(log, r"worker=(\d) reload: (?:now serving|nothing changed)", 2)
+        assert {m[1] for m in reloads} == {"0", "1"}
+        assert proc.poll() is None and "was killed by SIGHUP" not in log.read_text()
+        send_each_on_its_own_connection(port, "hup", 20)
+        assert {rule_of(r.data) for r in sink.received} == {"changed-at-start"}
+        wait_log(log, r"message_id=<hup-19@", 1)
+        assert set(workers_by_message(log, "hup").values()) == {0, 1}
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stopped(proc)
+
+
 def test_sigterm_to_the_whole_group_with_sessions_in_flight_loses_none(
     sink_factory: Any, tmp_path: Path
 ) -> None:
