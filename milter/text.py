@@ -112,6 +112,10 @@ def _html_text(markup: str) -> tuple[str, list[str], set[str]]:
                         tags.add(tag[:16] + "." + name + "=cid")
     if "title" in tags:  # a title in the body (fragments pasted together) is not shown either
         tree.strip_tags(["title"])
+    if len(" ".join(tags).split()) != len(tags):
+        # A tag or attribute name may hold characters that HTML does not count as space but
+        # Python does ("<a\x0b>"); a token must hold none.
+        tags = {"".join(tag.split()) for tag in tags}
     body = tree.body
     return (body.text() if body is not None else ""), urls, tags
 

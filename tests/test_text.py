@@ -150,6 +150,8 @@ def test_hostile_html_returns_text() -> None:
         "<plaintext><p>not a tag</p>",
         "\x00<p\x00 a\x00=\x00>\ud800 &#0; &#xD800; &#x110000; <![CDATA[ x ]]>",
         "<a href='http://[::1'><<<>><!--<![CDATA[<x y=\"",
+        "<A\x0b<p>",  # not space to HTML, so part of the tag name, but whitespace to Python
+        "<a \x1c=1 b\u2003c=2 d\x85\xa0=3 style='x\x0by'>",
     ):
         raw = b"Content-Type: text/html\r\n\r\n" + html.encode("utf-8", "surrogatepass")
         check_text(message_text(raw))
