@@ -140,7 +140,9 @@ class SinkHandler:
     ) -> list[str]:
         session.host_name = hostname
         dsn = ["250-DSN"] if self.dsn else []
-        return [*responses[:-1], *dsn, "250-XFORWARD NAME ADDR PROTO HELO IDENT", responses[-1]]
+        # aiosmtpd reads commands in order from one stream: pipelining works, as in Postfix.
+        extra = ["250-PIPELINING", *dsn, "250-XFORWARD NAME ADDR PROTO HELO IDENT"]
+        return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

@@ -17,6 +17,7 @@ from conftest import Sink
 from milter.config import NextHop
 from milter.model import Score
 from milter.rules import Action, Ruleset
+from milter.smtp import DATA_START, OK_MAIL, OK_XFORWARD
 
 PLAIN = (
     b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: notes\r\n"
@@ -173,6 +174,35 @@ def test_8bit_and_smtputf8(config_for: Any, serve: Any, sink: Sink) -> None:
     assert split_added(second.data)[1] == utf8
     assert second.mail_from == "jörg@exämple.org" and second.rcpt_tos == ["bøb@exämple.net"]
     assert "SMTPUTF8" in second.mail_options
+
+
+def test_pipelined_commands_are_answered_in_one_write(config_for: Any, serve: Any, sink: Sink) -> None:
+    """Postfix pipelines XFORWARD, MAIL, RCPT and DATA: the replies leave together, in order,
+    once the group is done (each waited for the next hop's own reply first)."""
+    config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port))
+    with serve(config) as running, socket.create_connection(("127.0.0.1", running.port), 10) as conn:
+        conn.settimeout(10)
+        with conn.makefile("rb") as stream:
+            assert stream.readline().startswith(b"220 ")
+            conn.sendall(b"EHLO client.test\r\n")
+            while not stream.readline().startswith(b"250 "):
+                pass
+        conn.sendall(
+            b"XFORWARD ADDR=192.0.2.7 HELO=far.example\r\nMAIL FROM:<alice@example.org>\r\n"
+            b"RCPT TO:<bob@example.net>\r\nRCPT TO:<refused@example.net>\r\nDATA\r\n"
+        )
+        first = conn.recv(4096)  # everything the server wrote at once
+        assert first.split(b"\r\n")[:5] == [
+            OK_XFORWARD.encode(), OK_MAIL.encode(), b"250 2.1.5 Recipient ok",
+            b"550 5.1.1 <refused@example.net>: Recipient address rejected: no such user", DATA_START.encode(),
+        ]  # fmt: skip
+        conn.sendall(b"Subject: pipelined\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+        rest = conn.recv(4096)
+        while not rest.endswith(b"221 Bye\r\n"):
+            rest += conn.recv(4096)
+        assert rest.startswith(b"250 ") and rest.count(b"\r\n") == 2
+    assert [r.rcpt_tos for r in sink.received] == [["bob@example.net"]]
+    assert sink.handler.xforward_seen == ["ADDR=192.0.2.7 HELO=far.example"]
 
 
 def test_dsn_parameters_reach_the_next_hop_as_sent(config_for: Any, serve: Any, sink: Sink) -> None:

@@ -87,13 +87,17 @@ class _Connection:
                 return HopReply(int(text[:3]), "\n".join(lines))
 
     async def command(self, line: bytes) -> HopReply:
+        return (await self.commands([line]))[0]
+
+    async def commands(self, lines: Sequence[bytes]) -> list[HopReply]:
+        """Commands in one write, then their replies in order (PIPELINING, RFC 2920)."""
         try:
-            self.writer.write(line + b"\r\n")
+            self.writer.write(b"".join(line + b"\r\n" for line in lines))
             await self.writer.drain()
         except OSError as e:
             self.close()
             raise RelayError(f"connection lost ({_why(e)})") from None
-        return await self.reply()
+        return [await self.reply() for _ in lines]
 
     async def send_data(self, payload: bytes, replies: int) -> tuple[bool, list[HopReply]]:
         """DATA, the message (already dot-stuffed and terminated), then `replies` replies.
@@ -145,10 +149,16 @@ class SmtpHop:
         for attempt in range(2):
             conn, reused = await self._acquire()
             try:
-                if xforward and "xforward" in conn.extensions:
-                    await self._xforward(conn, xforward)
                 mail = b"MAIL FROM:" + _path(mail_from) + _params(conn, options, mail=True)
-                reply = await conn.command(mail)
+                forward = _xforward(conn, xforward) if xforward else None
+                if forward is None:
+                    reply = await conn.command(mail)
+                elif "pipelining" in conn.extensions:
+                    # XFORWARD's reply is not worth waiting for before MAIL: one round trip.
+                    reply = (await conn.commands([forward, mail]))[1]
+                else:
+                    await conn.command(forward)
+                    reply = await conn.command(mail)
             except RelayError as e:
                 if reused and attempt == 0:
                     continue  # a pooled connection the next hop had closed: nothing was handed over yet
@@ -224,14 +234,6 @@ class SmtpHop:
             raise RelayError(f"{self}: {e}") from None
         conn.extensions = _extensions(hello.text)
         return conn
-
-    async def _xforward(self, conn: _Connection, attributes: Mapping[str, str]) -> None:
-        """Pass on what Postfix told us of the original client, as far as the next hop takes it."""
-        allowed = set(conn.extensions["xforward"].upper().split())
-        words = [f"{k}={encode_xtext(v)}" for k, v in attributes.items() if k in allowed]
-        if words:
-            # Its refusal is not worth failing a message for: the attributes are informational.
-            await conn.command(b"XFORWARD " + " ".join(words).encode("ascii", "replace"))
 
 
 class SmtpTransaction:
@@ -318,6 +320,17 @@ def _path(address: str) -> bytes:
     if address in ("", "<>"):
         return b"<>"
     return b"<" + address.encode("utf-8", "surrogateescape") + b">"
+
+
+def _xforward(conn: _Connection, attributes: Mapping[str, str]) -> bytes | None:
+    """The XFORWARD command passing on what Postfix told us of the original client, as far as
+    the next hop takes it; None if it takes none. Its refusal is not worth failing a message
+    for: the attributes are informational."""
+    if "xforward" not in conn.extensions:
+        return None
+    allowed = set(conn.extensions["xforward"].upper().split())
+    words = [f"{k}={encode_xtext(v)}" for k, v in attributes.items() if k in allowed]
+    return b"XFORWARD " + " ".join(words).encode("ascii", "replace") if words else None
 
 
 def _params(conn: _Connection, options: Sequence[str], *, mail: bool) -> bytes:
