@@ -49,12 +49,14 @@ _ASCII_WORD_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 _ASCII_WORD_BYTES: Final = bytes(c if chr(c) in _ASCII_WORD_CHARS else 32 for c in range(256))
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
 _URL: Final = re.compile(r"(?:https?://|www\.)([a-z0-9](?:[a-z0-9.-]{0,252}))")  # on lowercased text
-_HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
-_WANTED_HEADER: Final = re.compile(
-    rb"^(subject|from|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
-    rb"|content-disposition)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)",
-    re.IGNORECASE | re.MULTILINE,
+_WANTED_FIELD: Final = (
+    rb"(subject|from|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
+    rb"|content-disposition)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
 )
+# The fields after the first start after a newline: a pattern that begins with a literal lets the
+# regex engine jump from line to line in C instead of trying a match at every byte.
+_FIRST_WANTED_HEADER: Final = re.compile(_WANTED_FIELD, re.IGNORECASE)
+_NEXT_WANTED_HEADER: Final = re.compile(rb"\n" + _WANTED_FIELD, re.IGNORECASE)
 _FOLD: Final = re.compile(rb"[ \t]*\r?\n[ \t]*")
 _PARAM: Final = re.compile(r'([\w.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 _FILENAME: Final = re.compile(r'filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)
@@ -73,6 +75,18 @@ _BLOCK_TAGS: Final = frozenset(
 )
 _STYLE_ATTRS: Final = frozenset({"color", "bgcolor", "face", "size", "align", "width", "height", "border"})
 _LINK_ATTRS: Final = ("href", "src", "action")
+# The usual shapes of an address header, whose parse by email.utils.parseaddr is known without
+# running its character-by-character Python parser: `local@domain`, `Some Name <local@domain>`,
+# `"Some Name" <local@domain>`. An atom here is a stretch of what parseaddr reads as atom
+# characters (no whitespace of any kind, for a simple split); phrase words may hold dots.
+_ATOM: Final = r'[^()<>@,:;."\[\]\s]+'
+_ADDR_SPEC: Final = rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*"
+_PHRASE_WORD: Final = r'[^()<>@,:;"\[\]\s]+'
+_SIMPLE_ADDRESS: Final = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_ADDR_SPEC})"
+    rf'|(?:"(?P<quoted>[^"\\\r]*)"|(?P<phrase>{_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*))?'
+    rf"[ \t]*<(?P<angled>{_ADDR_SPEC})>)[ \t]*"
+)
 
 
 def _html_text(markup: str) -> tuple[str, list[str], set[str]]:
@@ -250,6 +264,19 @@ class _Part:
         return ctype, params
 
 
+def _head_end(raw: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """The span of the first empty line in raw[start:stop] (what ``\\r?\\n\\r?\\n`` would match).
+
+    Two substring searches in C: a regex for this pattern has no literal to skip ahead to.
+    """
+    lf = raw.find(b"\n\n", start, stop)
+    crlf = raw.find(b"\n\r\n", start, stop if lf < 0 else lf + 2)  # only an earlier one matters
+    newline, end = (crlf, crlf + 3) if crlf >= 0 else (lf, lf + 2)
+    if newline < 0:
+        return None
+    return (newline - 1 if newline > start and raw[newline - 1] == 0x0D else newline), end
+
+
 def _parse_head(raw: bytes, start: int, depth: int) -> _Part:
     """The headers this module reads, from `start` to the first empty line; the rest is body.
 
@@ -258,13 +285,17 @@ def _parse_head(raw: bytes, start: int, depth: int) -> _Part:
     """
     if raw.startswith(b"\n", start) or raw.startswith(b"\r\n", start):
         return _Part({}, raw[raw.index(b"\n", start) + 1 :], depth)
-    end = _HEAD_END.search(raw, start, start + MAX_HEAD_BYTES)
-    head_end, body_start = (end.start(), end.end()) if end else (min(len(raw), start + MAX_HEAD_BYTES),) * 2
+    stop = start + MAX_HEAD_BYTES
+    head_end, body_start = _head_end(raw, start, stop) or (min(len(raw), stop),) * 2
+    at_line_start = start == 0 or raw[start - 1] == 0x0A
+    first = _FIRST_WANTED_HEADER.match(raw, start, head_end) if at_line_start else None
+    later = _NEXT_WANTED_HEADER.finditer(raw, start, head_end)
     headers: dict[str, bytes] = {}
-    for match in _WANTED_HEADER.finditer(raw, start, head_end):
+    for match in itertools.chain((first,) if first else (), later):
         name = match.group(1).decode("ascii").lower()
         if name not in headers:
-            headers[name] = _FOLD.sub(b" ", match.group(2)).strip()
+            value = match.group(2)
+            headers[name] = (_FOLD.sub(b" ", value) if b"\n" in value else value).strip()
     return _Part(headers, raw[body_start:], depth)
 
 
@@ -335,9 +366,21 @@ def _payload(part: _Part, cte: str) -> bytes:
     return body[:MAX_PART_BYTES]
 
 
+def _parse_address(value: str) -> tuple[str, str]:
+    """`email.utils.parseaddr(value)`; the usual shapes by one regex match instead of its parser."""
+    match = _SIMPLE_ADDRESS.fullmatch(value)
+    if match is None:
+        return email.utils.parseaddr(value)
+    if match["bare"] is not None:
+        return "", match["bare"]
+    # parseaddr joins the words of an unquoted name with single spaces; a quoted one is kept as is.
+    name = match["quoted"] if match["quoted"] is not None else " ".join((match["phrase"] or "").split())
+    return name, match["angled"]
+
+
 def _address_tokens(prefix: str, value: str, out: list[str]) -> str:
     """Tokens for a From/Reply-To address: display-name words and the TLD. Returns the domain."""
-    name, address = email.utils.parseaddr(value)
+    name, address = _parse_address(value)
     domain = address.rpartition("@")[2].lower().strip(".>")
     domain = _ARTEFACTS.sub("", domain)
     if name:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import base64
+import email.utils
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from milter.text import _WORD, MAX_WORDS, TEXT_VERSION, _split_words, message_text
+from milter.text import (
+    _SIMPLE_ADDRESS,
+    _WORD,
+    MAX_HEAD_BYTES,
+    MAX_WORDS,
+    TEXT_VERSION,
+    _head_end,
+    _parse_address,
+    _parse_head,
+    _split_words,
+    message_text,
+)
 
 
 def tokens(raw: bytes) -> list[str]:
@@ -292,3 +305,137 @@ def test_never_raises_on_random_html(pieces: list[str]) -> None:
 @given(mime_messages())
 def test_never_raises_on_random_mime(raw: bytes) -> None:
     check_text(message_text(raw))
+
+
+# The fast paths below must give exactly what the straightforward code gives (the shipped model was
+# trained on its output), so each is compared with that code on inputs made of the tricky pieces.
+
+ADDRESS_PIECES = st.sampled_from(
+    [
+        *("john", "John.Doe", "a", "x-y_z+tag", "ü", "日本", "123", "..", ".", "@", "@@", "<", ">", "<>"),
+        *('"', '\\"', "\\", "(", ")", "(comment)", "(nested (comment))", ",", ";", ":", "[", "]"),
+        *(" ", "  ", "\t", "\r", "\n", "\r\n", "\xa0", "\x0b", "\x1c", "\u2003", "\x00"),
+        *("example.com", "mail.example.co.uk", "[127.0.0.1]", "taint.org", "=?utf-8?q?x?="),
+    ]
+)
+
+
+@st.composite
+def address_values(draw: st.DrawFn) -> str:
+    """Address header values near the usual shapes, so both the fast and the slow path are taken."""
+    local = draw(st.lists(ADDRESS_PIECES, min_size=1, max_size=4).map("".join))
+    domain = draw(st.lists(ADDRESS_PIECES, min_size=1, max_size=4).map("".join))
+    name = draw(st.lists(ADDRESS_PIECES, max_size=6).map("".join))
+    spaces = st.sampled_from(["", " ", "\t", "  ", " \t "])
+    shape = draw(
+        st.sampled_from(["{l}@{d}", "{n} <{l}@{d}>", '"{n}" <{l}@{d}>', '"{n}"<{l}@{d}>', "<{l}@{d}>"])
+    )
+    return draw(spaces) + shape.format(l=local, d=domain, n=name) + draw(spaces)
+
+
+TRICKY_ADDRESSES = [
+    "john@example.com",
+    " \tjohn.doe@mail.example.co.uk \t",
+    "John Doe <john@example.com>",
+    "John   Q.  Doe\t<john@example.com>",
+    '"Doe, John" <john@example.com>',
+    '"John \\"JD\\" Doe" <john@example.com>',  # an escaped quote: the slow path
+    '"" <john@example.com>',
+    '"" Angles " Puglisi" <angles@example.com>',
+    "<john@example.com>",
+    "john@example.com (John Doe)",  # a comment
+    "John (the man) Doe <john@example.com>",
+    "john@example.com, jane@example.org",
+    "John <john@example.com>, Jane <jane@example.org>",
+    "john@example.com@evil.example",
+    "john..doe@example.com",
+    ".john@example.com",
+    "john@example..com",
+    "john@[127.0.0.1]",
+    "john @ example . com",
+    "John Doe <john @ example.com>",
+    "John\xa0Doe <john@example.com>",  # no-break space: an atom character to parseaddr
+    "John\u2003Doe <john@example.com>",
+    "John\x1cDoe <john@example.com>",
+    "Jöhn Dœ <jöhn@exämple.com>",
+    "John <>",
+    "John <john>",
+    "<john@example.com",
+    "John Doe",
+    "@example.com",
+    "john@",
+    "",
+    " ",
+    '"unterminated <john@example.com>',
+    '"carriage\rreturn" <john@example.com>',
+    '"new\nline" <john@example.com>',
+    "group: john@example.com, jane@example.org;",
+    "=?utf-8?q?J=C3=B6hn?= <john@example.com>",
+]
+
+
+def test_usual_address_shapes_parse_as_parseaddr_parses_them() -> None:
+    for value in TRICKY_ADDRESSES:
+        assert _parse_address(value) == email.utils.parseaddr(value), value
+    fast = [value for value in TRICKY_ADDRESSES if _SIMPLE_ADDRESS.fullmatch(value)]
+    assert len(fast) >= 8, "the fast path is what these cases are about"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(address_values(), st.lists(ADDRESS_PIECES, max_size=12).map("".join)))
+def test_address_fast_path_is_parseaddr(value: str) -> None:
+    assert _parse_address(value) == email.utils.parseaddr(value)
+
+
+# What the header scan was before it was made faster: one multiline regex over the block.
+SLOW_HEAD_END = re.compile(rb"\r?\n\r?\n")
+SLOW_WANTED_HEADER = re.compile(
+    rb"^(subject|from|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
+    rb"|content-disposition)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def slow_head(raw: bytes, start: int) -> tuple[dict[str, bytes], bytes]:
+    if raw.startswith(b"\n", start) or raw.startswith(b"\r\n", start):
+        return {}, raw[raw.index(b"\n", start) + 1 :]
+    end = SLOW_HEAD_END.search(raw, start, start + MAX_HEAD_BYTES)
+    head_end, body_start = (end.start(), end.end()) if end else (min(len(raw), start + MAX_HEAD_BYTES),) * 2
+    headers: dict[str, bytes] = {}
+    for match in SLOW_WANTED_HEADER.finditer(raw, start, head_end):
+        name = match.group(1).decode("ascii").lower()
+        if name not in headers:
+            headers[name] = re.sub(rb"[ \t]*\r?\n[ \t]*", b" ", match.group(2)).strip()
+    return headers, raw[body_start:]
+
+
+HEAD_PIECES = st.sampled_from(
+    [
+        *(b"\n", b"\r\n", b"\r", b"\n\n", b"\r\n\r\n", b"\n\r\n", b"\r\r\n", b" ", b"\t", b":", b"a"),
+        *(b"Subject: hi", b"SUBJECT:", b"subject :x", b"From: a@b", b"from:", b"Reply-To: r", b"X-Mailer: m"),
+        *(
+            b"User-Agent: u",
+            b"Message-ID: <i@d>",
+            b"Content-Type: text/plain",
+            b"content-transfer-encoding: qp",
+        ),
+        *(
+            b"Content-Disposition: attachment",
+            b"X-Subject: no",
+            b"Subjects: no",
+            b" Subject: folded",
+            b"\xff",
+        ),
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(HEAD_PIECES, max_size=30).map(b"".join), st.integers(0, 8))
+def test_header_scan_is_the_multiline_regex_scan(raw: bytes, start: int) -> None:
+    start = min(start, len(raw))
+    part = _parse_head(raw, start, 0)
+    assert (part.headers, part.body) == slow_head(raw, start)
+    for stop in (start, start + 3, len(raw) // 2, len(raw)):
+        match = SLOW_HEAD_END.search(raw, start, stop)
+        assert _head_end(raw, start, stop) == (match.span() if match else None)
