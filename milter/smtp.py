@@ -385,6 +385,7 @@ class FilterSMTP(SMTP):
         self.receiving = False  # reading a message after 354
         self.lost = False  # the connection is gone
         self._replies: list[bytes] = []  # answers held back while pipelined commands wait
+        self._deadline = 0.0  # idle deadline (loop time); see _reset_timeout
 
     def _create_session(self) -> FilterSession:
         return FilterSession(self.loop)
@@ -601,9 +602,25 @@ class FilterSMTP(SMTP):
             self.receiving = False
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        # Never arm the idle timer of a closed session (aiosmtpd's timer asserts a transport).
-        if not self.lost:
-            super()._reset_timeout(duration)
+        """Push the idle deadline back. aiosmtpd cancels and re-creates a timer each time (per
+        command and, here, per piece of a message: about ten a message); moving a deadline
+        that one timer checks when it fires costs a float store."""
+        if self.lost:  # never arm the idle timer of a closed session (its callback needs one)
+            return
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or self._deadline < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        if self.lost or self.transport is None:
+            return
+        if self._deadline - self.loop.time() > 0.01:  # activity since the timer was set: wait on
+            self._timeout_handle = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def data_received(self, data: bytes) -> None:
         # aiosmtpd restarts the idle timer per command only; while a message arrives, every
