@@ -6,9 +6,10 @@ RCPT when it says RCPT (so a refused recipient is refused to the client with the
 code), DATA once the message is decided. Over LMTP the next hop answers DATA once per accepted
 recipient, and each answer is kept.
 
-Why not aiosmtplib here: its reply reader keeps one reply per command and drops data that
-arrives while no command is pending, so LMTP's per-recipient replies after DATA can be lost
-(aiosmtplib/protocol.py, `data_received`). The client needed is small (one command, one reply;
+Why not aiosmtplib here: it has no LMTP client (cole/aiosmtplib#210, open), and its reply
+reader keeps one reply per command and drops data that arrives while no command is pending, so
+LMTP's per-recipient replies after DATA can be lost (aiosmtplib/protocol.py, `data_received`;
+the stdlib's smtplib.LMTP has the same fault, python/cpython#76984). The client needed is small (one command, one reply;
 a banner; EHLO/LHLO; the DATA dot rules), so it is written here on asyncio streams, where every
 byte of every reply is read.
 
