@@ -10,12 +10,17 @@ Prints one JSON object (and a readable summary on stderr). Figures:
   score_msg_s   `milter score --json DIR...` over corpus directories, one process, wall clock
 The machine is shared: the load average before and after is printed with the numbers.
 
+With --compare-model FILE (another model file, e.g. the shipped one before a graph change), its
+inference is timed too, alternating with the model text by text (the order swapped every other
+pass), so that both see the same machine load: compare_infer_us, compare_infer_cpu_us, and the
+ratio of the medians; the two models' probabilities and explanations are compared as well.
+
 With --text-baseline FILE (another version of milter/text.py, e.g. from `git show REV:milter/text.py`),
 message->text of that version is timed too, alternating with the current one message by message, so
 that both see the same machine load: text_baseline_us, text_baseline_cpu_us.
 
 usage: bench/bench_model.py [--model model/spam.onnx] [--corpus /work/corpus] [--sample 3000] [--quick]
-                            [--text-baseline FILE]
+                            [--text-baseline FILE] [--compare-model FILE] [--infer-only]
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="only spamassassin for the score throughput")
     parser.add_argument("--text-baseline", type=Path, help="another milter/text.py to time alongside")
+    parser.add_argument("--compare-model", type=Path, help="another model file to time alongside")
+    parser.add_argument(
+        "--infer-only", action="store_true", help="only message->text and inference (no load, no CLI run)"
+    )
     args = parser.parse_args()
     baseline = None
     if args.text_baseline:
@@ -150,22 +159,52 @@ def main() -> int:
         result["text_baseline_cpu_us"] = percentiles(base_cpu, 1e6)
     result["tokens_median"] = statistics.median(len(t.split()) for t in texts)
 
+    other = load_model(args.compare_model) if args.compare_model else None
     for text in texts[:50]:  # warm-up
         model.score(text)
+        if other is not None:
+            other.score(text)
     timings = []
     cpu = []
-    for text in texts:
-        started = time.perf_counter()
-        cpu_started = time.thread_time()
-        model.score(text)
-        cpu.append(time.thread_time() - cpu_started)
-        timings.append(time.perf_counter() - started)
+    other_timings: list[float] = []
+    other_cpu: list[float] = []
+    passes = 2 if other is not None else 1
+    for turn in range(passes):
+        for text in texts:
+            order = [(model, timings, cpu), (other, other_timings, other_cpu)]
+            for which, wall_list, cpu_list in order if turn % 2 == 0 else order[::-1]:
+                if which is None:
+                    continue
+                started = time.perf_counter()
+                cpu_started = time.thread_time()
+                which.score(text)
+                cpu_list.append(time.thread_time() - cpu_started)
+                wall_list.append(time.perf_counter() - started)
     result["infer_us"] = percentiles(timings, 1e6)
     result["infer_cpu_us"] = percentiles(cpu, 1e6)
+    if other is not None:
+        result["compare_model"] = {"path": str(args.compare_model), "id": other.id}
+        result["compare_infer_us"] = percentiles(other_timings, 1e6)
+        result["compare_infer_cpu_us"] = percentiles(other_cpu, 1e6)
+        result["infer_median_ratio"] = round(statistics.median(timings) / statistics.median(other_timings), 3)
+        result["infer_cpu_median_ratio"] = round(statistics.median(cpu) / statistics.median(other_cpu), 3)
+        ours = model.score_texts(texts)
+        theirs = other.score_texts(texts)
+        result["compare_max_probability_difference"] = float(
+            f"{max(abs(a.probability - b.probability) for a, b in zip(ours, theirs, strict=True)):.3g}"
+        )
+        result["compare_explanations_differing"] = sum(
+            [name for name, _ in a.features] != [name for name, _ in b.features]
+            for a, b in zip(ours, theirs, strict=True)
+        )
     started = time.perf_counter()
     for i in range(0, len(texts), 64):
         model.score_texts(texts[i : i + 64])
     result["batch_us"] = round((time.perf_counter() - started) / len(texts) * 1e6, 1)
+    if args.infer_only:
+        result["machine"]["loadavg_end"] = os.getloadavg()[0]  # type: ignore[index]
+        print(json.dumps(result, indent=2))
+        return 0
 
     result["load_s"] = load_time(args.model)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -94,6 +95,40 @@ def test_onnx_agrees_with_scikit_learn(trained: tuple[Path, TrainResult]) -> Non
     onnx_p = onnx_probabilities(result.model_bytes, texts)
     sklearn_p = result.fitted.probabilities(texts)
     assert float(np.max(np.abs(onnx_p - sklearn_p))) < 1e-4
+
+
+def test_the_explanation_is_the_strongest_per_token_contributions(
+    model: Model, trained: tuple[Path, TrainResult]
+) -> None:
+    """The graph's explanation equals scikit-learn's own per-token logit contributions."""
+    fitted = trained[1].fitted
+    a, _ = fitted.platt
+    vectorizer: Any = fitted.vectorizer
+    coef = np.asarray(fitted.classifier.coef_[0], dtype=np.float64)  # type: ignore[attr-defined]
+    for text in trained[1].validation_texts[:30]:
+        row = vectorizer.transform([text])
+        expected = {
+            term: a * coef[column] * row[0, column]
+            for term, column in vectorizer.vocabulary_.items()
+            if row[0, column] and coef[column]
+        }
+        strongest = sorted(expected.values(), key=abs, reverse=True)[:5]
+        features = model.score(text).features
+        assert len(features) == len(strongest)
+        for (name, value), want in zip(features, strongest, strict=True):
+            assert value == pytest.approx(expected[name], abs=2e-4)
+            assert abs(value) == pytest.approx(abs(want), abs=2e-4)
+
+
+def test_texts_shorter_than_the_explanation_and_unknown_tokens(model: Model) -> None:
+    """Fewer tokens than the explanation's five, or none the model knows: no error, no weight."""
+    intercept_only = model.score("<PAD> zzzunknown-token-1 zzzunknown-token-2")
+    assert intercept_only.features == ()
+    assert model.score("zzzunknown-token-3").probability == intercept_only.probability
+    known = model.score_message(make_message(10_001, spam=True, seed=7)).features[0][0]
+    short = model.score(f"{known} zzzunknown-token-4")
+    assert [name for name, _ in short.features] == [known]
+    assert short == model.score(f"{known} <PAD> <PAD> <PAD> <PAD> <PAD> <PAD>")
 
 
 def test_thread_safe_scoring(model: Model) -> None:

@@ -3,9 +3,13 @@
 The stock skl2onnx TF-IDF graph normalises and tokenises strings inside the graph, and its
 TfIdfVectorizer produces a dense vocabulary-wide vector per message; both cost milliseconds on
 long text with a large vocabulary. Here `message_text` has already produced clean, unique
-tokens, so the graph works per token: StringSplit -> LabelEncoder (token -> column) -> Gather
-(calibrated weight * idf, and idf^2 for the L2 norm) -> sums -> Sigmoid. The explanation comes
-from the same weights: per-token contributions, TopK by magnitude, and the tokens themselves.
+tokens, so the graph works per token: StringSplit -> LabelEncoder (token -> row) -> one Gather
+of (calibrated weight * idf, idf^2) -> sums -> Sigmoid. The explanation comes from the same
+weights: TopK by magnitude, the weights scaled by the norm, and the tokens themselves.
+For a typical message (~130 tokens) a run costs about 17 us fixed, ~30 us of string work
+(split, look-up) and the rest in the numeric nodes, each with its own overhead; so the graph has
+as few nodes and as little work per token as the arithmetic allows: 14 nodes, against 19 for
+the first version, which gathered twice per token and sorted |contribution| for the TopK.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from onnx import TensorProto, helper, numpy_helper
 from milter.model import INPUT, OUT_CONTRIBUTIONS, OUT_FEATURES, OUT_PROBABILITY
 
 OPSET = 21
+# Appended to every text inside the graph (see build_graph); message_text never emits it:
+# its tokens are lowercased, and this one is upper case.
+PAD_TOKEN = "<PAD>"
+_UNKNOWN_NORM_SQ = 1e-30
 
 
 def build_graph(
@@ -36,58 +44,67 @@ def build_graph(
 
     The input is a batch of model texts whose tokens are unique within each text (as
     `message_text` makes them), so the binary TF-IDF vector is a sum over tokens: each token
-    is looked up once (LabelEncoder: string -> column; unknown -> a zero column) and its
-    weight gathered. Cost grows with the message's tokens, not with the vocabulary.
+    is looked up once (LabelEncoder: string -> row; unknown -> a zero row) and its row of
+    (weight, idf^2) gathered. Cost grows with the message's tokens, not with the vocabulary.
     Calibration must already be folded into coef and intercept.
     """
     if any(not term or len(term.split()) != 1 for term in terms):
         raise ValueError("terms must be single tokens without whitespace")
+    k = max(1, top_k)
+    if PAD_TOKEN in terms:
+        raise ValueError(f"the padding token {PAD_TOKEN!r} must not be a term")
     size = len(terms)
-    idf32 = np.asarray(idf, dtype=np.float64)
-    coef64 = np.asarray(coef, dtype=np.float64).reshape(-1)
-    # Column `size` is where unknown tokens and padding land: no weight, no part in the norm.
-    weight = np.append(coef64 * idf32, 0.0).astype(np.float32)
-    idf_sq = np.append(idf32 * idf32, 0.0).astype(np.float32)
+    weight = np.asarray(coef, dtype=np.float64).reshape(-1) * np.asarray(idf, dtype=np.float64)
+    idf_sq = np.asarray(idf, dtype=np.float64) ** 2
+    # Rows in order of |weight|, strongest first: the explanation's strongest tokens of a text
+    # are then those with the smallest rows, so TopK runs on the looked-up rows themselves.
+    order = np.argsort(-np.abs(weight), kind="stable")
+    # One row per term: (calibrated weight * idf, idf^2), so one Gather serves the dot product
+    # and the norm. Row `size` is where unknown tokens and the padding land: no weight, and an
+    # idf^2 too small to change any norm (1e-30 against >= 1 for a real term) that keeps the norm
+    # of a text with no known token above zero, so no Max(norm, eps) node is needed.
+    table = np.zeros((size + 1, 2), dtype=np.float32)
+    table[:size, 0] = weight[order]
+    table[:size, 1] = idf_sq[order]
+    table[size, 1] = _UNKNOWN_NORM_SQ
 
     initializers = [
-        numpy_helper.from_array(weight, "weight"),
-        numpy_helper.from_array(idf_sq, "idf_sq"),
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(table[:, 0].copy(), "weight"),  # the explanation's look-up
+        # k padding tokens after every text: TopK can then always take a fixed k (no
+        # Shape/Slice/Min for texts shorter than k); they are unknown, so they weigh nothing.
+        numpy_helper.from_array(np.array([" " + " ".join([PAD_TOKEN] * k)], dtype=object), "padding"),
+        # (sum of weights, sum of idf^2) ** (1, -1/2), multiplied: the L2-normalised dot product.
+        numpy_helper.from_array(np.array([1.0, -0.5], dtype=np.float32), "exponents"),
         numpy_helper.from_array(np.array([intercept], dtype=np.float32), "intercept"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-        numpy_helper.from_array(np.array([1e-12], dtype=np.float32), "eps"),
-        numpy_helper.from_array(np.array([max(1, top_k)], dtype=np.int64), "k_max"),
-        numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "two"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "norm_column"),
+        numpy_helper.from_array(np.array([k], dtype=np.int64), "k"),
     ]
     nodes = [
-        helper.make_node("StringSplit", [INPUT], ["tokens", "token_counts"]),
+        helper.make_node("StringConcat", [INPUT, "padding"], ["padded"]),
+        helper.make_node("StringSplit", ["padded"], ["tokens", "token_counts"]),
         helper.make_node(
             "LabelEncoder",
             ["tokens"],
-            ["column"],
+            ["row"],
             domain="ai.onnx.ml",
-            keys_strings=list(terms),
+            keys_strings=[terms[i] for i in order],
             values_int64s=list(range(size)),
             default_int64=size,
         ),
-        helper.make_node("Gather", ["weight", "column"], ["contrib_raw"], axis=0),
-        helper.make_node("Gather", ["idf_sq", "column"], ["sq"], axis=0),
-        helper.make_node("ReduceSum", ["sq", "axis1"], ["sq_sum"], keepdims=1),
-        helper.make_node("Sqrt", ["sq_sum"], ["norm_raw"]),
-        helper.make_node("Max", ["norm_raw", "eps"], ["norm"]),
-        helper.make_node("Div", ["contrib_raw", "norm"], ["contrib"]),
-        helper.make_node("ReduceSum", ["contrib", "axis1"], ["dot"], keepdims=1),
+        helper.make_node("Gather", ["table", "row"], ["rows"], axis=0),  # [N, L, 2]
+        helper.make_node("ReduceSum", ["rows", "axis1"], ["sums"], keepdims=0),  # [N, 2]
+        helper.make_node("Pow", ["sums", "exponents"], ["powers"]),  # [N, 2]: sum w, 1/norm
+        helper.make_node("ReduceProd", ["powers", "axis1"], ["dot"], keepdims=0),  # [N]
         helper.make_node("Add", ["dot", "intercept"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["prob2d"]),
-        helper.make_node("Reshape", ["prob2d", "flat"], [OUT_PROBABILITY]),
-        # Explanation: the k tokens with the largest |contribution| (k <= tokens in the batch).
-        helper.make_node("Shape", ["tokens"], ["tokens_shape"]),
-        helper.make_node("Slice", ["tokens_shape", "one", "two"], ["width"]),
-        helper.make_node("Min", ["width", "k_max"], ["k"]),
-        helper.make_node("Abs", ["contrib"], ["contrib_abs"]),
-        helper.make_node("TopK", ["contrib_abs", "k"], ["top_abs", "top_index"], axis=1, largest=1, sorted=1),
-        helper.make_node("GatherElements", ["contrib", "top_index"], [OUT_CONTRIBUTIONS], axis=1),
+        helper.make_node("Sigmoid", ["logit"], [OUT_PROBABILITY]),
+        # Explanation: the k smallest rows are the k tokens with the largest |weight| (and
+        # |contribution|: one norm per text); their weights scaled by 1/norm, and the tokens.
+        helper.make_node("TopK", ["row", "k"], ["top_rows", "top_index"], axis=1, largest=0, sorted=1),
+        helper.make_node("Gather", ["weight", "top_rows"], ["top_weights"], axis=0),  # [N, k]
+        helper.make_node("Gather", ["powers", "norm_column"], ["inverse_norm"], axis=1),  # [N, 1]
+        helper.make_node("Mul", ["top_weights", "inverse_norm"], [OUT_CONTRIBUTIONS]),
         helper.make_node("GatherElements", ["tokens", "top_index"], [OUT_FEATURES], axis=1),
     ]
     graph = helper.make_graph(
