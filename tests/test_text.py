@@ -10,15 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from milter.text import (
+    _FOOTER_RULE,
     _SIMPLE_ADDRESS,
     _WORD,
     MAX_HEAD_BYTES,
     MAX_WORDS,
     TEXT_VERSION,
     _head_end,
+    _hosts,
+    _link_hosts,
     _parse_address,
     _parse_head,
     _split_words,
+    _strip_list_footer,
     message_text,
 )
 
@@ -278,6 +282,31 @@ def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
 
 
+# Characters beyond ASCII that separate words (spaces, punctuation, controls, symbols) and ones that
+# do not (letters, digits of other scripts, currency tokens), for the mostly-ASCII path.
+MIXED_TEXT = st.text(
+    st.one_of(
+        st.characters(max_codepoint=127),
+        st.sampled_from("\xa0\u2019\u2013\u2022\u00a9\u2122\x92\x85\u3000\ufffd\u200b\u00ad"),
+        st.sampled_from("éßİıſ²①٣日本€£$!_"),
+        st.characters(),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(MIXED_TEXT)
+def test_words_are_the_words_the_pattern_finds(text: str) -> None:
+    assert _split_words(text) == _WORD.findall(text)
+    assert _split_words(text.lower()) == _WORD.findall(text.lower())
+
+
+def test_words_beside_lone_surrogates() -> None:
+    for text in ("a\ud800b", "caf\udce9 x", "\udfff1234\ud800"):
+        assert _split_words(text) == _WORD.findall(text)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2000))
 def test_never_raises_on_random_bytes(raw: bytes) -> None:
@@ -439,3 +468,71 @@ def test_header_scan_is_the_multiline_regex_scan(raw: bytes, start: int) -> None
     for stop in (start, start + 3, len(raw) // 2, len(raw)):
         match = SLOW_HEAD_END.search(raw, start, stop)
         assert _head_end(raw, start, stop) == (match.span() if match else None)
+
+
+SLOW_URL = re.compile(r"(?:https?://|www\.)([a-z0-9](?:[a-z0-9.-]{0,252}))")
+URL_PIECES = st.sampled_from(
+    [
+        *("http://", "https://", "httpss://", "http:/", "www.", "wwww.", "www", "h", "w", "ttp", "s"),
+        *(":", "/", ".", "-", "a", "z", "0", "9", " ", "\n", "é", "example.com", "-x.org", ".."),
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(URL_PIECES, max_size=30).map("".join))
+def test_link_hosts_are_the_joint_pattern_matches(text: str) -> None:
+    assert _link_hosts(text) == SLOW_URL.findall(text)
+
+
+def test_overlapping_links_are_found_as_the_joint_pattern_finds_them() -> None:
+    for text in (
+        "www.http://ahttp://b",  # the www match hides an http match that a later one overlaps
+        "http://www.example.com www.example.org https://x.example",
+        "wwww.a.b httpss://x http://http://y www.www.z",
+        "https://" + "a" * 300 + ".example www.b.example",
+    ):
+        assert _link_hosts(text) == SLOW_URL.findall(text), text
+    assert _hosts(["www.a.example http://a.example", "www.a.example www.b.example"]) == [
+        "a.example",
+        "b.example",
+    ]
+
+
+def slow_strip_list_footer(text: str) -> str:
+    tail_start = max(0, len(text) - 2000)
+    for rule in reversed(list(_FOOTER_RULE.finditer(text, tail_start))):
+        tail = text[rule.end() : rule.end() + 800].lower()
+        if any(
+            mark in tail
+            for mark in ("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request")
+        ):
+            return text[: rule.start()]
+    return text
+
+
+FOOTER_PIECES = st.sampled_from(
+    [
+        *("-----", "=====", "_____", "-_=-_", "--", "==", "-", "\n", "\r\n", " ", "\t", "x"),
+        *("Mailing List", "listinfo", "words " * 50, "y" * 700),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(FOOTER_PIECES, max_size=20).map("".join))
+def test_list_footer_cut_is_the_rule_scan(text: str) -> None:
+    assert _strip_list_footer(text) == slow_strip_list_footer(text)
+
+
+def test_list_footer_at_the_edge_of_the_scanned_tail() -> None:
+    cuts = 0
+    for offset in range(-3, 4):
+        # The rule line starts `offset` characters after the start of the 2000-character tail.
+        footer = "-----\nSomelist mailing list\n"
+        footer += "z" * (2000 - offset - len(footer))
+        text = "a" * 3000 + "\n" + footer
+        assert text.index("-----") == len(text) - 2000 + offset
+        assert _strip_list_footer(text) == slow_strip_list_footer(text), offset
+        cuts += _strip_list_footer(text) != text
+    assert cuts == 4  # the rule is seen when it starts inside the tail
