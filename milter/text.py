@@ -44,11 +44,11 @@ MAX_TOKEN_CHARS: Final = 24
 # Corpus artefacts: obfuscated or single-recipient domains that leak the label.
 _ARTEFACTS: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org", re.IGNORECASE)
 _WORD: Final = re.compile(r"[^\W_]+|[$€£!]")
-# The same words for ASCII text: bytes that cannot be part of a word become spaces.
-_ASCII_WORD_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$"
-_ASCII_WORD_BYTES: Final = bytes(c if chr(c) in _ASCII_WORD_CHARS else 32 for c in range(256))
-# A non-ASCII character that can be (part of) a word; [^\W_] is what str.isalnum accepts.
-_NON_ASCII_WORD_CHAR: Final = re.compile(r"[^\W\x00-\x7f]")
+# The same words for Latin-1 text: characters that cannot be part of a word become spaces
+# ([^\W_] is what str.isalnum accepts; "!", "$" and "£" are spaced apart as words of their own).
+_LATIN1_WORD_BYTES: Final = bytes(c if chr(c).isalnum() or chr(c) in "!$£" else 32 for c in range(256))
+# A character beyond Latin-1 that can be (part of) a word.
+_WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
 # Link hosts in lowercased text: what (?:https?://|www\.)(host) finds, as two patterns that each
 # start with a literal, so the regex engine skips ahead in C (the joint pattern stops at every h and w).
@@ -215,13 +215,13 @@ def _long_word(word: str) -> list[str]:
 
 def _split_words(text: str) -> list[str]:
     """`_WORD.findall(text)`, by C string methods in a fraction of the time when every character
-    beyond ASCII separates words, as in most mail (plain ASCII, or no-break spaces, dashes, curly
-    quotes, bullets): those become "?", which separates words as well.
+    beyond Latin-1 separates words, as in most mail (ASCII or Western European text, with dashes,
+    curly quotes, bullets): those become "?", which separates words as well.
     """
-    if not text.isascii() and ("€" in text or "£" in text or _NON_ASCII_WORD_CHAR.search(text)):
+    if not text.isascii() and ("€" in text or _WIDE_WORD_CHAR.search(text)):
         return _WORD.findall(text)
-    spaced = text.replace("!", " ! ").replace("$", " $ ").encode("ascii", "replace")
-    return spaced.translate(_ASCII_WORD_BYTES).decode("ascii").split()
+    spaced = text.replace("!", " ! ").replace("$", " $ ").replace("£", " £ ").encode("latin-1", "replace")
+    return spaced.translate(_LATIN1_WORD_BYTES).decode("latin-1").split()
 
 
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
