@@ -408,13 +408,14 @@ def _address_tokens(prefix: str, value: str, out: list[str]) -> str:
             out.append(prefix + ":name-has-address")
     else:
         out.append(prefix + ":no-name")
+    registrable = _registrable(domain) if domain else ""
     if domain:
         out.append(prefix + "tld:" + _token(domain.rpartition(".")[2][:MAX_TOKEN_CHARS]))
-        out.append(prefix + "dom:" + _token(_registrable(domain)))
+        out.append(prefix + "dom:" + _token(registrable))
     local = address.partition("@")[0]
-    if local and sum(c.isdigit() for c in local) >= 3:
+    if local and sum(map(str.isdigit, local)) >= 3:
         out.append(prefix + ":digits-in-local")
-    return _registrable(domain) if domain else ""
+    return registrable
 
 
 def _url_tokens(urls: Iterable[str], out: list[str], seen: set[str]) -> None:
