@@ -65,6 +65,23 @@ def refit_on(
     return vectorizer, classifier
 
 
+def fit_variant(
+    texts: list[str], labels: np.ndarray, config: TrainConfig, l1_c: float | None
+) -> tuple[object, object]:
+    """Fit like `milter train`; with l1_c, keep the terms an L1 model at that C uses and refit L2."""
+    vectorizer, classifier = fit(texts, labels, config)
+    if l1_c is None:
+        return vectorizer, classifier
+    from sklearn.linear_model import LogisticRegression
+
+    x = vectorizer.transform(texts)  # type: ignore[attr-defined]
+    l1 = LogisticRegression(C=l1_c, l1_ratio=1.0, solver="liblinear", max_iter=1000, random_state=0)
+    l1.fit(x, labels)
+    terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)  # type: ignore[attr-defined]
+    kept = [t for t, w in zip(terms, l1.coef_[0], strict=True) if w != 0.0]
+    return refit_on(kept, texts, labels, config)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,18 +113,14 @@ def main() -> int:
     ]
     rows = []
     for name, config, l1_c in variants:
-        vectorizer, classifier = fit(tr, labels[train_ix], config)
-        if l1_c is not None:
-            from sklearn.linear_model import LogisticRegression
-
-            x = vectorizer.transform(tr)  # type: ignore[attr-defined]
-            l1 = LogisticRegression(C=l1_c, l1_ratio=1.0, solver="liblinear", max_iter=1000, random_state=0)
-            l1.fit(x, labels[train_ix])
-            terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)  # type: ignore[attr-defined]
-            kept = [t for t, w in zip(terms, l1.coef_[0], strict=True) if w != 0.0]
-            vectorizer, classifier = refit_on(kept, tr, labels[train_ix], config)
+        # As `milter train`: fit on the training slice, calibrate on the next, then (refit)
+        # fit again on both and keep the calibration.
+        vectorizer, classifier = fit_variant(tr, labels[train_ix], config, l1_c)
         fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
         fitted.platt = platt(fitted.decision(ca), labels[cal_ix], config.calibration_ham_weight)
+        if config.refit:
+            vectorizer, classifier = fit_variant(tr + ca, labels[train_ix + cal_ix], config, l1_c)
+            fitted = FittedModel(vectorizer, classifier, fitted.platt)
         p = fitted.probabilities(va)
         figures = metrics.figures(labels[val_ix], p, [("spam", 0.9)])
         data = export(fitted, {META_TEXT_VERSION: TEXT_VERSION}, config.top_k)

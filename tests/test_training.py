@@ -12,6 +12,7 @@ import pytest
 
 from milter.cli import main
 from milter.model import load_model
+from milter.text import message_text
 from milter.training import metrics
 from milter.training.corpus import (
     HAM,
@@ -24,7 +25,7 @@ from milter.training.corpus import (
     time_split,
 )
 from milter.training.synthetic import make_message, write_corpus
-from milter.training.train import TrainConfig, train
+from milter.training.train import DATE_WORDS, Tokens, TrainConfig, train
 
 
 def test_reads_a_directory_of_files_in_a_stable_order(tmp_path: Path) -> None:
@@ -114,11 +115,56 @@ def test_training_is_deterministic_and_validates_on_later_mail(tmp_path: Path) -
     assert counts["validation"] == {"ham": 8, "spam": 8}
     assert counts["calibration"] == {"ham": 8, "spam": 8}
     assert counts["train"] == {"ham": 64, "spam": 64}
+    # Refitted on training + calibration mail by default; never on validation mail.
+    assert counts["fitted_on"] == {"ham": 72, "spam": 72}
     dates = json.loads(first.metadata["milter.dates"])
     assert dates["train"][tmp_path.name][0] < dates["validation"][tmp_path.name][0]
     figures = first.figures["all"]
     assert isinstance(figures, dict) and figures["auc"] > 0.9
     assert first.figures["onnx_vs_sklearn_max_abs_diff"] < 1e-4  # type: ignore[operator]
+
+
+def test_without_refit_the_weights_are_those_of_the_training_slice(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path, ham=80, spam=80)
+    refitted = train([ham], [spam], TrainConfig(min_df=1), "cmd")
+    kept = train([ham], [spam], TrainConfig(min_df=1, refit=False), "cmd")
+    assert json.loads(kept.metadata["milter.counts"])["fitted_on"] == {"ham": 64, "spam": 64}
+    assert "refitted" not in kept.metadata["milter.model_kind"]
+    assert "refitted" in refitted.metadata["milter.model_kind"]
+    # The same calibration (fitted on the calibration slice with the first weights) in both.
+    assert kept.fitted.platt == refitted.fitted.platt
+    assert kept.model_bytes != refitted.model_bytes
+
+
+def test_excluded_token_families_get_no_weight(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path, ham=40, spam=40)
+    # Every spam says which mail client sent it: a perfect feature, unless it is excluded.
+    for path in spam.iterdir():
+        path.write_bytes(b"X-Mailer: Blaster 3.0\r\n" + path.read_bytes())
+    kept = train([ham], [spam], TrainConfig(min_df=1, exclude_prefixes=()), "cmd")
+    assert "mailer:blaster" in kept.fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
+    result = train([ham], [spam], TrainConfig(min_df=1), "cmd")
+    assert TrainConfig().exclude_prefixes == ("mailer:",)
+    vocabulary = result.fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
+    assert vocabulary and not any(term.startswith("mailer:") for term in vocabulary)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(result.model_bytes)
+    model = load_model(path)
+    text = message_text(next(spam.iterdir()).read_bytes())
+    assert "mailer:blaster" in text.split()
+    assert model.score(text).probability == pytest.approx(
+        model.score(text.replace("mailer:blaster", "")).probability, abs=1e-6
+    )
+    assert json.loads(model.metadata["milter.params"])["exclude_prefixes"] == ["mailer:"]
+
+
+def test_the_tokenizer_leaves_out_excluded_words_and_families() -> None:
+    tokens = Tokens(("mailer:",), frozenset(DATE_WORDS))
+    text = "april mailer:outlook may meeting on friday mailerdaemon subj:april 12"
+    assert tokens(text) == ["may", "meeting", "on", "mailerdaemon", "subj:april", "12"]
+    assert Tokens()(text) == text.split()
+    assert set(TrainConfig().exclude_words) == set(DATE_WORDS)
+    assert {"april", "friday", "dec"} <= set(DATE_WORDS) and "may" not in DATE_WORDS
 
 
 def test_train_refuses_one_class_only(tmp_path: Path) -> None:

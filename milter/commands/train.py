@@ -14,8 +14,11 @@ ONE self-contained ONNX file (text in, spam probability and explanation out).
 
 Mail is split per collection and by time (TREC's inmail.N numbering, else the newest Received
 date, else Date): the earliest part trains, the next --calibration-fraction calibrates, the last
---validation-fraction validates. The validation figures are printed and stored in the model's
-metadata with the training counts, date ranges, library versions and this command line.
+--validation-fraction validates. Once calibrated, the weights are fitted again on training +
+calibration mail (the mail nearest in time to what the model will score) and keep the
+calibration; --no-refit keeps the weights of the training slice alone. The validation figures
+are printed and stored in the model's metadata with the training counts, date ranges, library
+versions and this command line.
 
 PATH may be a directory of one-message-per-file files, a Maildir folder or an mbox file. The
 collection of a path is its parent directory (corpus/ham and corpus/spam are one collection).
@@ -49,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--min-df", type=int, default=2, help="least messages a term must occur in (default: %(default)s)"
     )
     parser.add_argument(
-        "--C", type=float, default=30.0, dest="C", help="inverse regularisation (default: %(default)s)"
+        "--C", type=float, default=100.0, dest="C", help="inverse regularisation (default: %(default)s)"
     )
     parser.add_argument(
         "--ham-weight", type=float, default=1.0, help="class weight of ham (default: %(default)s)"
@@ -59,6 +62,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=8.0,
         help="weight of ham when calibrating: >1 makes probabilities err towards ham (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--exclude-prefix",
+        nargs="*",
+        default=["mailer:"],
+        metavar="PREFIX",
+        help="leave tokens starting with PREFIX out of the vocabulary; none with no PREFIX "
+        "(default: %(default)s: mail client names, which mark a collection's era, not spam)",
+    )
+    parser.add_argument(
+        "--exclude-word",
+        nargs="*",
+        default=None,
+        metavar="WORD",
+        help="leave these tokens out of the vocabulary; none with no WORD (default: month and "
+        "weekday names, which say when a collection was gathered, not what is spam)",
+    )
+    parser.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="keep the weights fitted on the training slice alone (default: once calibrated, fit "
+        "them again on training + calibration mail, keeping the calibration)",
     )
     parser.add_argument("--calibration-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="default: %(default)s")
@@ -86,7 +112,7 @@ def _recorded_arguments(argv: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from milter.training.train import TrainConfig, train
+    from milter.training.train import DATE_WORDS, TrainConfig, train
 
     config = TrainConfig(
         max_features=args.max_features,
@@ -94,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         C=args.C,
         ham_weight=args.ham_weight,
         calibration_ham_weight=args.calibration_ham_weight,
+        refit=args.refit,
+        exclude_prefixes=tuple(args.exclude_prefix),
+        exclude_words=DATE_WORDS if args.exclude_word is None else tuple(args.exclude_word),
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

@@ -2,8 +2,11 @@
 
 Split, per collection and by time: the earliest messages train the linear model, the next slice
 calibrates it (Platt scaling, folded into the graph's weights), the latest slice validates it.
-Nothing of the validation slice is used for fitting, so its figures say how the model does on
-mail later than any it learnt from.
+Then (by default) the linear model is fitted again on training + calibration mail with the same
+settings and keeps that calibration: the calibration slice is the mail nearest in time to what
+the model will score, and leaving it out of the weights cost more than the calibration shift of
+the refit (measured on inner time splits: docs/model.md). Nothing of the validation slice is used
+for fitting, so its figures say how the model does on mail later than any it learnt from.
 """
 
 from __future__ import annotations
@@ -25,17 +28,34 @@ from milter.training.corpus import HAM, SPAM, LabelledMessage, load_labelled, re
 
 DEFAULT_THRESHOLDS: tuple[tuple[str, float], ...] = (("spam", 0.9), ("suspicious", 0.5))  # rules/default.yaml
 
+# Month and weekday names say when a collection was gathered (all of TREC 2007 is April), not
+# whether a message is spam; the abbreviations that are also words (may, mar, sun, sat, wed) stay.
+DATE_WORDS: tuple[str, ...] = (
+    "january", "february", "march", "april", "june", "july", "august", "september", "october",
+    "november", "december", "jan", "feb", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
+    "dec", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "mon",
+    "tue", "tues", "thu", "thur", "thurs", "fri",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     max_features: int = 200_000
     min_df: int = 2
-    C: float = 30.0
+    C: float = 100.0
     ham_weight: float = 1.0  # class weight of ham relative to spam in the linear model
     # Weight of ham in the calibration fit: >1 calibrates for a ham-heavier stream than the
     # corpora's (TREC is 75 % spam), so probabilities err on the side of ham: fewer wanted
     # mails reach the spam folder's threshold, at a small cost in calibration error.
     calibration_ham_weight: float = 8.0
+    # Fit the weights again on training + calibration mail once calibrated (see the docstring).
+    refit: bool = True
+    # Token families left out of the vocabulary (the graph then gives them no weight). X-Mailer /
+    # User-Agent names mark the mail clients of one collection and era (Outlook 2002 was forged
+    # by spammers; today it is a business mail client): left out, a model trained on TREC scored
+    # SpamAssassin's mail better ((1-AUC) 1.64 % vs 1.73 %) and the other way round no worse.
+    exclude_prefixes: tuple[str, ...] = ("mailer:",)
+    exclude_words: tuple[str, ...] = DATE_WORDS
     seed: int = 0
     calibration_fraction: float = 0.1
     validation_fraction: float = 0.1
@@ -88,12 +108,27 @@ def _split_tokens(text: str) -> list[str]:
     return text.split()
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """The vectorizer's tokenizer: message_text's tokens but the excluded words and families."""
+
+    exclude_prefixes: tuple[str, ...] = ()
+    exclude_words: frozenset[str] = frozenset()
+
+    def __call__(self, text: str) -> list[str]:
+        tokens = text.split()
+        if not self.exclude_prefixes and not self.exclude_words:
+            return tokens
+        words, prefixes = self.exclude_words, self.exclude_prefixes  # startswith(()) is False
+        return [token for token in tokens if token not in words and not token.startswith(prefixes)]
+
+
 def fit(texts: Sequence[str], labels: np.ndarray, config: TrainConfig) -> tuple[object, object]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     vectorizer = TfidfVectorizer(
-        tokenizer=_split_tokens,
+        tokenizer=Tokens(tuple(config.exclude_prefixes), frozenset(config.exclude_words)),
         token_pattern=None,
         lowercase=False,
         binary=True,
@@ -215,6 +250,12 @@ def train_on(
     fitted.platt = platt(
         fitted.decision([texts[i] for i in cal_ix]), labels[cal_ix], config.calibration_ham_weight
     )
+    fit_ix = train_ix
+    if config.refit:
+        fit_ix = train_ix + cal_ix
+        log(f"fitting again on training + calibration mail: {len(fit_ix)}")
+        vectorizer, classifier = fit([texts[i] for i in fit_ix], labels[fit_ix], config)
+        fitted = FittedModel(vectorizer, classifier, fitted.platt)
     val_texts = [texts[i] for i in val_ix]
     val_labels = labels[val_ix]
     val_p = fitted.probabilities(val_texts) if val_ix else np.zeros(0)
@@ -229,6 +270,7 @@ def train_on(
         META_TEXT_VERSION: TEXT_VERSION,
         "milter.model_kind": (
             "binary tf-idf (l2) of message_text tokens + logistic regression, Platt-calibrated"
+            + (", refitted on training + calibration mail" if config.refit else "")
         ),
         "milter.params": json.dumps(asdict(config) | {"jobs": None}, sort_keys=True),
         "milter.counts": json.dumps(
@@ -236,12 +278,17 @@ def train_on(
                 "train": _counts(messages, train_ix),
                 "calibration": _counts(messages, cal_ix),
                 "validation": _counts(messages, val_ix),
+                "fitted_on": _counts(messages, fit_ix),
                 "vocabulary": len(vectorizer.vocabulary_),  # type: ignore[attr-defined]
             },
             sort_keys=True,
         ),
         "milter.dates": json.dumps(
-            {"train": _date_range(messages, train_ix), "validation": _date_range(messages, val_ix)},
+            {
+                "train": _date_range(messages, train_ix),
+                "fitted_on": _date_range(messages, fit_ix),
+                "validation": _date_range(messages, val_ix),
+            },
             sort_keys=True,
         ),
         "milter.libraries": json.dumps(_versions(), sort_keys=True),
