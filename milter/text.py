@@ -228,12 +228,15 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     """Append about `limit` normalised word tokens of `text` (lowercased) to `out`."""
     # Words average under 8 characters; scanning a bounded prefix keeps the cost bounded.
     words = _split_words(text[: limit * 16].lower())[:limit]
-    plain = [w for w in words if len(w) <= 3 or (len(w) <= MAX_TOKEN_CHARS and not w.isdigit())]
-    if len(plain) != len(words):  # rare: long numbers, long words, scripts without spaces
-        for word in words:
-            if len(word) > 3 and (len(word) > MAX_TOKEN_CHARS or word.isdigit()):
-                plain.extend(_long_word(word))
-    out.extend([prefix + w for w in plain] if prefix else plain)
+    # Numbers of 4+ digits, long words and scripts without spaces become other tokens, at the end.
+    # One pass finds them; the others are then told apart by set lookups, not by the test again.
+    odd = [w for w in words if len(w) > 3 and (len(w) > MAX_TOKEN_CHARS or w.isdigit())]
+    if odd:
+        known = set(odd)
+        words = [w for w in words if w not in known]
+        for word in odd:
+            words.extend(_long_word(word))
+    out.extend([prefix + w for w in words] if prefix else words)
 
 
 def _strip_list_footer(text: str) -> str:

@@ -23,6 +23,7 @@ from milter.text import (
     _parse_head,
     _split_words,
     _strip_list_footer,
+    _words,
     message_text,
 )
 
@@ -301,6 +302,49 @@ MIXED_TEXT = st.text(
 def test_words_are_the_words_the_pattern_finds(text: str) -> None:
     assert _split_words(text) == _WORD.findall(text)
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
+
+
+def slow_words(text: str, prefix: str, limit: int) -> list[str]:
+    words = _WORD.findall(text[: limit * 16].lower())[:limit]
+    plain = [w for w in words if len(w) <= 3 or (len(w) <= 24 and not w.isdigit())]
+    for word in words:
+        if len(word) > 3 and (len(word) > 24 or word.isdigit()):
+            if word.isdigit():
+                plain.append(f"num{min(len(word), 20)}")
+            elif word.isascii():
+                plain.append(word[:24])
+            else:
+                plain.extend(word[i : i + 2] for i in range(0, min(len(word), 64), 2))
+    return [prefix + w for w in plain]
+
+
+WORD_PIECES = st.sampled_from(
+    [
+        *("a", "ab", "abc", "word", "2002", "123", "1234", "12345678901234567890123", " ", ". ", "\n"),
+        *(
+            "x" * 24,
+            "y" * 25,
+            "Z" * 30,
+            "²³¹²",
+            "٣٣٣٣",
+            "①②③④",
+            "\uff11\uff12\uff13\uff14",  # fullwidth digits
+            "日本語のテキスト",
+            "é" * 26,
+            "$",
+            "!",
+        ),
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(WORD_PIECES, max_size=40).map("".join), st.sampled_from(["", "subj:"]), st.integers(1, 12))
+def test_word_tokens_are_the_per_word_tests(text: str, prefix: str, limit: int) -> None:
+    # Numbers (of any script's digits), long words and CJK runs among the first `limit` words.
+    out: list[str] = []
+    _words(text, out, prefix, limit)
+    assert out == slow_words(text, prefix, limit)
 
 
 def test_words_beside_lone_surrogates() -> None:
