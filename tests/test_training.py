@@ -192,6 +192,26 @@ def test_train_command_writes_one_model_atomically(
     onnx.checker.check_model(onnx.load(str(out)))
 
 
+def test_train_command_options_for_refit_and_exclusions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=40, spam=40)
+    out = tmp_path / "m.onnx"
+    argv = ["train", "--ham", str(ham), "--spam", str(spam), "--out", str(out), "--quiet", "--min-df", "1"]
+    assert main(argv) == 0
+    params = json.loads(load_model(out).metadata["milter.params"])
+    assert params["refit"] is True and params["C"] == 100.0
+    assert params["exclude_prefixes"] == ["mailer:"] and set(params["exclude_words"]) == set(DATE_WORDS)
+    capsys.readouterr()
+    options = ["--no-refit", "--exclude-prefix", "--exclude-word", "hello", "world"]
+    assert main([*argv, *options]) == 0
+    model = load_model(out)
+    params = json.loads(model.metadata["milter.params"])
+    assert params["refit"] is False
+    assert params["exclude_prefixes"] == [] and params["exclude_words"] == ["hello", "world"]
+    assert "refitted" not in model.metadata["milter.model_kind"]
+
+
 def test_train_command_reports_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "train",
