@@ -8,8 +8,10 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from selectolax.lexbor import LexborHTMLParser
 
 from milter.text import (
+    _BLOCK_TAGS,
     _FOOTER_RULE,
     _SIMPLE_ADDRESS,
     _WORD,
@@ -18,6 +20,7 @@ from milter.text import (
     TEXT_VERSION,
     _head_end,
     _hosts,
+    _html_text,
     _link_hosts,
     _parse_address,
     _parse_head,
@@ -581,3 +584,41 @@ def test_list_footer_at_the_edge_of_the_scanned_tail() -> None:
         assert _strip_list_footer(text) == slow_strip_list_footer(text), offset
         cuts += _strip_list_footer(text) != text
     assert cuts == 4  # the rule is seen when it starts inside the tail
+
+
+def spaced_body_text(markup: str) -> str:
+    """The body text with a space inserted before and after every block element, void ones too."""
+    tree = LexborHTMLParser(markup)
+    assert tree.root is not None
+    for node in tree.root.traverse():
+        if node.tag in _BLOCK_TAGS:
+            node.insert_before(" ")
+            node.insert_after(" ")
+    return tree.body.text() if tree.body is not None else ""  # a frameset has no body
+
+
+BR_PIECES = st.sampled_from(
+    [
+        *(
+            "<br>",
+            "</br>",
+            "<br/>",
+            "<br>x</br>",
+            "<hr>",
+            "<hr>y</hr>",
+            "<BR clear=all>",
+            "<p>",
+            "</p>",
+            "<td>",
+        ),
+        *("<table>", "<tr>", "<select>", "<option>", "<svg>", "<math><mi>", "<template>", "<b>", "</b>"),
+        *("<frameset>", "<plaintext>", "<textarea>", "<xmp>", "</xmp>", "word", " ", "\n", "日本"),
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(BR_PIECES, max_size=25).map("".join))
+def test_void_block_tags_get_one_double_space(markup: str) -> None:
+    # <br> and <hr> never have children, so one "  " stands for the spaces before and after.
+    assert _html_text(markup)[0] == spaced_body_text(markup)
