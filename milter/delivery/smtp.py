@@ -9,9 +9,9 @@ recipient, and each answer is kept.
 Why not aiosmtplib here: it has no LMTP client (cole/aiosmtplib#210, open), and its reply
 reader keeps one reply per command and drops data that arrives while no command is pending, so
 LMTP's per-recipient replies after DATA can be lost (aiosmtplib/protocol.py, `data_received`;
-the stdlib's smtplib.LMTP has the same fault, python/cpython#76984). The client needed is small (one command, one reply;
-a banner; EHLO/LHLO; the DATA dot rules), so it is written here on asyncio streams, where every
-byte of every reply is read.
+the stdlib's smtplib.LMTP has the same fault, python/cpython#76984). The client needed is
+small (a banner; EHLO/LHLO; commands, pipelined or one by one, and their replies; the DATA dot
+rules), so it is written here on asyncio streams, where every byte of every reply is read.
 
 Connections are reused: a transaction takes an idle connection (or opens one) and gives it back
 when it ends cleanly. A connection the next hop closed while idle is noticed at MAIL, before
