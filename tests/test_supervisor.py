@@ -88,6 +88,21 @@ def start(
         )
 
 
+def start_with_rules(
+    sink: Any, tmp_path: Path, env: dict[str, str]
+) -> tuple[Path, int, Path, subprocess.Popen[bytes]]:
+    """Two workers in front of `sink` on a free port, with a copy of the shipped rules the test
+    may edit: (rules file, port, log, process)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_PATH.read_text())
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start(
+        "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url, "--rules", str(rules),
+        "--model", str(MODEL_PATH), "--quarantine", str(tmp_path / "q"), log=log, env=env,
+    )  # fmt: skip
+    return rules, port, log, proc
+
+
 def free_pair() -> int:
     """A port that is free, and the one after it too (metrics of workers 0 and 1)."""
     while True:
@@ -145,14 +160,9 @@ def stopped(proc: subprocess.Popen[bytes]) -> None:
 def test_two_workers_share_the_port_reload_as_one_and_a_killed_one_comes_back(
     sink: Any, notify: NotifySocket, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES_PATH.read_text())
-    port, log = free_port(), tmp_path / "serve.log"
-    proc = start(
-        "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url, "--rules", str(rules),
-        "--model", str(MODEL_PATH), "--quarantine", str(tmp_path / "q"), log=log,
-        env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"},
-    )  # fmt: skip
+    rules, port, log, proc = start_with_rules(
+        sink, tmp_path, {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+    )
     try:
         ready = notify.wait_for("READY=1")
         pids = {int(m[1]): int(m[2]) for m in wait_log(log, r"worker (\d) started \(pid (\d+)\)", 2)}
@@ -220,14 +230,7 @@ def test_sighup_while_the_workers_start_reaches_them_once_they_are_ready(
     """`systemctl reload` (or an admin's kill -HUP) while the workers are still loading: none
     dies of it (a worker does not handle SIGHUP before its daemon runs), and each reloads once
     it is ready, so a file changed during start-up is live in all of them."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES_PATH.read_text())
-    port, log = free_port(), tmp_path / "serve.log"
-    proc = start(
-        "--listen", f"127.0.0.1:{port}", "--next-hop", sink.url, "--rules", str(rules),
-        "--model", str(MODEL_PATH), "--quarantine", str(tmp_path / "q"), log=log,
-        env={"NOTIFY_SOCKET": str(notify.path)},
-    )  # fmt: skip
+    rules, port, log, proc = start_with_rules(sink, tmp_path, {"NOTIFY_SOCKET": str(notify.path)})
     try:
         wait_log(log, r"worker 1 started", 1)
         rules.write_text("rules:\n  - {name: changed-at-start, action: flag}\n")
