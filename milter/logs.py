@@ -105,6 +105,9 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # No formatter here shows threads or processes: don't collect them for every record (the
+    # logging HOWTO's "Optimization" section; one record is written per message).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiosmtpd logs every command at INFO: far too much for a mail log, and it costs time.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     return handler
