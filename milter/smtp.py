@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -453,7 +453,7 @@ class FilterSMTP(SMTP):
         """Shutdown: say 421 to a session between transactions and close it. True if closed."""
         if self.busy or self.transport is None:
             return False
-        cast(asyncio.WriteTransport, self.transport).write(SHUTTING_DOWN.encode() + b"\r\n")
+        self._replies.append(SHUTTING_DOWN.encode() + b"\r\n")  # after any reply still held
         self._close()
         return True
 
