@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
+import smtplib
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +251,44 @@ def running_sink(lmtp: bool = False, **options: Any) -> Iterator[Sink]:
     finally:
         if controller._thread is not None:  # a test may have stopped it (next hop down)
             controller.stop()
+
+
+def sigterm_with_messages_in_flight(
+    port: int, sink: Sink, proc: subprocess.Popen[bytes], messages: list[tuple[str, bytes]]
+) -> dict[int, object]:
+    """Send each (sender, message) on its own connection; once all are at the next hop's DATA
+    (the sink must delay it), SIGTERM the whole process group, as systemd stops a unit; wait for
+    every client and for the process, which must exit 0. Returns sendmail's result (or the
+    exception) per message index."""
+    results: dict[int, object] = {}
+
+    def send(i: int) -> None:
+        client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+        try:
+            results[i] = client.sendmail(messages[i][0], ["bob@example.net"], messages[i][1])
+        except (smtplib.SMTPException, OSError) as e:
+            results[i] = e
+        finally:
+            client.close()  # no QUIT: after its reply the server may have said 421 and closed
+
+    n = len(messages)
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while sink.handler.data_started < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.handler.data_started == n, f"the {n} messages never were in flight together"
+    os.killpg(proc.pid, signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert proc.wait(60) == 0
+    return results
+
+
+def flight_ids(sink: Sink) -> list[int]:
+    """The numbers of the <flight-N@...> Message-IDs the sink received, sorted."""
+    return sorted(int(r.data.split(b"<flight-")[1].split(b"@")[0]) for r in sink.received)
 
 
 @pytest.fixture

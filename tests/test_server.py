@@ -8,13 +8,12 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODEL_PATH, ROOT, RULES_PATH, free_port
+from conftest import MODEL_PATH, ROOT, RULES_PATH, flight_ids, free_port, sigterm_with_messages_in_flight
 
 from milter.config import NextHop
 
@@ -65,28 +64,8 @@ def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, t
             wait_port(port, proc)
             idle = smtplib.SMTP("127.0.0.1", port, timeout=30)  # connected, between transactions
             idle.ehlo("idle.test")
-            results: dict[int, object] = {}
-
-            def send(i: int) -> None:
-                client = smtplib.SMTP("127.0.0.1", port, timeout=60)
-                try:
-                    results[i] = client.sendmail(f"sender{i}@example.org", ["bob@example.net"], message(i))
-                except (smtplib.SMTPException, OSError) as e:
-                    results[i] = e
-                finally:
-                    client.close()  # no QUIT: after its reply the server said 421 and closed
-
-            threads = [threading.Thread(target=send, args=(i,)) for i in range(50)]
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + 30
-            while sink.handler.data_started < 50 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert sink.handler.data_started == 50, "the 50 messages never were in flight together"
-            os.killpg(proc.pid, signal.SIGTERM)  # as systemd stops a unit: every process of it
-            for t in threads:
-                t.join(60)
-            assert proc.wait(60) == 0
+            flight = [(f"sender{i}@example.org", message(i)) for i in range(50)]
+            results = sigterm_with_messages_in_flight(port, sink, proc, flight)
             code, _ = idle.noop()
             idle.close()
             assert code == 421  # told the service is going away, not left hanging
@@ -96,8 +75,7 @@ def test_sigterm_while_50_sessions_are_in_flight_loses_none(sink_factory: Any, t
                 proc.wait()
     # Every message in flight was let finish: each client got 250, the next hop has each once.
     assert results == {i: {} for i in range(50)}
-    ids = sorted(int(r.data.split(b"<flight-")[1].split(b"@")[0]) for r in sink.received)
-    assert ids == list(range(50))
+    assert flight_ids(sink) == list(range(50))
     text = log.read_text()
     assert "stopping: draining sessions" in text and "stopped" in text
     assert "text worker" not in text  # the workers ignored SIGTERM and served to the end

@@ -12,14 +12,13 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODEL_PATH, ROOT, RULES_PATH, free_port
+from conftest import MODEL_PATH, ROOT, RULES_PATH, flight_ids, free_port, sigterm_with_messages_in_flight
 
 from milter.config import Config
 from milter.supervisor import WorkerTag, backoff, check_port_free, combined_status, worker_config
@@ -261,33 +260,12 @@ def test_sigterm_to_the_whole_group_with_sessions_in_flight_loses_none(
         )  # fmt: skip
         try:
             wait_log(log, "all workers ready")
-            results: dict[int, object] = {}
-
-            def send(i: int) -> None:
-                client = smtplib.SMTP("127.0.0.1", port, timeout=60)
-                try:
-                    results[i] = client.sendmail("a@example.org", ["b@example.net"], message("flight", i))
-                except (smtplib.SMTPException, OSError) as e:
-                    results[i] = e
-                finally:
-                    client.close()
-
-            threads = [threading.Thread(target=send, args=(i,)) for i in range(30)]
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + 30
-            while sink.handler.data_started < 30 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert sink.handler.data_started == 30, "the 30 messages never were in flight together"
-            os.killpg(proc.pid, signal.SIGTERM)  # as systemd stops a unit: every process of it
-            for t in threads:
-                t.join(60)
-            assert proc.wait(60) == 0
+            flight = [("a@example.org", message("flight", i)) for i in range(30)]
+            results = sigterm_with_messages_in_flight(port, sink, proc, flight)
         finally:
             stopped(proc)
     assert results == {i: {} for i in range(30)}
-    ids = sorted(int(r.data.split(b"<flight-")[1].split(b"@")[0]) for r in sink.received)
-    assert ids == list(range(30))
+    assert flight_ids(sink) == list(range(30))
     assert set(workers_by_message(log, "flight").values()) == {0, 1}  # both were draining
     assert "was killed" not in log.read_text() and "exited with" not in log.read_text()
 
