@@ -39,6 +39,14 @@ def header_end(raw: bytes) -> int:
     return match.end() if match else 0
 
 
+def header_fields_section(raw: bytes) -> bytes:
+    """The lines of `raw` that are header fields (see header_end), an mbox From_ line left out."""
+    head = header_block(raw)
+    if head.startswith(b"From "):
+        head = head.partition(b"\n")[2]  # an mbox From_ line is not a header field
+    return head[: header_end(head)]
+
+
 def parse_header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
     """(name, value) of each header field of `raw`, in order, values unfolded and whitespace
     collapsed, bytes read as UTF-8 (undecodable ones replaced). Never raises.
@@ -47,10 +55,7 @@ def parse_header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
     message; encoded words (RFC 2047) stay as sent, as header rules expect to match them.
     """
     fields: list[list[bytes]] = []
-    head = header_block(raw)
-    if head.startswith(b"From "):
-        head = head.partition(b"\n")[2]  # an mbox From_ line is not a header field
-    for line in head[: header_end(head)].split(b"\n"):
+    for line in header_fields_section(raw).split(b"\n"):
         line = line.removesuffix(b"\r")
         if line[:1] in (b" ", b"\t"):
             if fields:
@@ -111,10 +116,7 @@ class Message:
         if "headers" in self.__dict__:  # parsed already (a header rule ran): use that
             ids = self.header_values("Message-ID")
             return ids[0] if ids else None
-        head = header_block(self.raw)
-        if head.startswith(b"From "):
-            head = head.partition(b"\n")[2]
-        found = _MESSAGE_ID.search(head, 0, header_end(head))
+        found = _MESSAGE_ID.search(header_fields_section(self.raw))
         if found is None:
             return None
         # Unfolded and whitespace collapsed (CR and LF are whitespace), as parse_header_fields does.
