@@ -54,6 +54,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
@@ -277,19 +278,9 @@ def offline_scores(messages: list[bytes], work: Path) -> tuple[dict[int, float],
     folder.mkdir()
     for i, raw in enumerate(messages):
         (folder / f"{i:05d}").write_bytes(raw)
-    out = subprocess.run(
-        [sys.executable, "-m", "milter", "score", "--json", "--model", str(work / "model" / "spam.onnx"),
-         "--rules", str(work / "rules.yaml"), str(folder)],
-        capture_output=True, text=True, check=False, cwd=REPO,
-    ).stdout  # fmt: skip
-    scores = {}
-    models = set()
-    for line in out.splitlines():
-        rec = json.loads(line)
-        if "probability" in rec:
-            scores[int(Path(rec["file"]).name)] = float(rec["probability"])
-            models.add(rec["model"])
-    return scores, ", ".join(sorted(models))
+    records = score_files([folder], work / "model" / "spam.onnx", "--rules", str(work / "rules.yaml"))
+    scores = {int(Path(rec["file"]).name): float(rec["probability"]) for rec in records}
+    return scores, ", ".join(sorted({rec["model"] for rec in records}))
 
 
 def audit(
@@ -342,7 +333,9 @@ def explain_mismatches(
     """
     if not found:
         return []
-    rescored = score_files([path for _, _, path in found], model)
+    rescored = {
+        rec["file"]: float(rec["probability"]) for rec in score_files([path for _, _, path in found], model)
+    }
     out = []
     for i, p, path in found:
         again = rescored.get(str(path))
@@ -356,16 +349,14 @@ def explain_mismatches(
     return out
 
 
-def score_files(paths: list[Path], model: Path) -> dict[str, float]:
+def score_files(paths: list[Path], model: Path, *options: str) -> list[dict[str, Any]]:
+    """`milter score --json` with `model` on files and directories: a record per scored file."""
     out = subprocess.run(
-        [sys.executable, "-m", "milter", "score", "--json", "--model", str(model), *map(str, paths)],
+        [sys.executable, "-m", "milter", "score", "--json", "--model", str(model), *options,
+         *map(str, paths)],
         capture_output=True, text=True, check=False, cwd=REPO,
     ).stdout  # fmt: skip
-    return {
-        rec["file"]: float(rec["probability"])
-        for rec in map(json.loads, out.splitlines())
-        if "probability" in rec
-    }
+    return [rec for rec in map(json.loads, out.splitlines()) if "probability" in rec]
 
 
 def run_setup(
