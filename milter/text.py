@@ -148,8 +148,9 @@ def _html_text(markup: str) -> tuple[str, list[str], set[str]]:
     return (body.text() if body is not None else ""), urls, tags
 
 
-def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Bytes in a declared charset; unknown or broken charsets fall back to UTF-8, then Latin-1."""
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes in a declared charset; unknown or broken charsets fall back to UTF-8, then Latin-1.
+    (Also how milter.training.reencode reads a part, so a rewrapped copy keeps the same words.)"""
     if charset:
         try:
             codecs.lookup(charset)
@@ -168,7 +169,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
 
 def _header_text(value: bytes) -> str:
     """A header value as readable text: RFC 2047 words decoded, raw 8-bit bytes read as UTF-8."""
-    text = _decode_bytes(value, None)
+    text = decode_bytes(value, None)
     if "=?" in text:
         try:
             pieces = email.header.decode_header(text)
@@ -176,7 +177,7 @@ def _header_text(value: bytes) -> str:
             text = "".join(
                 piece
                 if isinstance(piece, str)
-                else _decode_bytes(piece, charset)
+                else decode_bytes(piece, charset)
                 if charset
                 else piece.decode("raw-unicode-escape")
                 for piece, charset in pieces
@@ -514,7 +515,7 @@ def _extract(raw: bytes) -> str:
             kinds.add("attach:" + _token(name.rpartition(".")[2].strip("\"' ").lower()[:10]))
         if budget <= 0 or ctype not in ("text/plain", "text/html"):
             continue
-        text = _decode_bytes(_payload(part, cte), charset or None)
+        text = decode_bytes(_payload(part, cte), charset or None)
         if ctype == "text/html" or text.lstrip()[:6].lower() == "<html>":
             # Invisible stretches go first, by regex: comments are where spam hides words for
             # Bayesian filters, and CSS and scripts are not text.

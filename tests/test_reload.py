@@ -63,7 +63,7 @@ def model_bytes() -> bytes:
     ]
     texts = [message_text(m.raw) for m in messages]
     return train_on(
-        messages, texts, TrainConfig(max_features=400, min_df=1), "tests/test_reload.py"
+        messages, texts, TrainConfig(max_features=400, min_df=1, augment=()), "tests/test_reload.py"
     ).model_bytes
 
 

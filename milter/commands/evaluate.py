@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from milter.commands.score import DEFAULT_MODEL, DEFAULT_RULES
 from milter.errors import MilterError
+from milter.training.reencode import STYLES
 
 if TYPE_CHECKING:
     from milter.training.evaluate import SystemScores
@@ -27,6 +28,12 @@ judged on mail later than any it learnt from. --all scores every message instead
 model has never seen). --compare retrains other systems on the same earlier slices (training +
 calibration) and scores the same messages: `yardstick` (word TF-IDF + logistic regression over
 subject + body) and `bogofilter` / `bogofilter-noheaders` (if installed).
+
+--rewrap scores the same messages again rewrapped as today's mail programs send them (Outlook:
+base64 UTF-8 with a Word HTML alternative; Gmail: quoted-printable with a <div> alternative; a
+mail service: HTML alone): the words stay, the wrapping changes. Old corpora wrap ham and spam
+differently (plain ASCII ham, HTML and base64 spam), so a model that learnt the wrapping shows
+it here as ham pushed above the thresholds.
 """
 
 EPILOG = """\
@@ -67,6 +74,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         choices=("yardstick", "bogofilter", "bogofilter-noheaders"),
         help="systems to retrain on the earlier slices and score alongside",
+    )
+    parser.add_argument(
+        "--rewrap",
+        nargs="*",
+        choices=sorted(STYLES),
+        metavar="STYLE",
+        help=f"also score the messages rewrapped in these styles, all with no STYLE ({', '.join(STYLES)})",
     )
     parser.add_argument(
         "--report", type=Path, metavar="DIR", help="also write PNG plots and report.json here"
@@ -134,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         print("milter evaluate: the evaluated mail needs both ham and spam", file=sys.stderr)
         return 2
     thresholds = list(ruleset.thresholds)
-    systems = evaluate(model, messages, eval_ix, train_ix, thresholds, args.compare, log=log)
+    rewrap = [] if args.rewrap is None else (args.rewrap or list(STYLES))
+    systems = evaluate(model, messages, eval_ix, train_ix, thresholds, args.compare, log=log, rewrap=rewrap)
     ours = systems[0]
     report = {
         "model": model.id,

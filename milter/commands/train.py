@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from milter.training.reencode import STYLES
+
 HELP = """\
 Read labelled mail, fit a linear TF-IDF model over message->text tokens, calibrate it and write
 ONE self-contained ONNX file (text in, spam probability and explanation out).
@@ -80,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "weekday names, which say when a collection was gathered, not what is spam)",
     )
     parser.add_argument(
+        "--augment",
+        nargs="*",
+        default=list(STYLES),
+        choices=sorted(STYLES),
+        metavar="STYLE",
+        help="also fit every message rewrapped as these mail programs send it today (the words "
+        "kept, the MIME wrapping changed), so that the corpus' era-bound wrapping carries no "
+        "weight; none with no STYLE (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-refit",
         dest="refit",
         action="store_false",
@@ -123,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         refit=args.refit,
         exclude_prefixes=tuple(args.exclude_prefix),
         exclude_words=DATE_WORDS if args.exclude_word is None else tuple(args.exclude_word),
+        augment=tuple(args.augment),
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

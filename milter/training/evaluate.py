@@ -25,6 +25,7 @@ from milter.model import Model
 from milter.text import message_text
 from milter.training import metrics
 from milter.training.corpus import LabelledMessage
+from milter.training.reencode import reencode
 
 
 @dataclass
@@ -38,15 +39,21 @@ class SystemScores:
     figures: dict[str, object] = field(default_factory=dict)
 
 
-def score_with_model(model: Model, raws: Sequence[bytes], batch: int = 64) -> SystemScores:
-    """The model's probabilities, timed end to end: message->text and the graph, one process."""
+def score_with_model(
+    model: Model, raws: Sequence[bytes], batch: int = 64, rewrap: str | None = None
+) -> SystemScores:
+    """The model's probabilities, timed end to end: message->text and the graph, one process.
+    With `rewrap`, of the messages rewrapped in that style (milter.training.reencode) instead;
+    the time then includes the rewrapping."""
     started = time.perf_counter()
     out: list[float] = []
     for start in range(0, len(raws), batch):
-        texts = [message_text(raw) for raw in raws[start : start + batch]]
+        chunk = raws[start : start + batch]
+        texts = [message_text(reencode(raw, rewrap) if rewrap else raw) for raw in chunk]
         out.extend(score.probability for score in model.score_texts(texts))
     seconds = time.perf_counter() - started
-    return SystemScores(f"milter ({model.id})", np.array(out, dtype=np.float64), seconds)
+    name = f"milter ({model.id})" + (f", rewrapped {rewrap}" if rewrap else "")
+    return SystemScores(name, np.array(out, dtype=np.float64), seconds)
 
 
 def yardstick_text(raw: bytes) -> str:
@@ -183,13 +190,19 @@ def evaluate(
     thresholds: Sequence[tuple[str, float]],
     compare: Sequence[str] = (),
     log: Callable[[str], None] = lambda _: None,
+    rewrap: Sequence[str] = (),
 ) -> list[SystemScores]:
-    """Score the evaluation messages with the model and each comparison system."""
+    """Score the evaluation messages with the model, with the model again for each style of
+    `rewrap` (the same messages rewrapped as today's mail programs send them), and with each
+    comparison system."""
     eval_raws = [messages[i].raw for i in eval_ix]
     train_raws = [messages[i].raw for i in train_ix]
     train_labels = np.array([messages[i].label for i in train_ix], dtype=np.int64)
     log(f"scoring {len(eval_raws)} messages with {model.id}")
     systems = [score_with_model(model, eval_raws)]
+    for style in rewrap:
+        log(f"scoring them rewrapped ({style}) with {model.id}")
+        systems.append(score_with_model(model, eval_raws, rewrap=style))
     for name in compare:
         log(f"training and scoring: {name}")
         if name == "yardstick":
