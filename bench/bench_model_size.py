@@ -2,11 +2,13 @@
 """Size study of the spam model: vocabulary size and L1 pruning vs accuracy, size and speed.
 
 Every variant is trained exactly like `milter train` (same time split, same calibration) on the
-shared corpus, exported to ONNX with the same graph, and measured: file size, load time,
-per-message inference median (one thread, text already extracted), and the validation figures
-((1-AUC) %, spam recall at 0.1 % and 1 % ham FPR, ham FPR at p >= 0.9, ECE). The ONNX-vs-
-scikit-learn maximum probability difference is printed for each, and the graph is also loaded
-at onnxruntime's basic and full optimisation levels to see whether saving it optimised helps.
+shared corpus: each fitting message is fitted next to its copies rewrapped in every style of
+TrainConfig.augment, min_df counts messages (not copies), and Platt scaling sees the original
+mail alone; the L1-pruned variants choose their terms on that same augmented fitting set. Each
+is exported to ONNX with the same graph and measured: file size, load time, per-message
+inference median (one thread, text already extracted), and the validation figures ((1-AUC) %,
+spam recall at 0.1 % and 1 % ham FPR, ham FPR at p >= 0.9, ECE). The ONNX-vs-scikit-learn
+maximum probability difference is printed for each.
 
 usage: bench/bench_model_size.py [--corpus /work/corpus] [--jobs 2]
 """
@@ -20,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,9 +34,10 @@ sys.path.insert(0, str(REPO))
 from milter.model import META_TEXT_VERSION, load_model  # noqa: E402
 from milter.text import TEXT_VERSION  # noqa: E402
 from milter.training import metrics  # noqa: E402
-from milter.training.corpus import load_labelled, time_split  # noqa: E402
+from milter.training.corpus import HAM, SPAM, load_labelled, time_split  # noqa: E402
 from milter.training.train import (  # noqa: E402
     FittedModel,
+    Rewrapped,
     TrainConfig,
     _split_tokens,
     export,
@@ -45,7 +49,7 @@ from milter.training.train import (  # noqa: E402
 
 
 def refit_on(
-    vocabulary: list[str], texts: list[str], labels: np.ndarray, config: TrainConfig
+    vocabulary: list[str], texts: Sequence[str], labels: np.ndarray, config: TrainConfig
 ) -> tuple[object, object]:
     """Second stage of L1 pruning: a fresh L2 model over the surviving terms only."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -60,16 +64,37 @@ def refit_on(
         dtype=np.float32,
     )
     x = vectorizer.fit_transform(texts)
-    classifier = LogisticRegression(C=config.C, solver="liblinear", max_iter=1000, random_state=config.seed)
+    classifier = LogisticRegression(
+        C=config.C,
+        solver="liblinear",
+        max_iter=1000,
+        random_state=config.seed,
+        class_weight={HAM: config.ham_weight, SPAM: 1.0},
+    )
     classifier.fit(x, labels)
     return vectorizer, classifier
 
 
+def fitting_set(
+    ix: Sequence[int],
+    texts: Sequence[str],
+    rewrapped: dict[str, list[str]],
+    labels: np.ndarray,
+    config: TrainConfig,
+) -> tuple[list[str], np.ndarray, int]:
+    """As train_on's: the messages' texts, then those of each rewrapped copy; and how many messages."""
+    chosen = [texts[i] for i in ix]
+    for style in config.augment:
+        chosen += [rewrapped[style][i] for i in ix]
+    return chosen, np.tile(labels[list(ix)], 1 + len(config.augment)), len(ix)
+
+
 def fit_variant(
-    texts: list[str], labels: np.ndarray, config: TrainConfig, l1_c: float | None
+    texts: Sequence[str], labels: np.ndarray, config: TrainConfig, l1_c: float | None, messages: int
 ) -> tuple[object, object]:
-    """Fit like `milter train`; with l1_c, keep the terms an L1 model at that C uses and refit L2."""
-    vectorizer, classifier = fit(texts, labels, config)
+    """Fit like `milter train` (texts are versions of `messages` messages, vocabulary by message);
+    with l1_c, keep the terms an L1 model at that C uses on the same texts and refit L2."""
+    vectorizer, classifier = fit(texts, labels, config, messages=messages)
     if l1_c is None:
         return vectorizer, classifier
     from sklearn.linear_model import LogisticRegression
@@ -97,12 +122,15 @@ def main() -> int:
         )
     )
     texts = texts_of((m.raw for m in messages), len(messages), args.jobs)
+    base = TrainConfig()
+    rewrapped = {
+        style: texts_of((m.raw for m in messages), len(messages), args.jobs, text_of=Rewrapped(style))
+        for style in base.augment
+    }
     labels = np.array([m.label for m in messages])
     train_ix, cal_ix, val_ix = time_split(messages, 0.1, 0.1)
-    tr = [texts[i] for i in train_ix]
     ca = [texts[i] for i in cal_ix]
     va = [texts[i] for i in val_ix]
-    base = TrainConfig()
     variants: list[tuple[str, TrainConfig, float | None]] = [
         ("vocab 5k", replace(base, max_features=5_000), None),
         ("vocab 20k", replace(base, max_features=20_000), None),
@@ -113,13 +141,15 @@ def main() -> int:
     ]
     rows = []
     for name, config, l1_c in variants:
-        # As `milter train`: fit on the training slice, calibrate on the next, then (refit)
-        # fit again on both and keep the calibration.
-        vectorizer, classifier = fit_variant(tr, labels[train_ix], config, l1_c)
+        # As `milter train`: fit on the training slice (and its rewrapped copies), calibrate on
+        # the next (original mail), then (refit) fit again on both and keep the calibration.
+        fit_texts, fit_labels, n = fitting_set(train_ix, texts, rewrapped, labels, config)
+        vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, n)
         fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
         fitted.platt = platt(fitted.decision(ca), labels[cal_ix], config.calibration_ham_weight)
         if config.refit:
-            vectorizer, classifier = fit_variant(tr + ca, labels[train_ix + cal_ix], config, l1_c)
+            fit_texts, fit_labels, n = fitting_set(train_ix + cal_ix, texts, rewrapped, labels, config)
+            vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, n)
             fitted = FittedModel(vectorizer, classifier, fitted.platt)
         p = fitted.probabilities(va)
         figures = metrics.figures(labels[val_ix], p, [("spam", 0.9)])
