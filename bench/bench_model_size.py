@@ -34,59 +34,18 @@ sys.path.insert(0, str(REPO))
 from milter.model import META_TEXT_VERSION, load_model  # noqa: E402
 from milter.text import TEXT_VERSION  # noqa: E402
 from milter.training import metrics  # noqa: E402
-from milter.training.corpus import HAM, SPAM, load_labelled, time_split  # noqa: E402
+from milter.training.corpus import load_labelled, time_split  # noqa: E402
 from milter.training.train import (  # noqa: E402
     FittedModel,
     Rewrapped,
     TrainConfig,
-    _split_tokens,
     export,
     fit,
+    fitting_set,
     onnx_probabilities,
     platt,
     texts_of,
 )
-
-
-def refit_on(
-    vocabulary: list[str], texts: Sequence[str], labels: np.ndarray, config: TrainConfig
-) -> tuple[object, object]:
-    """Second stage of L1 pruning: a fresh L2 model over the surviving terms only."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    vectorizer = TfidfVectorizer(
-        tokenizer=_split_tokens,
-        token_pattern=None,
-        lowercase=False,
-        binary=True,
-        vocabulary=vocabulary,
-        dtype=np.float32,
-    )
-    x = vectorizer.fit_transform(texts)
-    classifier = LogisticRegression(
-        C=config.C,
-        solver="liblinear",
-        max_iter=1000,
-        random_state=config.seed,
-        class_weight={HAM: config.ham_weight, SPAM: 1.0},
-    )
-    classifier.fit(x, labels)
-    return vectorizer, classifier
-
-
-def fitting_set(
-    ix: Sequence[int],
-    texts: Sequence[str],
-    rewrapped: dict[str, list[str]],
-    labels: np.ndarray,
-    config: TrainConfig,
-) -> tuple[list[str], np.ndarray, int]:
-    """As train_on's: the messages' texts, then those of each rewrapped copy; and how many messages."""
-    chosen = [texts[i] for i in ix]
-    for style in config.augment:
-        chosen += [rewrapped[style][i] for i in ix]
-    return chosen, np.tile(labels[list(ix)], 1 + len(config.augment)), len(ix)
 
 
 def fit_variant(
@@ -104,7 +63,7 @@ def fit_variant(
     l1.fit(x, labels)
     terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)  # type: ignore[attr-defined]
     kept = [t for t, w in zip(terms, l1.coef_[0], strict=True) if w != 0.0]
-    return refit_on(kept, texts, labels, config)
+    return fit(texts, labels, config, terms=kept)  # L2 over the surviving terms only
 
 
 def main() -> int:
@@ -143,13 +102,14 @@ def main() -> int:
     for name, config, l1_c in variants:
         # As `milter train`: fit on the training slice (and its rewrapped copies), calibrate on
         # the next (original mail), then (refit) fit again on both and keep the calibration.
-        fit_texts, fit_labels, n = fitting_set(train_ix, texts, rewrapped, labels, config)
-        vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, n)
+        fit_texts, fit_labels = fitting_set(train_ix, texts, rewrapped, labels, config.augment)
+        vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, len(train_ix))
         fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
         fitted.platt = platt(fitted.decision(ca), labels[cal_ix], config.calibration_ham_weight)
         if config.refit:
-            fit_texts, fit_labels, n = fitting_set(train_ix + cal_ix, texts, rewrapped, labels, config)
-            vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, n)
+            fit_ix = train_ix + cal_ix
+            fit_texts, fit_labels = fitting_set(fit_ix, texts, rewrapped, labels, config.augment)
+            vectorizer, classifier = fit_variant(fit_texts, fit_labels, config, l1_c, len(fit_ix))
             fitted = FittedModel(vectorizer, classifier, fitted.platt)
         p = fitted.probabilities(va)
         figures = metrics.figures(labels[val_ix], p, [("spam", 0.9)])

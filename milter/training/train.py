@@ -165,16 +165,23 @@ def vocabulary_of(
 
 
 def fit(
-    texts: Sequence[str], labels: np.ndarray, config: TrainConfig, messages: int | None = None
+    texts: Sequence[str],
+    labels: np.ndarray,
+    config: TrainConfig,
+    messages: int | None = None,
+    terms: Sequence[str] | None = None,
 ) -> tuple[object, object]:
     """Fit the vectorizer and classifier; with `messages`, texts are versions of that many
-    messages (see vocabulary_of) and min_df counts messages, not versions."""
+    messages (see vocabulary_of) and min_df counts messages, not versions; with `terms`, the
+    vocabulary is exactly those terms (e.g. the ones an L1 model kept)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     tokens = Tokens(tuple(config.exclude_prefixes), frozenset(config.exclude_words))
     vocabulary = None
-    if messages is not None and messages != len(texts):
+    if terms is not None:
+        vocabulary = {term: column for column, term in enumerate(sorted(terms))}
+    elif messages is not None and messages != len(texts):
         vocabulary = vocabulary_of(texts, messages, tokens, config.min_df, config.max_features)
     vectorizer = TfidfVectorizer(
         tokenizer=tokens,
@@ -280,6 +287,21 @@ def _versions() -> dict[str, str]:
     }
 
 
+def fitting_set(
+    ix: Sequence[int],
+    texts: Sequence[str],
+    rewrapped: Mapping[str, Sequence[str]],
+    labels: np.ndarray,
+    augment: Sequence[str],
+) -> tuple[list[str], np.ndarray]:
+    """The texts the model is fitted on for messages `ix`: theirs, then those of their copies in
+    each style of `augment` (text j is a version of message ix[j % len(ix)]), with their labels."""
+    chosen = [texts[i] for i in ix]
+    for style in augment:
+        chosen += [rewrapped[style][i] for i in ix]
+    return chosen, np.tile(labels[list(ix)], 1 + len(augment))
+
+
 def train_on(
     messages: Sequence[LabelledMessage],
     texts: Sequence[str],
@@ -302,10 +324,7 @@ def train_on(
     labels = np.array([m.label for m in messages], dtype=np.int64)
 
     def fitting(ix: Sequence[int]) -> tuple[list[str], np.ndarray, TrainConfig, int]:
-        chosen = [texts[i] for i in ix]
-        for style in config.augment:
-            chosen += [rewrapped[style][i] for i in ix]
-        return chosen, np.tile(labels[ix], 1 + len(config.augment)), config, len(ix)
+        return (*fitting_set(ix, texts, rewrapped, labels, config.augment), config, len(ix))
 
     train_ix, cal_ix, val_ix = time_split(messages, config.calibration_fraction, config.validation_fraction)
     for name, ix in (("training", train_ix), ("calibration", cal_ix)):
