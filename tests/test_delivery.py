@@ -180,3 +180,62 @@ def test_lmtp_over_a_unix_socket(tmp_path: Path) -> None:
     finally:
         controller.stop()
     assert [r.code for r in sent.replies] == [250, 452]  # one per recipient accepted at RCPT
+
+
+class ChunkingServer:
+    """A next hop that announces CHUNKING and records each BDAT chunk (aiosmtpd has no BDAT)."""
+
+    def __init__(self, bdat_reply: bytes = b"250 2.0.0 Ok: queued") -> None:
+        self.bdat_reply = bdat_reply
+        self.commands: list[bytes] = []
+        self.chunks: list[bytes] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop ESMTP\r\n")
+        while line := await reader.readline():
+            command = line.rstrip(b"\r\n")
+            self.commands.append(command)
+            verb = command.split(b" ")[0].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-hop\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 CHUNKING\r\n")
+            elif verb == b"BDAT":
+                size = int(command.split(b" ")[1])
+                self.chunks.append(await reader.readexactly(size))
+                writer.write(self.bdat_reply + b"\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_next_hop_with_chunking_gets_the_message_as_one_bdat_chunk(refused: bool) -> None:
+    server = ChunkingServer(b"554 5.7.1 no thanks" if refused else b"250 2.0.0 Ok: queued")
+    data = b"Subject: hi\n\n.leading dot stays single\r\nbare\rend"
+
+    async def deliver() -> Sent:
+        listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        hop = SmtpHop(NextHop("smtp", "127.0.0.1", port))
+        try:
+            _, tx = await hop.begin("a@example.org", [], {})
+            assert tx is not None and (await tx.add_recipient("b@example.net", [])).ok
+            sent = await tx.send(data, Action.DELIVER)
+            await hop.close()
+            await asyncio.sleep(0.05)  # let the server read QUIT
+            return sent
+        finally:
+            listener.close()
+
+    sent = run(deliver())
+    # CRLF line ends (no bare CR or LF reaches the next hop), no dot-stuffing, no "." line.
+    body = b"Subject: hi\r\n\r\n.leading dot stays single\r\nbare\r\nend\r\n"
+    assert server.chunks == [body]
+    assert f"BDAT {len(body)} LAST".encode() in server.commands and b"DATA" not in server.commands
+    assert [r.code for r in sent.replies] == [554 if refused else 250]
+    # A refused chunk fails the transaction: it is reset, and the connection is reused.
+    assert (b"RSET" in server.commands) is refused
+    assert server.commands[-1] == b"QUIT"

@@ -3,8 +3,9 @@
 In production the next hop is Postfix's reinjection listener (127.0.0.1:10026) or Dovecot's LMTP.
 The inbound transaction is mirrored command by command: MAIL when the client says MAIL, each
 RCPT when it says RCPT (so a refused recipient is refused to the client with the next hop's own
-code), DATA once the message is decided. Over LMTP the next hop answers DATA once per accepted
-recipient, and each answer is kept.
+code), the message once it is decided: as one `BDAT n LAST` chunk when an SMTP next hop
+announces CHUNKING (Postfix does: one write and one round trip), else with DATA. Over LMTP the
+next hop answers DATA once per accepted recipient, and each answer is kept.
 
 Why not aiosmtplib here: it has no LMTP client (cole/aiosmtplib#210, open), and its reply
 reader keeps one reply per command and drops data that arrives while no command is pending, so
@@ -100,19 +101,32 @@ class _Connection:
             raise RelayError(f"connection lost ({_why(e)})") from None
         return [await self.reply() for _ in lines]
 
-    async def send_data(self, payload: bytes, replies: int) -> tuple[bool, list[HopReply]]:
-        """DATA, the message (already dot-stuffed and terminated), then `replies` replies.
+    async def send_data(self, data: bytes, replies: int) -> tuple[bool, list[HopReply]]:
+        """DATA, the message (dot-stuffed and terminated here), then `replies` replies.
         (False, [reply]) if DATA itself was refused."""
         start = await self.command(b"DATA")
         if start.code != 354:
             return False, [start]
+        await self._write(dot_stuffed(data))
+        return True, [await self.reply() for _ in range(replies)]
+
+    async def send_chunk(self, data: bytes) -> tuple[bool, list[HopReply]]:
+        """The message as one `BDAT n LAST` chunk (CHUNKING, RFC 3030) in the same write as the
+        command, and its one reply: one write and one round trip instead of DATA's two of each,
+        and no dot-stuffing. (False, [reply]) if it was refused: the transaction is then failed
+        and wants an RSET, like a refused DATA (RFC 3030 section 3)."""
+        body = crlf_lines(data)
+        await self._write(b"BDAT %d LAST\r\n" % len(body) + body)
+        reply = await self.reply()
+        return reply.ok, [reply]
+
+    async def _write(self, payload: bytes) -> None:
         try:
             self.writer.write(payload)
             await self.writer.drain()
         except OSError as e:
             self.close()
             raise RelayError(f"connection lost while sending the message ({_why(e)})") from None
-        return True, [await self.reply() for _ in range(replies)]
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -258,7 +272,10 @@ class SmtpTransaction:
         conn = self._conn()
         self.conn = None
         try:
-            sent, replies = await conn.send_data(dot_stuffed(data), self.accepted if self.hop.lmtp else 1)
+            if "chunking" in conn.extensions and not self.hop.lmtp:
+                sent, replies = await conn.send_chunk(data)
+            else:  # LMTP answers once per recipient: DATA, whose start is answered apart
+                sent, replies = await conn.send_data(data, self.accepted if self.hop.lmtp else 1)
         except RelayError as e:
             raise RelayError(f"{self.hop}: {e}") from None
         if sent:
@@ -294,18 +311,23 @@ def _quit(conn: _Connection) -> None:
     conn.close()
 
 
-def dot_stuffed(data: bytes) -> bytes:
-    """`data` as DATA sends it: CRLF line ends (a bare CR or LF would let a next hop that reads
-    them as line ends see a different message: SMTP smuggling), leading dots doubled, and the
-    terminating `.` line."""
+def crlf_lines(data: bytes) -> bytes:
+    """`data` with CRLF line ends (a bare CR or LF would let a next hop that reads them as line
+    ends see a different message: SMTP smuggling) and a line end at the end."""
     if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
         data = _LONE_EOL.sub(b"\r\n", data)
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return data + b".\r\n"
+    return data
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """`data` as DATA sends it: CRLF lines (crlf_lines), leading dots doubled, and the
+    terminating `.` line."""
+    data = crlf_lines(data)
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def encode_xtext(value: str) -> str:
