@@ -93,12 +93,7 @@ class _Connection:
 
     async def commands(self, lines: Sequence[bytes]) -> list[HopReply]:
         """Commands in one write, then their replies in order (PIPELINING, RFC 2920)."""
-        try:
-            self.writer.write(b"".join(line + b"\r\n" for line in lines))
-            await self.writer.drain()
-        except OSError as e:
-            self.close()
-            raise RelayError(f"connection lost ({_why(e)})") from None
+        await self._write(b"".join(line + b"\r\n" for line in lines))
         return [await self.reply() for _ in lines]
 
     async def send_data(self, data: bytes, replies: int) -> tuple[bool, list[HopReply]]:
@@ -107,7 +102,7 @@ class _Connection:
         start = await self.command(b"DATA")
         if start.code != 354:
             return False, [start]
-        await self._write(dot_stuffed(data))
+        await self._write(dot_stuffed(data), during=" while sending the message")
         return True, [await self.reply() for _ in range(replies)]
 
     async def send_chunk(self, data: bytes) -> tuple[bool, list[HopReply]]:
@@ -116,17 +111,17 @@ class _Connection:
         and no dot-stuffing. (False, [reply]) if it was refused: the transaction is then failed
         and wants an RSET, like a refused DATA (RFC 3030 section 3)."""
         body = crlf_lines(data)
-        await self._write(b"BDAT %d LAST\r\n" % len(body) + body)
+        await self._write(b"BDAT %d LAST\r\n" % len(body) + body, during=" while sending the message")
         reply = await self.reply()
         return reply.ok, [reply]
 
-    async def _write(self, payload: bytes) -> None:
+    async def _write(self, payload: bytes, during: str = "") -> None:
         try:
             self.writer.write(payload)
             await self.writer.drain()
         except OSError as e:
             self.close()
-            raise RelayError(f"connection lost while sending the message ({_why(e)})") from None
+            raise RelayError(f"connection lost{during} ({_why(e)})") from None
 
     def close(self) -> None:
         if not self.writer.is_closing():

@@ -22,19 +22,15 @@ measures how much a model leans on it.
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
 import hashlib
 import html
 import quopri
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import Message
 from typing import Final
 
 from milter.message import header_fields_section
-from milter.text import decode_bytes
 
 # Fields that describe the wrapping, or that are replaced by the style's own.
 _DROPPED: Final = frozenset(
@@ -118,7 +114,7 @@ def reencode(raw: bytes, style: str) -> bytes:
 
 
 def _rewrap(raw: bytes, style: Style) -> bytes:
-    plain, markup = _texts(email.message_from_bytes(raw, policy=email.policy.compat32))
+    plain, markup = _texts(raw)
     if not plain and markup:
         from selectolax.lexbor import LexborHTMLParser
 
@@ -160,8 +156,16 @@ def _kept_fields(raw: bytes) -> bytes:
     return b"\n".join(kept)
 
 
-def _texts(message: Message) -> tuple[str, str]:
+def _texts(raw: bytes) -> tuple[str, str]:
     """The decoded text of the message's plain and its HTML parts (attachments left out)."""
+    # Imported here, not at the top: `milter --help` reads STYLES through the train and evaluate
+    # commands and should not pay for the MIME parser and message->text (selectolax).
+    import email
+    import email.policy
+
+    from milter.text import decode_bytes
+
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
     plain: list[str] = []
     markup: list[str] = []
     for part in message.walk():

@@ -126,10 +126,6 @@ def texts_of(
     return [text_of(raw) for raw in tqdm(raws, total=total, desc=desc, disable=not progress, unit="msg")]
 
 
-def _split_tokens(text: str) -> list[str]:
-    return text.split()
-
-
 @dataclass(frozen=True)
 class Tokens:
     """The vectorizer's tokenizer: message_text's tokens but the excluded words and families."""
