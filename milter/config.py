@@ -31,6 +31,7 @@ DEFAULT_MODEL = SHIPPED_MODEL_DIR
 DEFAULT_MAX_MS_PER_MESSAGE = 50.0
 
 MODES = ("after-queue", "before-queue")
+PROTOCOLS = ("smtp", "milter")
 ON_ERROR = ("deliver", "tempfail")
 LOG_FORMATS = ("text", "json")
 NEXT_HOP_FORMS = "smtp://HOST:PORT, lmtp://HOST:PORT, lmtp:/PATH.sock or maildir:PATH"
@@ -40,6 +41,7 @@ MAX_WORKERS = 256
 POSTFIX_MESSAGE_SIZE_LIMIT = 10_240_000
 
 Mode = Literal["after-queue", "before-queue"]
+Protocol = Literal["smtp", "milter"]
 OnError = Literal["deliver", "tempfail"]
 LogFormat = Literal["text", "json"]
 
@@ -73,6 +75,9 @@ class Config:
     rules: Path = DEFAULT_RULES
     model: Path = DEFAULT_MODEL  # a file, or a directory: its newest valid .onnx
     mode: Mode = "after-queue"
+    # smtp: a proxy (content_filter or smtpd_proxy_filter) handing mail on to next_hop; milter:
+    # Postfix's smtpd_milters, where Postfix itself queues the mail (milter.milter_protocol).
+    protocol: Protocol = "smtp"
     on_error: OnError = "deliver"
     max_message_size: int = POSTFIX_MESSAGE_SIZE_LIMIT
     timeout: float = 300.0  # idle time allowed between client commands (Postfix's smtpd_timeout)
@@ -162,6 +167,7 @@ KEYS: dict[str, str] = {
     "rules": "a path to a rules file",
     "model": "a path to a .onnx file or a directory of them",
     "mode": " or ".join(MODES),
+    "protocol": " or ".join(PROTOCOLS),
     "on_error": " or ".join(ON_ERROR),
     "max_message_size": "an integer number of bytes",
     "timeout": "seconds",
@@ -198,6 +204,10 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, object] 
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
     _check_together(config)
+    if config.protocol == "milter":
+        # A milter runs inside Postfix's SMTP session, before the queue: a reject reaches the
+        # client, so rules may reject.
+        config = replace(config, mode="before-queue")
     return config
 
 
@@ -241,8 +251,10 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             return replace(config, next_hop=parse_next_hop(_text(value, expected), base))
         case "rules" | "model" | "quarantine":
             return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
-        case "mode" | "on_error" | "log_format":
-            allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS}[key]
+        case "mode" | "on_error" | "log_format" | "protocol":
+            allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS, "protocol": PROTOCOLS}[
+                key
+            ]
             text = _text(value, expected)
             if text not in allowed:
                 raise ValueError(f"unknown value {shown(text)}; expected {expected}")

@@ -26,10 +26,11 @@ from milter.delivery import next_hop_from_url
 from milter.delivery.maildir import MaildirHop
 from milter.errors import MilterError
 from milter.metrics import Metrics, start_metrics_server
+from milter.milter_protocol import MilterConnection, MilterService
 from milter.notify import Notifier, status_text
 from milter.policy import Policy
 from milter.reload import PolicyLoader, Reloader, rule_count
-from milter.smtp import Filter, smtp_factory
+from milter.smtp import Filter, FilterSMTP, smtp_factory
 from milter.workers import TextWorkers, default_workers
 
 log = logging.getLogger("milter.server")
@@ -62,7 +63,7 @@ class Daemon:
             mode=config.mode,
             max_seconds_per_message=config.max_ms_per_message / 1000,
         )
-        self.filter: Filter | None = None
+        self.filter: Filter | MilterService | None = None
         self.reloader: Reloader[Policy] | None = None
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
@@ -84,21 +85,30 @@ class Daemon:
         started = time.perf_counter()
         policy = await loop.run_in_executor(None, self.loader.initial)
         config = self.config
-        hop = next_hop_from_url(config.next_hop, timeout=config.next_hop_timeout, hostname=config.hostname)
         workers = config.text_workers if config.text_workers is not None else default_workers()
         texts = TextWorkers(workers) if workers > 0 and config.scoring else None
         if texts is not None:
             await texts.start()
-        self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics, texts)
+        reuse_port, backlog = self.reuse_port or None, max(128, config.max_sessions)
         try:
-            self._server = await loop.create_server(
-                smtp_factory(self.filter, config, loop),
-                host=config.listen_host,
-                port=config.listen_port,
-                reuse_address=True,
-                reuse_port=self.reuse_port or None,
-                backlog=max(128, config.max_sessions),
-            )
+            if config.protocol == "milter":
+                service = MilterService(config, policy, self.metrics, texts)
+                self.filter = service
+                next_hop = "none (milter protocol: Postfix queues the mail itself)"
+                self._server = await asyncio.start_server(
+                    service.serve, config.listen_host, config.listen_port,
+                    reuse_address=True, reuse_port=reuse_port, backlog=backlog,
+                )  # fmt: skip
+            else:
+                hop = next_hop_from_url(
+                    config.next_hop, timeout=config.next_hop_timeout, hostname=config.hostname
+                )
+                next_hop = str(hop)
+                self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics, texts)
+                self._server = await loop.create_server(
+                    smtp_factory(self.filter, config, loop), config.listen_host, config.listen_port,
+                    reuse_address=True, reuse_port=reuse_port, backlog=backlog,
+                )  # fmt: skip
         except OSError:
             if texts is not None:
                 await texts.close()
@@ -114,9 +124,10 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.policy_active(model_id, self.loader.models.load_seconds, count)
         log.info(
-            "listening on %s, next hop %s, mode %s, model %s, %d rules (ready in %.2f s)",
+            "listening on %s (%s), next hop %s, mode %s, model %s, %d rules (ready in %.2f s)",
             config.listen if config.listen_port else f"{config.listen_host}:{self.port}",
-            hop,
+            config.protocol,
+            next_hop,
             config.mode,
             model_id,
             count,
@@ -151,24 +162,26 @@ class Daemon:
         if handler is not None:
             handler.draining = True
             deadline = time.monotonic() + self.config.drain_timeout
-            while handler.sessions:
-                for session in list(handler.sessions):
+            sessions: set[FilterSMTP] | set[MilterConnection] = handler.sessions
+            while sessions:
+                for session in list[FilterSMTP | MilterConnection](sessions):
                     session.close_if_idle()
-                if not handler.sessions or time.monotonic() >= deadline:
+                if not sessions or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.02)
-            if handler.sessions:
+            if sessions:
                 log.warning(
                     "drain timeout (%g s): closing %d sessions still in a transaction; "
                     "their clients got no 250 and keep the mail",
                     self.config.drain_timeout,
-                    len(handler.sessions),
+                    len(sessions),
                 )
-                for session in list(handler.sessions):
+                for session in list[FilterSMTP | MilterConnection](sessions):
                     session._close()
             await asyncio.sleep(0)  # let connection_lost run and schedule next-hop aborts
             await handler.wait_pending()
-            await handler.hop.close()
+            if isinstance(handler, Filter):
+                await handler.hop.close()
             if handler.texts is not None:
                 await handler.texts.close()
         if self._server is not None:

@@ -27,7 +27,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 
 from milter.config import Config, NextHop
-from milter.model import Model, load_model
+from milter.model import Model, Score, load_model
 from milter.rules import Action, Ruleset
 from milter.server import Daemon
 
@@ -370,3 +370,26 @@ def serve() -> Callable[..., contextlib.AbstractContextManager[Running]]:
 def sink_factory() -> Callable[..., contextlib.AbstractContextManager[Sink]]:
     """`with sink_factory(lmtp=False, **SinkHandler options) as sink:` a real next hop."""
     return running_sink
+
+
+# --- faults the real parts cannot be made to produce ------------------------------------------
+
+
+class RaisingScorer:
+    """A model that fails on every message: a fault the real model cannot be made to produce."""
+
+    id = "broken-model"
+
+    def score(self, text: str) -> Score:
+        raise RuntimeError("onnxruntime exploded")
+
+
+class RaisingRules:
+    """Rules that raise: an unexpected bug inside a session."""
+
+    def decide(self, facts: Any) -> Any:
+        raise KeyError("bug")
+
+
+def swap_policy(running: Any, **parts: Any) -> None:
+    running.call(lambda: running.daemon._swap(dataclasses.replace(running.daemon.policy, **parts)))

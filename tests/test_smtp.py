@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sink
+from conftest import RaisingRules, RaisingScorer, Sink, swap_policy
 
 from milter.config import NextHop
-from milter.model import Score
 from milter.rules import Action, Ruleset
 from milter.smtp import DATA_START, OK_MAIL, OK_XFORWARD
 
@@ -388,26 +387,6 @@ def test_policy_actions(config_for: Any, serve: Any, sink: Sink, tmp_path: Path)
         assert client.sendmail("a@example.org", ["b@example.net"], b"Subject: drop\r\n\r\nx\r\n") == {}
         assert client.sendmail("a@example.org", ["b@example.net"], b"Subject: keep\r\n\r\nx\r\n") == {}
     assert [r.data.endswith(b"Subject: keep\r\n\r\nx\r\n") for r in sink.received] == [True]
-
-
-class RaisingScorer:
-    """A model that fails on every message: a fault the real model cannot be made to produce."""
-
-    id = "broken-model"
-
-    def score(self, text: str) -> Score:
-        raise RuntimeError("onnxruntime exploded")
-
-
-class RaisingRules:
-    """Rules that raise: an unexpected bug inside a session."""
-
-    def decide(self, facts: Any) -> Any:
-        raise KeyError("bug")
-
-
-def swap_policy(running: Any, **parts: Any) -> None:
-    running.call(lambda: running.daemon._swap(dataclasses.replace(running.daemon.policy, **parts)))
 
 
 def test_scoring_fault_delivers_unscored_or_tempfails(config_for: Any, serve: Any, sink: Sink) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from milter.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, MODES, ON_ERROR, load_config
+from milter.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, MODES, ON_ERROR, PROTOCOLS, load_config
 from milter.errors import ConfigError
 
 DESCRIPTION = f"""\
@@ -24,6 +24,12 @@ absent default file means built-in defaults), then from the flags, which win. Th
 is YAML with the keys below (flag --next-hop is key next_hop, and so on); relative paths in it
 are relative to the file's directory. Everything is checked before the port is opened: an error
 names the file, the line and the expected form, and the exit status is 2.
+
+With --protocol milter it speaks the Sendmail milter protocol instead (Postfix's smtpd_milters,
+postfix/milter.main.cf): Postfix hands each message over during its own SMTP session, applies
+the verdict (adds the X-Spam-* headers, removes forged ones, rejects, holds, discards) and
+queues the message once itself; there is no next hop. Postfix's milter_default_action =
+tempfail gives the client a 4xx whenever milter is down or breaks off, so nothing is lost.
 """
 
 EPILOG = """\
@@ -41,7 +47,10 @@ actions (from the rules):
   quarantine                   kept in the quarantine Maildir (--quarantine), not delivered
   discard                      accepted and dropped (only when a rule says so explicitly)
   tempfail                     451: the client retries later
-  reject                       550 (before-queue mode only)
+  reject                       550 (before-queue mode and --protocol milter only)
+  With --protocol milter: quarantine is Postfix's hold queue (postqueue -p; postsuper -H
+  releases), tempfail and reject are Postfix's reply to the client at end of DATA, and a fault
+  inside milter is a tempfail.
 
 signals:
   SIGHUP        reload rules and model (also done on file changes); a bad file never goes live.
@@ -69,6 +78,7 @@ examples:
   milter serve --listen [::1]:10025 --next-hop smtp://127.0.0.1:10026
   milter serve --config /etc/milter/milter.yaml --log-format json
   milter serve --workers auto --next-hop smtp://127.0.0.1:10026
+  milter serve --protocol milter --listen 127.0.0.1:10025   (smtpd_milters = inet:127.0.0.1:10025)
   swaks --server 127.0.0.1:10025 --to me@example.com --body 'hello'
 """
 
@@ -92,6 +102,12 @@ def register(sub: Any) -> None:
         help="a .onnx model, or a directory: its newest valid .onnx (default: the shipped model/)",
     )
     add("--mode", choices=MODES, help="after-queue content_filter (default) or before-queue proxy")
+    add(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="smtp: an SMTP proxy handing mail to --next-hop (default); milter: Postfix's "
+        "smtpd_milters (mode before-queue, no next hop); see above",
+    )
     add(
         "--on-error",
         choices=ON_ERROR,
@@ -159,6 +175,7 @@ OVERRIDES = (
     "rules",
     "model",
     "mode",
+    "protocol",
     "on_error",
     "max_message_size",
     "timeout",
