@@ -65,7 +65,7 @@ class Client:
         self,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-        leading_space: bool = True,
+        leading_space: bool = False,
         queue_id: str = "4ABC123",
     ) -> None:
         """One message, as Postfix sends it (no replies expected before the end of the body)."""
@@ -135,7 +135,7 @@ def test_negotiation_asks_for_no_reply_but_at_the_end(milter_config: Any, serve:
     assert actions == mp.ACTION_ADD_HEADERS | mp.ACTION_CHANGE_HEADERS | mp.ACTION_QUARANTINE
     for command, flag in mp.NO_REPLY.items():
         assert steps & flag, command
-    assert steps & mp.HEADER_LEADING_SPACE and steps & mp.NO_DATA and steps & mp.NO_UNKNOWN
+    assert steps & mp.NO_DATA and steps & mp.NO_UNKNOWN and not steps & mp.HEADER_LEADING_SPACE
 
 
 def test_each_band_is_marked_and_forged_headers_removed(
@@ -199,7 +199,7 @@ def test_an_mta_without_no_reply_steps_gets_a_reply_to_each(
         _, _, steps = client.negotiate(steps=0)  # protocol 2-5 MTAs: a reply to every step
         assert steps == 0
         fields, body = split(banded[Action.DELIVER].raw)
-        client.message(fields, body, leading_space=False)
+        client.message(fields, body)
         # connect, helo, mail, rcpt, each header, end of headers, body: one "continue" each
         continues = [client.recv() for _ in range(4 + len(fields) + 2)]
         assert set(continues) == {(b"c", b"")}
@@ -294,8 +294,8 @@ def test_session_rebuilds_the_message_with_crlf_and_folds() -> None:
     session = mp.MilterSession(service)
     session.handle(b"O", struct.pack("!III", 6, ALL_ACTIONS, ALL_STEPS))
     session.handle(b"M", b"<a@example.org>\0")
-    session.handle(b"L", b"Subject\0 a long\n\tfolded subject\0")
-    session.handle(b"L", b"To\0 b@example.net\0")
+    session.handle(b"L", b"Subject\0a long\n\tfolded subject\0")
+    session.handle(b"L", b"To\0b@example.net\0")
     session.handle(b"N", b"")
     session.handle(b"B", b"line one\r\nline two\r\n")
     assert bytes(session.raw) == (
@@ -310,3 +310,18 @@ def test_packet_reader_splits_and_joins_packets() -> None:
     assert list(reader.feed(wire[:3])) == []
     assert list(reader.feed(wire[3:8])) == []  # one byte short of the first packet
     assert list(reader.feed(wire[8:])) == [(b"L", b"A\0b\0"), (b"N", b"")]
+
+
+def test_subject_tag_on_spam_only(
+    milter_config: Any, serve: Any, client_of: Any, banded: dict[Action, Banded]
+) -> None:
+    with serve(milter_config(subject_tag="[SPAM]")) as running:
+        client = client_of(running.port)
+        client.negotiate()
+        tagged = {}
+        for action in (Action.DELIVER, Action.SPAM_FOLDER):
+            fields, body = split(banded[action].raw)
+            client.message(fields, body)
+            tagged[action] = [data for code, data in client.replies_until_final() if code == b"m"]
+    assert tagged[Action.DELIVER] == []
+    assert tagged[Action.SPAM_FOLDER] == [struct.pack("!I", 1) + b"Subject\0[SPAM] lunch on friday?\0"]
