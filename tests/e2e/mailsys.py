@@ -4,6 +4,8 @@ What runs (all on 127.0.0.1, free ports, everything under one temporary director
 
     client --smtp--> Postfix "after"  --milter-scan--> milter (after-queue)  --smtp--> Postfix :reinject
     client --smtp--> Postfix "before" --proxy-------> milter (before-queue) --smtp--> Postfix :reinject
+    client --smtp--> Postfix "milter" <--milter protocol--> milter (--protocol milter); queued once
+                     (test_milter_protocol.py starts this pair for its module, not the session)
     Postfix --lmtp (unix socket)--> Dovecot --shipped Sieve script--> Maildir per recipient
 
 Postfix and Dovecot are configured the way docs/install.md configures a Debian box: a small base
@@ -418,11 +420,16 @@ def _alive(pid_file: Path) -> bool:
 
 @dataclass
 class Milter:
-    """`milter serve` as a child process, restartable (the tests stop it on purpose)."""
+    """`milter serve` as a child process, restartable (the tests stop it on purpose).
+
+    Mode "milter" is `milter serve --protocol milter`: Postfix's smtpd talks to it as one of its
+    smtpd_milters and queues and delivers the message itself, so there is no next hop (pass
+    next_hop_port=None) and no --mode (the milter protocol is before-queue by nature).
+    """
 
     root: Path
-    mode: str  # "after-queue" or "before-queue"
-    next_hop_port: int
+    mode: str  # "after-queue", "before-queue" or "milter"
+    next_hop_port: int | None
     rules: Path
     args: tuple[str, ...] = ()  # more `milter serve` flags
     name: str = ""  # for its log and config file names; default: the mode
@@ -434,11 +441,13 @@ class Milter:
         return self.root / f"milter-{self.name or self.mode}.log"
 
     def command(self) -> list[str]:
+        how = ["--protocol", "milter"] if self.mode == "milter" else ["--mode", self.mode]
+        if self.next_hop_port is not None:
+            how += ["--next-hop", f"smtp://127.0.0.1:{self.next_hop_port}"]
         return [
             sys.executable, "-m", "milter", "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--next-hop", f"smtp://127.0.0.1:{self.next_hop_port}",
-            "--mode", self.mode,
+            *how,
             "--rules", str(self.rules),
             "--config", str(self.config),
             *self.args,
@@ -526,6 +535,19 @@ def configure_before_queue(postfix: Postfix, filter_port: int) -> None:
             },
         ),
         smtp_listener_in_base=False,
+    )
+
+
+def configure_milter(postfix: Postfix, filter_port: int) -> None:
+    """The box's Postfix plus the shipped milter-protocol lines (smtpd_milters): no master.cf
+    entries, no reinjection listener; the message is queued once, after milter's verdict."""
+    postfix.configure(
+        main_extra=render(
+            POSTFIX_SNIPPETS / "milter.main.cf",
+            {"inet:127.0.0.1:10025": f"inet:127.0.0.1:{filter_port}"},
+        ),
+        master_extra="",
+        smtp_listener_in_base=True,
     )
 
 
