@@ -9,7 +9,8 @@ times, in this order:
 
   alone      Postfix -> Dovecot LMTP (+ the shipped Sieve script): no content filter
   reference  Postfix -> the bare aiosmtpd relay of ../shared/bench/smtp-load.py -> Postfix -> Dovecot
-  milter     Postfix -> `milter serve` (shipped model and rules) -> Postfix -> Dovecot
+  milter     Postfix -> `milter serve` (shipped model and rules) -> Postfix -> Dovecot; with
+             --mode milter: Postfix <-> `milter serve --protocol milter`, Postfix -> Dovecot
   NAME       with --variant 'NAME=FLAGS': milter again with more `milter serve` flags, e.g.
              --variant 'tw0=--text-workers 0' or --variant 'w2=--workers 2'; {lmtp} in FLAGS
              is Dovecot's LMTP socket: --variant 'direct=--next-hop lmtp:{lmtp}' has milter
@@ -22,10 +23,15 @@ rate the whole path would reach on the machine's cores with nothing else running
 
 With --mode before-queue both filters sit where the shipped postfix/before-queue.master.cf puts
 them (smtpd_proxy_filter: the client's smtpd hands each message to the filter before queueing
-it, so there is one queue pass instead of two). Otherwise Postfix is configured by the shipped
-postfix/after-queue.* snippets (templated in ports only,
-exactly as tests/e2e does; the reference relay sits on the filter's port), Dovecot by the
-shipped dovecot/ fragments. Messages are N corpus files (MILTER_CORPUS, default /work/corpus;
+it, so there is one queue pass instead of two). With --mode milter, milter (and every
+--variant) runs as `milter serve --protocol milter` behind the shipped postfix/milter.main.cf
+(smtpd_milters: Postfix's smtpd asks milter during the SMTP session, adds the headers itself and
+queues the message once; no reinjection listener), while alone and reference stay exactly as in
+after-queue mode: the reference is the bare relay as the content filter, the yardstick the
+issue names (a relay cannot speak the milter protocol), whichever way milter is plugged in.
+Otherwise Postfix is configured by the shipped postfix/after-queue.* snippets (templated in
+ports only, exactly as tests/e2e does; the reference relay sits on the filter's port), Dovecot
+by the shipped dovecot/ fragments. Messages are N corpus files (MILTER_CORPUS, default /work/corpus;
 ham and spam of both corpora, shuffled with a fixed seed), each with one added first header
 `X-Bench-Id: i` so it can be found again; they are sent over SMTP by C concurrent clients,
 P messages per connection. The clock runs from the first connection to the moment the last
@@ -69,6 +75,7 @@ from mailsys import (  # noqa: E402
     Postfix,
     configure_after_queue,
     configure_before_queue,
+    configure_milter,
     configure_unfiltered,
     free_port,
     port_open,
@@ -84,6 +91,14 @@ ID_HEADER = b"X-Bench-Id"
 REMOTE_CLIENT = "127.0.0.2"
 LINE_END = re.compile(rb"\r\n|\n|\r")
 ID_RE = re.compile(rb"^X-Bench-Id: (\d+)\r?$", re.M)
+
+
+# How the filters sit in Postfix, by --mode, for the first line of the output.
+FILTERS = {
+    "after-queue": "after-queue",
+    "before-queue": "before-queue",
+    "milter": "milter by the milter protocol (smtpd_milters), reference after-queue",
+}
 
 
 def reference_relay_source() -> str:
@@ -399,14 +414,22 @@ def run_setup(
 ) -> Result:  # fmt: skip
     postfix = Postfix(work / f"postfix-{name}", name, dovecot.lmtp_socket)
     flt: Milter | Relay | None = None
+    # --mode milter applies to milter only: the reference relay speaks SMTP and stays an
+    # after-queue content filter.
+    milter_protocol = args.mode == "milter" and filter_kind == "milter"
     if filter_kind == "milter":
         # The model and rules copied at the start: the shipped ones may change while we run.
         pinned = ("--model", str(work / "model" / "spam.onnx"), *milter_args)
-        flt = Milter(work, args.mode, postfix.reinject_port, work / "rules.yaml", pinned, name=name)
+        if milter_protocol:  # no next hop: Postfix queues and delivers the message itself
+            flt = Milter(work, "milter", None, work / "rules.yaml", pinned, name=name)
+        else:
+            flt = Milter(work, args.mode, postfix.reinject_port, work / "rules.yaml", pinned, name=name)
     elif filter_kind == "reference":
         flt = Relay(work, postfix.reinject_port)
     if flt is None:
         configure_unfiltered(postfix)
+    elif milter_protocol:
+        configure_milter(postfix, flt.port)
     elif args.mode == "before-queue":
         configure_before_queue(postfix, flt.port)
     else:
@@ -499,10 +522,12 @@ def main() -> int:
     )
     ap.add_argument(
         "--mode",
-        choices=("after-queue", "before-queue"),
+        choices=("after-queue", "before-queue", "milter"),
         default="after-queue",
         help="how the filters sit in Postfix: the shipped after-queue content_filter snippets "
-        "(default) or the shipped before-queue smtpd_proxy_filter ones, for both filters",
+        "(default) or the shipped before-queue smtpd_proxy_filter ones, for both filters; or "
+        "milter: milter (and --variant ones) through the milter protocol (shipped "
+        "postfix/milter.main.cf, smtpd_milters), the reference as in after-queue mode",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -516,7 +541,7 @@ def main() -> int:
         f"bench_postfix: {len(messages)} corpus messages "
         f"({labels.count('ham')} ham, {labels.count('spam')} spam, "
         f"{sum(map(len, messages)) / 1e6:.1f} MB), {args.conc} clients x {args.per_conn} per connection, "
-        f"filters {args.mode}; "
+        f"filters {FILTERS[args.mode]}; "
         f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, load {os.getloadavg()[0]:.2f}, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
         flush=True,
