@@ -576,8 +576,8 @@ def main() -> int:
                 results.append(r)
                 print(r.line(), flush=True)
                 print(f"    {r.breakdown()}", flush=True)
-            for p in r.problems[:10] + r.errors[:10] + r.mismatches[:10]:
-                print(f"    {p}")
+                for p in r.problems[:10] + r.errors[:10] + r.mismatches[:10]:
+                    print(f"    {p}")
     finally:
         dovecot.stop()
         if args.keep:
