@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ VERSION: Final = 6
 # (102,400); anything longer is not Postfix.
 MAX_PACKET: Final = 1 << 20
 READ_SIZE: Final = 1 << 16
+QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 # --- commands (MTA -> filter) ----------------------------------------------------------------
 ABORT, BODY, CONNECT, MACRO, END_OF_BODY = b"A", b"B", b"C", b"D", b"E"
@@ -443,6 +445,11 @@ class MilterConnection:
     async def run(self) -> None:
         packets = PacketReader()
         peer = self.writer.get_extra_info("peername")
+        # Postfix asks for no reply to most steps, so between messages milter sends nothing and
+        # the kernel holds its ACKs back (delayed ACK, up to 40 ms); Postfix's socket, under
+        # Nagle's rule, then holds its next small write until that ACK comes: 40+ ms per message
+        # (measured: 48 ms per message for one client, 5 ms with this). Acknowledge at once.
+        sock = self.writer.get_extra_info("socket") if QUICKACK is not None else None
         try:
             while True:
                 try:
@@ -455,6 +462,9 @@ class MilterConnection:
                     return
                 if not data:
                     return
+                if sock is not None:  # quick-ACK mode lapses on its own: set it after each read
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
                 out: list[bytes] = []
                 for command, payload in packets.feed(data):
                     if command == END_OF_BODY:
