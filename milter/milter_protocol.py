@@ -34,10 +34,11 @@ from milter.logs import log_message
 from milter.mark import PREFIX, headers
 from milter.message import MAX_HEADER_BYTES, Envelope, Message
 from milter.metrics import Metrics
-from milter.policy import Policy, Verdict, evaluate
+from milter.policy import Policy, Verdict
 from milter.rules import Action
+from milter.scan import scan
 from milter.smtp import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
-from milter.workers import TextTimeout, TextWorkers
+from milter.workers import TextWorkers
 
 log = logging.getLogger("milter.milter_protocol")
 
@@ -343,22 +344,8 @@ class MilterSession:
         try:
             message = Message(raw, envelope)
             fields = log_fields(message)
-            scoring_started = time.perf_counter()
-            text, text_error = None, None
-            if service.texts is not None and policy.config.scoring:
-                try:
-                    text = await service.texts.text(raw)
-                except TextTimeout as e:
-                    text_error = e
-            verdict = evaluate(policy, message, text, text_error)
+            verdict = await scan(policy, message, service.texts, service.metrics)
             fields.update(verdict_fields(verdict))
-            if service.metrics is not None:
-                service.metrics.message_decided(
-                    verdict.action.value,
-                    verdict.decision.rule,
-                    verdict.probability,
-                    time.perf_counter() - scoring_started,
-                )
             replies = verdict_replies(verdict, self.inbound, service.config.subject_tag)
             fields["reply"] = _describe(replies[-1])
         except Exception:  # a fault of ours: Postfix answers 4xx, the client keeps the mail

@@ -47,9 +47,10 @@ from milter.mark import mark
 from milter.message import Envelope as MessageEnvelope
 from milter.message import Message
 from milter.metrics import Metrics
-from milter.policy import Policy, Verdict, evaluate
+from milter.policy import Policy, Verdict
 from milter.rules import Action
-from milter.workers import TextTimeout, TextWorkers
+from milter.scan import scan
+from milter.workers import TextWorkers
 
 log = logging.getLogger("milter.smtp")
 
@@ -230,20 +231,8 @@ class Filter:
             finish_log(fields, session)
             return NEXT_HOP_DOWN
         try:
-            scoring_started = time.perf_counter()
-            text, text_error = None, None
-            if self.texts is not None and policy.config.scoring:
-                try:
-                    text = await self.texts.text(raw)
-                except TextTimeout as e:
-                    text_error = e
-            verdict = evaluate(policy, message, text, text_error)
-            scoring_seconds = time.perf_counter() - scoring_started
+            verdict = await scan(policy, message, self.texts, self.metrics)
             fields.update(verdict_fields(verdict))
-            if self.metrics is not None:
-                self.metrics.message_decided(
-                    verdict.action.value, verdict.decision.rule, verdict.probability, scoring_seconds
-                )
             relay_started = time.perf_counter()
             reply, hop_reply = await self._route(transaction, raw, verdict)
             if self.metrics is not None:
