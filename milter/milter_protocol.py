@@ -431,6 +431,10 @@ class MilterConnection:
 
     async def run(self) -> None:
         packets = PacketReader()
+        # Postfix's smtpd keeps this connection for its client's whole session and writes to it
+        # only when the client does: allow the client's own idle time (smtpd_timeout, which
+        # `timeout` mirrors) twice over, so a slow but legal client does not lose its filter.
+        idle = 2 * self.service.config.timeout
         peer = self.writer.get_extra_info("peername")
         # Postfix asks for no reply to most steps, so between messages milter sends nothing and
         # the kernel holds its ACKs back (delayed ACK, up to 40 ms); Postfix's socket, under
@@ -440,12 +444,10 @@ class MilterConnection:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.service.config.timeout):
+                    async with asyncio.timeout(idle):
                         data = await self.reader.read(READ_SIZE)
                 except TimeoutError:
-                    log.info(
-                        "milter connection from %s idle for %g s: closed", peer, self.service.config.timeout
-                    )
+                    log.info("milter connection from %s idle for %g s: closed", peer, idle)
                     return
                 if not data:
                     return

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,15 @@ def test_subject_tag_on_spam_only(
             tagged[action] = [data for code, data in client.replies_until_final() if code == b"m"]
     assert tagged[Action.DELIVER] == []
     assert tagged[Action.SPAM_FOLDER] == [struct.pack("!I", 1) + b"Subject\0[SPAM] lunch on friday?\0"]
+
+
+def test_an_idle_connection_is_closed_after_twice_the_timeout(
+    milter_config: Any, serve: Any, client_of: Any
+) -> None:
+    with serve(milter_config(timeout=0.3)) as running:
+        client = client_of(running.port)
+        client.negotiate()
+        client.sock.settimeout(5)
+        started = time.monotonic()
+        assert client.sock.recv(100) == b""  # closed by milter, not by the client
+        assert time.monotonic() - started >= 0.5  # the client's own idle time, twice over
