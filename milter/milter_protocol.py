@@ -9,7 +9,7 @@ by construction, and when milter is down or breaks off, Postfix's `milter_defaul
 tempfail` (postfix/milter.main.cf) gives the client a 4xx and the client keeps the mail.
 
 Three parts, kept apart:
-- the wire: `read_packets` / `encode` (4-byte length, one command byte, data);
+- the wire: `PacketReader` / `encode` (4-byte length, one command byte, data);
 - `MilterSession`: the state of one Postfix connection, fed one command at a time; it asks
   Postfix for no reply to any step but the end of the message (the protocol's NR_* flags), so a
   message costs Postfix one round trip;
@@ -49,10 +49,14 @@ MAX_PACKET: Final = 1 << 20
 READ_SIZE: Final = 1 << 16
 QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
-# --- commands (MTA -> filter) ----------------------------------------------------------------
-ABORT, BODY, CONNECT, MACRO, END_OF_BODY = b"A", b"B", b"C", b"D", b"E"
-HELO, QUIT_NEW_CONNECTION, HEADER, MAIL, END_OF_HEADERS = b"H", b"K", b"L", b"M", b"N"
-OPTION_NEGOTIATION, QUIT, RCPT, DATA, UNKNOWN = b"O", b"Q", b"R", b"T", b"U"
+
+class Command:
+    """The commands (MTA -> filter): one byte each."""
+
+    ABORT, BODY, CONNECT, MACRO, END_OF_BODY = b"A", b"B", b"C", b"D", b"E"
+    HELO, QUIT_NEW_CONNECTION, HEADER, MAIL, END_OF_HEADERS = b"H", b"K", b"L", b"M", b"N"
+    OPTION_NEGOTIATION, QUIT, RCPT, DATA, UNKNOWN = b"O", b"Q", b"R", b"T", b"U"
+
 
 # --- replies (filter -> MTA) -----------------------------------------------------------------
 ADD_HEADER, CHANGE_HEADER, QUARANTINE, REPLY_CODE = b"h", b"m", b"q", b"y"
@@ -68,15 +72,15 @@ WANTED_ACTIONS: Final = ACTION_ADD_HEADERS | ACTION_CHANGE_HEADERS | ACTION_QUAR
 NO_UNKNOWN: Final = 0x100
 NO_DATA: Final = 0x200
 NO_REPLY: Final = {  # the step's command -> "send no reply" flag
-    HEADER: 0x80,
-    CONNECT: 0x1000,
-    HELO: 0x2000,
-    MAIL: 0x4000,
-    RCPT: 0x8000,
-    DATA: 0x10000,
-    UNKNOWN: 0x20000,
-    END_OF_HEADERS: 0x40000,
-    BODY: 0x80000,
+    Command.HEADER: 0x80,
+    Command.CONNECT: 0x1000,
+    Command.HELO: 0x2000,
+    Command.MAIL: 0x4000,
+    Command.RCPT: 0x8000,
+    Command.DATA: 0x10000,
+    Command.UNKNOWN: 0x20000,
+    Command.END_OF_HEADERS: 0x40000,
+    Command.BODY: 0x80000,
 }
 # Not asked for: header values with their leading space as sent. With it, the MTA also expects
 # the space in every header milter adds; without it (libmilter's default) the MTA strips one
@@ -209,52 +213,54 @@ class MilterSession:
     client_address: str | None = None
     helo: str | None = None
     # The message in progress (reset at MAIL, ABORT and end of message):
-    in_message: bool = False
-    policy: Policy | None = None
+    policy: Policy | None = None  # set at MAIL: a message is in progress
     started: float = 0.0
     mail_from: str = ""
     mail_options: tuple[str, ...] = ()
     rcpts: list[str] = field(default_factory=list)
     inbound: list[tuple[bytes, bytes]] = field(default_factory=list)
     raw: bytearray = field(default_factory=bytearray)
-    header_bytes: int = 0
+
+    @property
+    def in_message(self) -> bool:
+        return self.policy is not None
 
     def handle(self, command: bytes, data: bytes) -> list[Reply] | None:
         """Replies to one command (none for most), or None when Postfix said goodbye.
         END_OF_BODY is not handled here: see `end_of_message`."""
         match command:
-            case b"O":
+            case Command.OPTION_NEGOTIATION:
                 return [self._negotiate(data)]
-            case b"D":
+            case Command.MACRO:
                 self._define_macros(data)
                 return []
-            case b"C":
+            case Command.CONNECT:
                 self._connect(data)
-            case b"H":
+            case Command.HELO:
                 self.helo = _strings(data)[0] or None
-            case b"M":
+            case Command.MAIL:
                 self._mail(data)
-            case b"R":
+            case Command.RCPT:
                 args = _strings(data)
                 if args:
                     self.rcpts.append(_address(args[0]))
-            case b"L":
+            case Command.HEADER:
                 self._header(data)
-            case b"N":
+            case Command.END_OF_HEADERS:
                 self.raw += b"\r\n"
-            case b"B":
+            case Command.BODY:
                 self._body(data)
-            case b"A":
+            case Command.ABORT:
                 self._reset_message()
                 return []
-            case b"K":  # this connection serves a new SMTP session
+            case Command.QUIT_NEW_CONNECTION:  # this connection serves a new SMTP session
                 self.macros.clear()
                 self.client_name = self.client_address = self.helo = None
                 self._reset_message()
                 return []
-            case b"Q":
+            case Command.QUIT:
                 return None
-            case b"T" | b"U":
+            case Command.DATA | Command.UNKNOWN:
                 pass
             case _:
                 raise ProtocolError(f"unknown milter command {command!r}")
@@ -269,9 +275,8 @@ class MilterSession:
         self.steps = WANTED_STEPS & offered_steps
         if not offered_actions & ACTION_CHANGE_HEADERS:
             log.warning("the MTA does not let milter remove headers: forged X-Spam-* fields stay")
-        return Reply(
-            OPTION_NEGOTIATION, struct.pack("!III", VERSION, WANTED_ACTIONS & offered_actions, self.steps)
-        )
+        agreed = struct.pack("!III", VERSION, WANTED_ACTIONS & offered_actions, self.steps)
+        return Reply(Command.OPTION_NEGOTIATION, agreed)
 
     def _define_macros(self, data: bytes) -> None:
         parts = data[1:].split(b"\0")
@@ -292,7 +297,6 @@ class MilterSession:
     def _mail(self, data: bytes) -> None:
         self._reset_message()
         args = _strings(data)
-        self.in_message = True
         self.policy = self.service.policy  # kept for the whole message, whatever reloads meanwhile
         self.started = time.perf_counter()
         self.mail_from = _address(args[0]) if args else ""
@@ -302,14 +306,12 @@ class MilterSession:
         name, _, rest = data.partition(b"\0")
         value = rest.removesuffix(b"\0")
         self.inbound.append((name, value))
-        if self.header_bytes > MAX_HEADER_BYTES:
+        if len(self.raw) > MAX_HEADER_BYTES:  # raw holds header lines alone until END_OF_HEADERS
             return  # the rules and the model see a header block's first part only
         if not self.steps & HEADER_LEADING_SPACE:
             value = b" " + value
         # Folded fields come with bare LF line breaks: the message is CRLF throughout.
-        line = name + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
-        self.header_bytes += len(line)
-        self.raw += line
+        self.raw += name + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
 
     def _body(self, data: bytes) -> None:
         room = self.service.config.max_message_size - len(self.raw)
@@ -317,13 +319,11 @@ class MilterSession:
             self.raw += data[:room]
 
     def _reset_message(self) -> None:
-        self.in_message = False
         self.policy = None
         self.mail_from, self.mail_options = "", ()
         self.rcpts = []
         self.inbound = []
         self.raw = bytearray()
-        self.header_bytes = 0
 
     async def end_of_message(self, data: bytes) -> list[Reply]:
         """Decide the message and say so; TEMPFAIL for any fault of milter's own."""
@@ -410,13 +410,6 @@ class MilterService:
             if self.metrics is not None:
                 self.metrics.session_closed()
 
-    async def wait_pending(self) -> None:
-        """Nothing runs beside the connections (the SMTP side's next-hop aborts do)."""
-
-    async def close(self) -> None:
-        if self.texts is not None:
-            await self.texts.close()
-
 
 class MilterConnection:
     """One connection from Postfix: packets in, replies out, until QUIT or EOF."""
@@ -456,7 +449,7 @@ class MilterConnection:
                         sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
                 out: list[bytes] = []
                 for command, payload in packets.feed(data):
-                    if command == END_OF_BODY:
+                    if command == Command.END_OF_BODY:
                         replies: list[Reply] | None = await self.session.end_of_message(payload)
                     else:
                         replies = self.session.handle(command, payload)

@@ -18,22 +18,30 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 from milter.config import Config
 from milter.delivery import next_hop_from_url
 from milter.delivery.maildir import MaildirHop
 from milter.errors import MilterError
 from milter.metrics import Metrics, start_metrics_server
-from milter.milter_protocol import MilterConnection, MilterService
+from milter.milter_protocol import MilterService
 from milter.notify import Notifier, status_text
 from milter.policy import Policy
 from milter.reload import PolicyLoader, Reloader, rule_count
-from milter.smtp import Filter, FilterSMTP, smtp_factory
+from milter.smtp import Filter, smtp_factory
 from milter.workers import TextWorkers, default_workers
 
 log = logging.getLogger("milter.server")
+
+
+class Drainable(Protocol):
+    """A client session as shutdown sees it (milter.smtp.FilterSMTP, milter_protocol.MilterConnection)."""
+
+    def close_if_idle(self) -> bool: ...
+
+    def _close(self) -> None: ...
 
 
 class Daemon:
@@ -162,9 +170,9 @@ class Daemon:
         if handler is not None:
             handler.draining = True
             deadline = time.monotonic() + self.config.drain_timeout
-            sessions: set[FilterSMTP] | set[MilterConnection] = handler.sessions
+            sessions: Collection[Drainable] = handler.sessions
             while sessions:
-                for session in list[FilterSMTP | MilterConnection](sessions):
+                for session in list(sessions):
                     session.close_if_idle()
                 if not sessions or time.monotonic() >= deadline:
                     break
@@ -176,11 +184,11 @@ class Daemon:
                     self.config.drain_timeout,
                     len(sessions),
                 )
-                for session in list[FilterSMTP | MilterConnection](sessions):
+                for session in list(sessions):
                     session._close()
-            await asyncio.sleep(0)  # let connection_lost run and schedule next-hop aborts
-            await handler.wait_pending()
             if isinstance(handler, Filter):
+                await asyncio.sleep(0)  # let connection_lost run and schedule next-hop aborts
+                await handler.wait_pending()
                 await handler.hop.close()
             if handler.texts is not None:
                 await handler.texts.close()
