@@ -21,7 +21,9 @@ import pytest
 from e2e.mailsys import (
     DOMAIN,
     UTF8_DOMAIN,
+    Delivered,
     Installation,
+    Postfix,
     addr,
     assert_marked,
     make_message,
@@ -227,6 +229,58 @@ SUBJECT_UTF8 = "Grüße aus Köln — 東京 🎉"
 BODY_UTF8 = "Schöne Grüße, naïve café, 日本語のテキスト.\n"
 
 
+# --- content that must pass, whichever way milter is plugged in (test_milter_protocol too) ------
+
+
+def assert_8bit_passes(postfix: Postfix, mail: Installation, user: str) -> Delivered:
+    """8BITMIME, raw UTF-8 headers, no SMTPUTF8 asked: through milter and Sieve byte for byte."""
+    send(postfix.smtp_port, utf8_message(addr(user), SUBJECT_UTF8, BODY_UTF8), addr(user),
+         mail_options=("BODY=8BITMIME",))  # fmt: skip
+    d = one(mail, user)
+    assert_marked(d)
+    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
+    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
+    return d
+
+
+def assert_smtputf8_passes(postfix: Postfix) -> Delivered:
+    """SMTPUTF8 with UTF-8 addresses: exactly one more message in Postfix's virtual mailbox.
+
+    Delivered by Postfix's virtual(8): Dovecot 2.3's LMTP does not offer SMTPUTF8, and Postfix
+    (with or without milter) bounces mail that needs it rather than deliver it there.
+    """
+    to = f"jörg.müller@{UTF8_DOMAIN}"
+    before = len(postfix.virtual_mailbox.messages())
+    send(postfix.smtp_port, utf8_message(to, SUBJECT_UTF8, BODY_UTF8), to, sender="søren@example.org",
+         mail_options=("SMTPUTF8", "BODY=8BITMIME"))  # fmt: skip
+    delivered = postfix.virtual_mailbox.wait(before + 1)
+    assert len(delivered) == before + 1
+    d = delivered[-1]
+    assert_marked(d)
+    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
+    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
+    assert f"Delivered-To: {to}".encode() in d.raw
+    assert "Return-Path: <søren@example.org>".encode() in d.raw
+    return d
+
+
+def assert_9mb_passes(postfix: Postfix, mail: Installation, user: str) -> Delivered:
+    """Under Postfix's 10,240,000-byte default limit; the attachment survives byte for byte."""
+    payload = os.urandom(6_700_000)  # ~9.0 MB once base64-encoded
+    msg: EmailMessage = make_message(addr(user), "the big one", "See attachment.\n", route="ham")
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="big.bin")
+    raw = msg.as_bytes()
+    assert 9_000_000 <= len(raw) < 10_000_000, len(raw)
+    send(postfix.smtp_port, raw, addr(user))
+    d = one(mail, user)
+    assert_marked(d)
+    [part] = [p for p in d.message.iter_attachments()]
+    got = part.get_payload(decode=True)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert base64.b64encode(payload)[:76] in d.raw
+    return d
+
+
 def test_dsn_requests_pass_through_milter_to_the_final_delivery(mail_system: Installation) -> None:
     """NOTIFY=SUCCESS is answered where the mail is finally delivered (Dovecot's LMTP, which
     takes no DSN itself, so Postfix reports "relayed" there), not at milter's hop, which is
@@ -251,52 +305,13 @@ def test_dsn_requests_pass_through_milter_to_the_final_delivery(mail_system: Ins
 
 
 def test_8bit_message_passes_intact(mail_system: Installation) -> None:
-    """8BITMIME, raw UTF-8 headers, no SMTPUTF8 asked: through milter and Sieve byte for byte."""
-    user = "aq-8bit"
-    send(mail_system.after.smtp_port, utf8_message(addr(user), SUBJECT_UTF8, BODY_UTF8), addr(user),
-         mail_options=("BODY=8BITMIME",))  # fmt: skip
-    d = one(mail_system, user)
-    assert_marked(d)
-    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
-    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
+    assert_8bit_passes(mail_system.after, mail_system, "aq-8bit")
 
 
 def test_smtputf8_message_passes_intact(mail_system: Installation) -> None:
-    """SMTPUTF8 with UTF-8 addresses: milter takes it and hands it back to Postfix with SMTPUTF8.
-
-    Delivered by Postfix's virtual(8): Dovecot 2.3's LMTP does not offer SMTPUTF8, and Postfix
-    (with or without milter) bounces mail that needs it rather than deliver it there.
-    """
-    to = f"jörg.müller@{UTF8_DOMAIN}"
-    raw = utf8_message(to, SUBJECT_UTF8, BODY_UTF8)
-    send(
-        mail_system.after.smtp_port,
-        raw,
-        to,
-        sender="søren@example.org",
-        mail_options=("SMTPUTF8", "BODY=8BITMIME"),
-    )
-    [d] = mail_system.after.virtual_mailbox.wait(1)
-    assert_marked(d)
+    d = assert_smtputf8_passes(mail_system.after)
     assert d.header("X-Spam-Action") == "deliver"
-    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
-    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
-    assert f"Delivered-To: {to}".encode() in d.raw
-    assert "Return-Path: <søren@example.org>".encode() in d.raw
 
 
 def test_9mb_message_passes_intact(mail_system: Installation) -> None:
-    """Under Postfix's 10,240,000-byte default limit; the attachment survives byte for byte."""
-    user = "aq-large"
-    payload = os.urandom(6_700_000)  # ~9.0 MB once base64-encoded
-    msg: EmailMessage = make_message(addr(user), "the big one", "See attachment.\n", route="ham")
-    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="big.bin")
-    raw = msg.as_bytes()
-    assert 9_000_000 <= len(raw) < 10_000_000, len(raw)
-    send(mail_system.after.smtp_port, raw, addr(user))
-    d = one(mail_system, user)
-    assert_marked(d)
-    [part] = [p for p in d.message.iter_attachments()]
-    got = part.get_payload(decode=True)
-    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
-    assert base64.b64encode(payload)[:76] in d.raw
+    assert_9mb_passes(mail_system.after, mail_system, "aq-large")

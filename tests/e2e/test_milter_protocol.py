@@ -10,10 +10,7 @@ end of DATA. This module starts its own Postfix and milter (the session's Doveco
 
 from __future__ import annotations
 
-import base64
 import email.policy
-import hashlib
-import os
 import re
 import smtplib
 import subprocess
@@ -26,7 +23,6 @@ import yaml
 
 from e2e.mailsys import (
     DOMAIN,
-    UTF8_DOMAIN,
     X_SPAM_HEADERS,
     Delivered,
     Installation,
@@ -44,7 +40,14 @@ from e2e.mailsys import (
     smtp_code,
     wait_until,
 )
-from e2e.test_after_queue import BODY_UTF8, HAM_TEXT, SPAM_TEXT, SUBJECT_UTF8, expected_place, utf8_message
+from e2e.test_after_queue import (
+    HAM_TEXT,
+    SPAM_TEXT,
+    assert_8bit_passes,
+    assert_9mb_passes,
+    assert_smtputf8_passes,
+    expected_place,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -330,48 +333,17 @@ def test_log_line_has_the_client_address_and_the_queue_id(mp: MilterProtocol) ->
 
 
 def test_8bit_message_passes_intact(mp: MilterProtocol) -> None:
-    """8BITMIME, raw UTF-8 headers, no SMTPUTF8 asked: headers added, nothing else changed."""
-    user = "mp-8bit"
-    send(mp.postfix.smtp_port, utf8_message(addr(user), SUBJECT_UTF8, BODY_UTF8), addr(user),
-         mail_options=("BODY=8BITMIME",))  # fmt: skip
-    d = one(mp.mail, user)
-    assert_marked(d)
-    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
-    assert "From: Jörg Müller <sender@example.org>".encode() in d.raw
-    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
+    d = assert_8bit_passes(mp.postfix, mp.mail, "mp-8bit")
+    assert "From: Jörg Müller <sender@example.org>".encode() in d.raw  # headers added, nothing else changed
 
 
 def test_smtputf8_message_passes_intact(mp: MilterProtocol) -> None:
-    """SMTPUTF8 with UTF-8 addresses (delivered by Postfix's virtual(8): Dovecot 2.3's LMTP does
-    not offer SMTPUTF8)."""
-    to = f"jörg.müller@{UTF8_DOMAIN}"
-    before = len(mp.postfix.virtual_mailbox.messages())
-    send(mp.postfix.smtp_port, utf8_message(to, SUBJECT_UTF8, BODY_UTF8), to, sender="søren@example.org",
-         mail_options=("SMTPUTF8", "BODY=8BITMIME"))  # fmt: skip
-    d = mp.postfix.virtual_mailbox.wait(before + 1)[-1]
-    assert_marked(d)
+    d = assert_smtputf8_passes(mp.postfix)
     assert d.header("X-Spam-Action") == "deliver"
-    assert f"Subject: {SUBJECT_UTF8}".encode() in d.raw
-    assert BODY_UTF8.encode() in d.raw.replace(b"\r\n", b"\n")
-    assert f"Delivered-To: {to}".encode() in d.raw
-    assert "Return-Path: <søren@example.org>".encode() in d.raw
 
 
 def test_9mb_message_passes_intact(mp: MilterProtocol) -> None:
-    """Under Postfix's 10,240,000-byte default limit; the attachment survives byte for byte."""
-    user = "mp-large"
-    payload = os.urandom(6_700_000)  # ~9.0 MB once base64-encoded
-    msg: EmailMessage = make_message(addr(user), "the big one", "See attachment.\n", route="ham")
-    msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="big.bin")
-    raw = msg.as_bytes()
-    assert 9_000_000 <= len(raw) < 10_000_000, len(raw)
-    send(mp.postfix.smtp_port, raw, addr(user))
-    d = one(mp.mail, user)
-    assert_marked(d)
-    [part] = [p for p in d.message.iter_attachments()]
-    got = part.get_payload(decode=True)
-    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
-    assert base64.b64encode(payload)[:76] in d.raw
+    assert_9mb_passes(mp.postfix, mp.mail, "mp-large")
 
 
 # ---------------------------------------------------------------------------------------------
