@@ -63,6 +63,9 @@ class Score:
 def _session(path: Path, data: bytes) -> Any:
     import onnxruntime as ort
 
+    # onnxruntime's process-wide logger writes its warnings to stderr (the journal) with colour
+    # escape codes; milter reports what matters itself (ModelError below). Errors still show.
+    ort.set_default_logger_severity(3)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The daemon scores from a thread pool; one thread per call avoids oversubscribing the cores.
