@@ -190,10 +190,11 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, object] 
     """Defaults, then the file at `path` (None: /etc/milter/milter.yaml if it exists), then
     `overrides` (config keys -> values as on the command line: strings or typed values)."""
     config = Config()
+    origins: dict[str, Origin] = {}
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
     if path is not None:
-        config = _apply_file(config, Path(path))
+        config = _apply_file(config, Path(path), origins)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -203,7 +204,8 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, object] 
             config = _apply(config, key, value, base=None)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
-    _check_together(config)
+        origins[key] = Origin(None, None)
+    _check_together(config, origins)
     if config.protocol == "milter":
         # A milter runs inside Postfix's SMTP session, before the queue: a reject reaches the
         # client, so rules may reject.
@@ -211,8 +213,36 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, object] 
     return config
 
 
-def _check_together(config: Config) -> None:
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a setting was given: a line of the config file, or (path None) a command-line flag."""
+
+    path: Path | None
+    line: int | None
+
+    def names(self, key: str, value: str, file: Path | None = None) -> str:
+        """`key` as the reader wrote it: `mode: X (line 4)` in `file`, `--mode X` as a flag."""
+        if self.path is None:
+            return f"--{key.replace('_', '-')} {value}"
+        where = f"line {self.line}" if self.path == file else f"{self.path}:{self.line}"
+        return f"{key}: {value} ({where})"
+
+
+def _check_together(config: Config, origins: Mapping[str, Origin]) -> None:
     """Settings that are valid alone but not together."""
+    mode_at, protocol_at = origins.get("mode"), origins.get("protocol")
+    if config.protocol == "milter" and config.mode == "after-queue" and mode_at is not None:
+        # Left over from the content filter set-up, most likely: neither can be what was meant,
+        # so neither is guessed. (Not set at all, the mode is before-queue by itself.)
+        assert protocol_at is not None  # protocol milter is never the default
+        message = (
+            f"contradicts {protocol_at.names('protocol', 'milter', mode_at.path)}: a milter works inside "
+            "Postfix's SMTP session, before the queue (smtpd_milters); expected mode before-queue or "
+            "no mode setting with protocol milter, or protocol smtp for the after-queue content filter"
+        )
+        if mode_at.path is None:
+            raise ConfigError(f"--mode after-queue {message}")
+        raise ConfigFileError(mode_at.path, f"mode: after-queue {message}", mode_at.line)
     if config.metrics is not None and config.workers > 1:
         # Each worker serves its own metrics endpoint, on the metrics port plus its index.
         _, port = config.metrics
@@ -224,7 +254,7 @@ def _check_together(config: Config) -> None:
             )
 
 
-def _apply_file(config: Config, path: Path) -> Config:
+def _apply_file(config: Config, path: Path, origins: dict[str, Origin]) -> Config:
     data, lines = load_yaml(path, error=ConfigFileError)
     check = Checker(path, lines, ConfigFileError)
     if data is None:
@@ -237,6 +267,7 @@ def _apply_file(config: Config, path: Path) -> Config:
             config = _apply(config, key, value, base=base)
         except (ValueError, TypeError) as e:
             check.fail((key,), key, f"{e}")
+        origins[key] = Origin(path, check.line((key,)))
     return config
 
 

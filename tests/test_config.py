@@ -201,3 +201,58 @@ def test_workers(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "workers: auto\n")).workers == len(os.sched_getaffinity(0))
     config = load_config(write(tmp_path, "workers: 2\nmetrics: 127.0.0.1:9125\n"))
     assert (config.workers, config.metrics) == (2, ("127.0.0.1", 9125))
+
+
+def test_protocol_milter_is_before_queue_by_itself(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "protocol: milter\n")).mode == "before-queue"
+    assert load_config(write(tmp_path, "protocol: milter\nmode: before-queue\n")).mode == "before-queue"
+    assert load_config(write(tmp_path, "mode: after-queue\n"), {"protocol": "smtp"}).mode == "after-queue"
+    # The flag replaces the file's mode, so nothing contradicts.
+    config = load_config(write(tmp_path, "mode: after-queue\nprotocol: milter\n"), {"mode": "before-queue"})
+    assert (config.protocol, config.mode) == ("milter", "before-queue")
+
+
+MILTER_AFTER_QUEUE = (
+    "a milter works inside Postfix's SMTP session, before the queue (smtpd_milters); expected mode "
+    "before-queue or no mode setting with protocol milter, or protocol smtp for the after-queue "
+    "content filter"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        # The install.md example with `protocol: milter` uncommented and `mode:` left in.
+        (
+            "listen: 127.0.0.1:10025\nmode: after-queue\nprotocol: milter\n",
+            {},
+            "{path}:2: mode: after-queue contradicts protocol: milter (line 3): ",
+        ),
+        (
+            "mode: after-queue\n",
+            {"protocol": "milter"},
+            "{path}:1: mode: after-queue contradicts --protocol milter: ",
+        ),
+        (
+            "protocol: milter\n",
+            {"mode": "after-queue"},
+            "--mode after-queue contradicts protocol: milter ({path}:1): ",
+        ),
+    ],
+)
+def test_protocol_milter_with_mode_after_queue_is_refused(
+    tmp_path: Path, text: str, overrides: dict[str, object], message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    assert str(e.value) == message.format(path=path) + MILTER_AFTER_QUEUE
+
+
+def test_serve_refuses_protocol_milter_with_mode_after_queue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "mode: after-queue\nprotocol: milter\n")
+    assert main(["serve", "--config", str(path)]) == 2
+    where = f"{path}:1: mode: after-queue contradicts protocol: milter (line 2)"
+    assert capsys.readouterr().err == f"milter serve: {where}: {MILTER_AFTER_QUEUE}\n"

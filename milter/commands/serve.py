@@ -30,6 +30,7 @@ postfix/milter.main.cf): Postfix hands each message over during its own SMTP ses
 the verdict (adds the X-Spam-* headers, removes forged ones, rejects, holds, discards) and
 queues the message once itself; there is no next hop. Postfix's milter_default_action =
 tempfail gives the client a 4xx whenever milter is down or breaks off, so nothing is lost.
+The mode is then before-queue (rules may reject); mode after-queue beside it is refused.
 """
 
 EPILOG = """\
