@@ -56,7 +56,7 @@ _URL_HTTP: Final = re.compile(r"https?://([a-z0-9][a-z0-9.-]{0,252})")
 _URL_WWW: Final = re.compile(r"www\.([a-z0-9][a-z0-9.-]{0,252})")
 _WANTED_FIELD: Final = (
     rb"(subject|from|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
-    rb"|content-disposition)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
+    rb"|content-disposition|list-id|x-original-from)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
 )
 # The fields after the first start after a newline: a pattern that begins with a literal lets the
 # regex engine jump from line to line in C instead of trying a match at every byte.
@@ -70,11 +70,16 @@ _INVISIBLE: Final = re.compile(
 )
 _AFTER_DELIMITER: Final = (b"", b"-", b"\r", b"\n", b" ", b"\t")
 _NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
-_FOOTER_RULE: Final = re.compile(r"^[ \t]*[_=-]{5,}[ \t\r]*$", re.MULTILINE)
+# A footer starts at a rule line, or at a signature separator ("--", "-- ") as Red Hat's and
+# Google's lists put before theirs.
+_FOOTER_RULE: Final = re.compile(r"^[ \t]*(?:[_=-]{5,}|--)[ \t\r]*$", re.MULTILINE)
 # What every rule line holds, as a pattern the regex engine can skip ahead to in C (a ^ pattern is
 # tried at every character).
-_RULE_RUN: Final = re.compile(r"[_=-][_=-]{4}")
-_FOOTER_MARKS: Final = ("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request")
+_RULE_RUN: Final = re.compile(r"[_=-]{2}")
+_FOOTER_MARKS: Final = (
+    *("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request"),
+    *("you are subscribed to the google groups", "groups.io"),
+)
 _SECOND_LEVEL: Final = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
 # Tags that separate words; inline tags do not ("V<b>ia</b>gra" is one word to a reader).
 _BLOCK_TAGS: Final = frozenset(
@@ -98,6 +103,63 @@ _SIMPLE_ADDRESS: Final = re.compile(
     rf'|(?:"(?P<quoted>[^"\\\r]*)"|(?P<phrase>{_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*))?'
     rf"[ \t]*<(?P<angled>{_ADDR_SPEC})>)[ \t]*"
 )
+
+
+# A subject tag such as "[Osst-users]"; it is dropped when it names the message's list (List-Id).
+_SUBJECT_TAG: Final = re.compile(r"\[([^\[\]]{1,60})\][ \t]*")
+# Mailman's and Google Groups' From when the author's domain forbids relaying: "Jane via Somelist".
+_VIA_LIST: Final = re.compile(r"(.*?)[ \t]+via[ \t]+\S.*", re.IGNORECASE)
+
+
+def _alnum(text: str) -> str:
+    return "".join(filter(str.isalnum, text)).lower()
+
+
+def _without_list_tag(subject: str, list_id: str) -> str:
+    """The subject without tags that name the list: list wrapping, on ham and spam alike."""
+    if "[" not in subject:
+        return subject
+    key = _alnum(list_id)
+
+    def drop(tag: re.Match[str]) -> str:
+        name = _alnum(tag[1])
+        return "" if len(name) >= 2 and name in key else tag[0]
+
+    return _SUBJECT_TAG.sub(drop, subject)
+
+
+def _is_list_address(address: str, list_id: str | None) -> bool:
+    """Whether `address` is the list's own (List-Id: "Name <somelist.example.org>" is the list
+    somelist@example.org, or somelist@lists.example.org)."""
+    if list_id is None or "@" not in address:
+        return False
+    local, _, domain = address.lower().partition("@")
+    key = _alnum(list_id)
+    return len(local) > 1 and _alnum(local) in key and _alnum(domain.removeprefix("lists.")) in key
+
+
+def _author(
+    from_value: str, reply_to: str | None, original: str | None, list_id: str | None
+) -> tuple[str | None, str | None]:
+    """(From, Reply-To) as the author sent them, before a list rewrote From; From is None when
+    the list put its own address there and kept no trace of the author.
+
+    A list that rewrites From (DMARC munging: "Jane via Somelist" <list@host>, or the list's own
+    name and address) puts the author in X-Original-From or, failing that, in Reply-To; the
+    rewritten From is list wrapping, the same for ham and spam, not the sender.
+    """
+    name, address = _parse_address(from_value)
+    if reply_to is not None and _is_list_address(_parse_address(reply_to)[1], list_id):
+        reply_to = None  # "reply to the list": wrapping too
+    if original is not None:
+        return original, reply_to
+    if " via " in name.lower() and (via := _VIA_LIST.fullmatch(name)) is not None:
+        if reply_to is not None:
+            return reply_to, None
+        return (f'"{via[1]}" <{address}>' if via[1] else address), None
+    if _is_list_address(address, list_id):
+        return None, reply_to  # the list's own address: the author is not known
+    return from_value, reply_to
 
 
 def _html_text(markup: str) -> tuple[str, list[str], set[str]]:
@@ -255,13 +317,16 @@ def _strip_list_footer(text: str) -> str:
 class _Part:
     """One MIME entity: its headers (first value of each, lowercased names) and its raw body."""
 
-    __slots__ = ("_content_type", "body", "depth", "headers")
+    __slots__ = ("_content_type", "body", "depth", "headers", "shown")
 
     def __init__(self, headers: dict[str, bytes], body: bytes, depth: int) -> None:
         self.headers = headers
         self.body = body
         self.depth = depth
         self._content_type: tuple[str, dict[str, str]] | None = None
+        # False for the plain text of a multipart/alternative that has HTML: a mail client
+        # shows the HTML, so what the plain part alone says is not what the reader reads.
+        self.shown = True
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -364,8 +429,11 @@ def _walk(raw: bytes) -> Iterator[_Part]:
         ctype, params = part.content_type()
         if ctype.startswith("multipart/") and params.get("boundary"):
             boundary = params["boundary"].encode("utf-8", "surrogateescape")
-            children = _subparts(part.body, boundary)
-            stack.extend(_parse_head(child, 0, part.depth + 1) for child in reversed(children))
+            children = [_parse_head(child, 0, part.depth + 1) for child in _subparts(part.body, boundary)]
+            if ctype == "multipart/alternative" and any(c.content_type()[0] == "text/html" for c in children):
+                for child in children:
+                    child.shown = child.content_type()[0] != "text/plain"
+            stack.extend(reversed(children))
         elif ctype == "message/rfc822":
             stack.append(_parse_head(part.body, 0, part.depth + 1))
 
@@ -462,12 +530,30 @@ def _hosts(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(itertools.chain.from_iterable(map(_link_hosts, texts))))
 
 
+def _unseen_tokens(unseen: str, shown: list[str]) -> list[str]:
+    """What the plain alternative says that the shown HTML does not: its words are left out
+    (the reader never sees them), and a token says how much of it differs: spam puts a letter's
+    worth of ordinary words there for word-counting filters."""
+    words: list[str] = []
+    _words(unseen, words, "", MAX_WORDS)
+    distinct = set(words)
+    if len(distinct) < 20:
+        return []
+    only = len(distinct - set(shown))
+    if only >= 0.6 * len(distinct):
+        return ["alt:plain-differs", "alt:plain-differs-most"]
+    return ["alt:plain-differs"] if only >= 0.2 * len(distinct) else []
+
+
 def _extract(raw: bytes) -> str:
     head: list[str] = []
     parts = _walk(raw[:MAX_RAW_BYTES])
     message = next(parts)
 
     subject = message.header("subject") or ""
+    list_id = message.header("list-id")
+    if list_id is not None:
+        subject = _without_list_tag(subject, list_id)
     if subject.strip():
         _words(_ARTEFACTS.sub(" ", subject), head, "subj:", 40)
         letters = "".join(filter(str.isalpha, subject))
@@ -476,8 +562,14 @@ def _extract(raw: bytes) -> str:
     else:
         head.append("subj:none")
 
-    from_domain = _address_tokens("from", message.header("from") or "", head)
-    reply_to = message.header("reply-to")
+    sender, reply_to = _author(
+        message.header("from") or "", message.header("reply-to"), message.header("x-original-from"), list_id
+    )
+    if sender is None:
+        head.append("from:list")
+        from_domain = ""
+    else:
+        from_domain = _address_tokens("from", sender, head)
     if reply_to is not None:
         reply_domain = _address_tokens("replyto", reply_to, head)
         head.append("replyto:same-domain" if reply_domain == from_domain else "replyto:other-domain")
@@ -494,6 +586,7 @@ def _extract(raw: bytes) -> str:
         head.append("msgid:same-domain" if id_domain == from_domain else "msgid:other-domain")
 
     texts: list[str] = []
+    unseen: list[str] = []  # plain alternatives of HTML parts
     html_urls: list[str] = []
     kinds: set[str] = set()
     budget = MAX_TEXT_CHARS
@@ -528,7 +621,7 @@ def _extract(raw: bytes) -> str:
             kinds.update("html:" + tag for tag in tags)
         text = _strip_list_footer(text[:budget])
         budget -= len(text)
-        texts.append(text)
+        (texts if part.shown else unseen).append(text)
 
     head.extend(sorted(kinds))
     urls: list[str] = []
@@ -547,6 +640,8 @@ def _extract(raw: bytes) -> str:
     _words(body_text, body, "", MAX_WORDS)
     if not body:
         head.append("body:empty")
+    if unseen:
+        head.extend(_unseen_tokens(" ".join(unseen).lower(), body))
     head.extend(body)
     # Unique tokens: the model looks at presence, and the graph sums over the tokens it gets.
     return " ".join(dict.fromkeys(head))

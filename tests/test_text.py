@@ -551,10 +551,9 @@ def slow_strip_list_footer(text: str) -> str:
     tail_start = max(0, len(text) - 2000)
     for rule in reversed(list(_FOOTER_RULE.finditer(text, tail_start))):
         tail = text[rule.end() : rule.end() + 800].lower()
-        if any(
-            mark in tail
-            for mark in ("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request")
-        ):
+        marks = ("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request")
+        marks += ("you are subscribed to the google groups", "groups.io")
+        if any(mark in tail for mark in marks):
             return text[: rule.start()]
     return text
 
@@ -622,3 +621,95 @@ BR_PIECES = st.sampled_from(
 def test_void_block_tags_get_one_double_space(markup: str) -> None:
     # <br> and <hr> never have children, so one "  " stands for the spaces before and after.
     assert _html_text(markup)[0] == spaced_body_text(markup)
+
+
+def list_post(fields: str, body: str = "Hello all, the patch looks fine to me.\r\n") -> bytes:
+    return (fields.replace("\n", "\r\n") + "Content-Type: text/plain\r\n\r\n" + body).encode()
+
+
+def test_list_wrapping_leaves_no_trace_of_the_list() -> None:
+    """Subject tags naming the list, the list's address in From or Reply-To and "X via list"
+    rewriting are list wrapping, on ham and spam alike: the tokens are the author's."""
+    munged = list_post(
+        'From: "Jane Roe via Somelist-users" <somelist-users@lists.example.net>\n'
+        "Reply-To: Jane Roe <jane@author.example>\n"
+        "Subject: Re: [Somelist-users] [PATCH v2] fix the build\n"
+        "List-Id: Users of somelist <somelist-users.lists.example.net>\n"
+    )
+    words = tokens(munged)
+    for expected in ("from:jane", "from:roe", "fromdom:author.example", "subj:patch", "subj:v2", "subj:fix"):
+        assert expected in words, expected
+    for absent in ("from:via", "from:somelist", "subj:somelist", "subj:users", "fromdom:example.net"):
+        assert absent not in words, absent
+    assert not any(word.startswith("replyto") for word in words)
+
+    original = list_post(
+        "From: Linux for blind users <blind-list@lists.example.com>\n"
+        "X-Original-From: Jane Roe <jane@author.example>\n"
+        "Reply-To: blind-list@lists.example.com\n"
+        "Subject: [Blind-list] speech settings\n"
+        "List-Id: Linux for blind users <blind-list.example.com>\n"
+    )
+    words = tokens(original)
+    assert {"from:jane", "fromdom:author.example", "subj:speech"} <= set(words)
+    assert not {"from:linux", "from:blind", "subj:blind", "subj:list"} & set(words)
+    assert not any(word.startswith("replyto") for word in words)
+
+    rewritten = list_post(
+        "From: Linux for blind users <blind-list@example.com>\n"
+        "Subject: Re: speech settings\n"
+        "List-Id: Linux for blind users <blind-list.example.com>\n"
+    )
+    words = tokens(rewritten)
+    assert "from:list" in words and "from:linux" not in words and "fromdom:example.com" not in words
+
+
+def test_subject_tags_stay_without_a_list_or_when_they_name_something_else() -> None:
+    for fields in (
+        "From: a@b.example\nSubject: [Somelist] hello\n",
+        "From: a@b.example\nSubject: [PATCH] hello\nList-Id: <somelist.example.org>\n",
+    ):
+        words = tokens(list_post(fields))
+        assert "subj:hello" in words
+        assert "subj:somelist" in words or "subj:patch" in words
+    # A Reply-To of the author's own on a list post is the author's.
+    words = tokens(
+        list_post(
+            "From: a@b.example\nReply-To: x@other.example\nSubject: hi\nList-Id: <somelist.example.org>\n"
+        )
+    )
+    assert "replyto:other-domain" in words
+
+
+def test_footers_after_a_signature_separator_are_cut() -> None:
+    for footer in (
+        "--\r\nLinux-audit mailing list\r\nLinux-audit@example.com\r\nhttps://example.com/mailman/listinfo/x\r\n",
+        '-- \r\nYou received this message because you are subscribed to the Google Groups "x" group.\r\n',
+    ):
+        words = tokens(list_post("From: a@b.example\nSubject: hi\n", "See you tomorrow.\r\n" + footer))
+        assert "tomorrow" in words
+        assert not {"mailing", "listinfo", "subscribed", "google", "groups"} & set(words), footer
+
+
+def alternative(plain: str, html: str) -> bytes:
+    return (
+        "From: a@b.example\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n'
+        f"--b1\r\nContent-Type: text/plain\r\n\r\n{plain}\r\n"
+        f"--b1\r\nContent-Type: text/html\r\n\r\n{html}\r\n--b1--\r\n"
+    ).encode()
+
+
+def test_the_plain_alternative_of_html_is_not_read_as_words() -> None:
+    """A client shows the HTML part: words only in the plain part are not the reader's, and a
+    plain part that says something else is flagged."""
+    letter = " ".join(f"ordinary{i} letter words" for i in range(30))
+    words = tokens(alternative(letter, "<p>Claim your prize now</p>"))
+    assert {"claim", "prize", "alt:plain-differs", "alt:plain-differs-most"} <= set(words)
+    assert "ordinary3" not in words and "letter" not in words
+    same = " ".join(f"word{i}" for i in range(40))
+    words = tokens(alternative(same, f"<div>{same}</div>"))
+    assert "word7" in words and not any(word.startswith("alt:") for word in words)
+    # Without an HTML alternative the plain part is what the reader sees.
+    raw = alternative(letter, "").replace(b"text/html", b"text/plain")
+    assert "ordinary3" in tokens(raw)

@@ -21,6 +21,9 @@ from typing import Final
 HAM: Final = 0
 SPAM: Final = 1
 _TREC_NAME: Final = re.compile(r"inmail\.(\d+)$")
+# A collection gathered from several sources names its files "<source>.<number>.eml" (the modern
+# corpus: one list per source): each source is then a group of its own.
+_SOURCE_NAME: Final = re.compile(r"([^/]+)\.\d+\.eml$")
 _HEADER_BYTES: Final = 64 * 1024
 
 
@@ -127,12 +130,20 @@ def group_of(path: Path) -> str:
     return str(path.resolve().parent)
 
 
+def source_group(group: str, source: str) -> str:
+    """The group of one message: its collection's, or "<collection>/<source>" for a file named
+    "<source>.<number>.eml", so that each source of a many-source collection is split by time on
+    its own and can be left out whole (leave-one-source-out)."""
+    match = _SOURCE_NAME.search(source)
+    return f"{group}/{match.group(1)}" if match else group
+
+
 def load_labelled(ham: Sequence[Path], spam: Sequence[Path]) -> Iterator[LabelledMessage]:
     for label, paths in ((HAM, ham), (SPAM, spam)):
         for path in paths:
             group = group_of(path)
             for source, raw in read_messages(path):
-                yield LabelledMessage(source, label, group, order_of(source, raw), raw)
+                yield LabelledMessage(source, label, source_group(group, source), order_of(source, raw), raw)
 
 
 def time_split(messages: Sequence[LabelledMessage], *fractions: float) -> list[list[int]]:

@@ -298,20 +298,29 @@ def fitting_set(
     return chosen, np.tile(labels[list(ix)], 1 + len(augment))
 
 
-def train_on(
+@dataclass
+class Fit:
+    """A calibrated model and the time slices it came from (indices into the messages)."""
+
+    fitted: FittedModel
+    train_ix: list[int]
+    cal_ix: list[int]
+    val_ix: list[int]
+    fit_ix: list[int]  # what the final weights were fitted on
+
+
+def fit_calibrated(
     messages: Sequence[LabelledMessage],
     texts: Sequence[str],
     config: TrainConfig,
-    command: str,
-    thresholds: Sequence[tuple[str, float]] = DEFAULT_THRESHOLDS,
     log: Callable[[str], None] = lambda _: None,
     rewrapped: Mapping[str, Sequence[str]] | None = None,
-) -> TrainResult:
-    """Split by time, fit, calibrate, validate, export; everything but reading and writing files.
+) -> Fit:
+    """Split by time, fit, calibrate and (config.refit) fit again: milter train's model, unexported.
 
     `rewrapped` holds, for each style of config.augment, the texts of the messages rewrapped in
-    it (aligned with `messages`): they are fitted next to the originals and validated apart.
-    Calibration uses the original mail alone.
+    it (aligned with `messages`): they are fitted next to the originals. Calibration uses the
+    original mail alone.
     """
     rewrapped = rewrapped or {}
     missing = [style for style in config.augment if style not in rewrapped]
@@ -338,6 +347,26 @@ def train_on(
         log(f"fitting again on training + calibration mail: {len(fit_ix)}")
         vectorizer, classifier = fit(*fitting(fit_ix))
         fitted = FittedModel(vectorizer, classifier, fitted.platt)
+    return Fit(fitted, train_ix, cal_ix, val_ix, fit_ix)
+
+
+def train_on(
+    messages: Sequence[LabelledMessage],
+    texts: Sequence[str],
+    config: TrainConfig,
+    command: str,
+    thresholds: Sequence[tuple[str, float]] = DEFAULT_THRESHOLDS,
+    log: Callable[[str], None] = lambda _: None,
+    rewrapped: Mapping[str, Sequence[str]] | None = None,
+) -> TrainResult:
+    """fit_calibrated, then validate and export; everything but reading and writing files.
+
+    The rewrapped texts of the validation slice are validated apart (figures["rewrapped"]).
+    """
+    rewrapped = rewrapped or {}
+    labels = np.array([m.label for m in messages], dtype=np.int64)
+    model_fit = fit_calibrated(messages, texts, config, log, rewrapped)
+    fitted, val_ix = model_fit.fitted, model_fit.val_ix
     val_texts = [texts[i] for i in val_ix]
     val_labels = labels[val_ix]
     val_p = fitted.probabilities(val_texts) if val_ix else np.zeros(0)
@@ -366,18 +395,18 @@ def train_on(
         "milter.params": json.dumps(asdict(config) | {"jobs": None}, sort_keys=True),
         "milter.counts": json.dumps(
             {
-                "train": _counts(messages, train_ix),
-                "calibration": _counts(messages, cal_ix),
+                "train": _counts(messages, model_fit.train_ix),
+                "calibration": _counts(messages, model_fit.cal_ix),
                 "validation": _counts(messages, val_ix),
-                "fitted_on": _counts(messages, fit_ix),
-                "vocabulary": len(vectorizer.vocabulary_),  # type: ignore[attr-defined]
+                "fitted_on": _counts(messages, model_fit.fit_ix),
+                "vocabulary": len(fitted.vectorizer.vocabulary_),  # type: ignore[attr-defined]
             },
             sort_keys=True,
         ),
         "milter.dates": json.dumps(
             {
-                "train": _date_range(messages, train_ix),
-                "fitted_on": _date_range(messages, fit_ix),
+                "train": _date_range(messages, model_fit.train_ix),
+                "fitted_on": _date_range(messages, model_fit.fit_ix),
                 "validation": _date_range(messages, val_ix),
             },
             sort_keys=True,
