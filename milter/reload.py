@@ -378,15 +378,25 @@ class PolicyLoader(Generic[T]):
         result = self.reload()
         for refusal in result.refused:
             log.warning("%s", f"skipping {refusal.kind} {refusal.reason}")
-        if self.rules.active is None:
-            rules_refusals = [r for r in result.refused if r.kind == "rules"]
-            if rules_refusals:
-                raise rules_refusals[0].error
-            raise RulesError(self.rules.path, "cannot load")
-        if self.models.active is None:
-            raise _no_valid_model(self.models.path, [r for r in result.refused if r.kind == "model"])
+        errors = self.startup_errors(result)
+        if errors:
+            raise errors[0]
         assert self.policy is not None
         return self.policy
+
+    def startup_errors(self, result: LoadResult[T]) -> list[Exception]:
+        """Why the daemon cannot start after the first `reload()` (empty: it can), rules first.
+
+        `milter check --config` reports these, so its errors are the daemon's own."""
+        errors: list[Exception] = []
+        if self.rules.active is None:
+            rules_refusals = [r for r in result.refused if r.kind == "rules"]
+            errors.append(
+                rules_refusals[0].error if rules_refusals else RulesError(self.rules.path, "cannot load")
+            )
+        if self.models.active is None:
+            errors.append(_no_valid_model(self.models.path, [r for r in result.refused if r.kind == "model"]))
+        return errors
 
     def reload(self) -> LoadResult[T]:
         """Re-read what changed; never raises for a bad file (it is in `refused`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,144 @@ def test_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "error": f'{bad}: the file is empty; expected a mapping with a "rules" list',
     }
     assert err.splitlines() == [failed["error"]]
+
+
+# --- milter check --config --------------------------------------------------------------------
+
+
+def config_file(tmp_path: Path, text: str) -> Path:
+    return write(tmp_path / "milter.yaml", text)
+
+
+def serve_start_error(config: Path) -> tuple[int, str]:
+    """`milter serve --config` run for real: its exit status and what it said it stopped on."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "milter", "serve", "--config", str(config), "--no-watch"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    lines = [
+        line for line in proc.stderr.splitlines() if "milter serve: " in line or "cannot start: " in line
+    ]
+    assert len(lines) == 1, proc.stderr
+    return proc.returncode, lines[0].split(
+        "milter serve: " if "milter serve: " in lines[0] else "cannot start: "
+    )[1]
+
+
+def test_check_config_checks_the_file_its_rules_and_the_model_it_would_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "model"
+    models.mkdir()
+    (models / "spam.onnx").write_bytes((REPO / "model" / "spam.onnx").read_bytes())
+    broken = write(models / "newer.onnx", "not a model\n")
+    os.utime(broken, (2_000_000_000, 2_000_000_000))  # newer: the daemon tries it first
+    path = config_file(
+        tmp_path,
+        f"listen: 127.0.0.1:10025\nnext_hop: smtp://127.0.0.1:10026\nmode: after-queue\n"
+        f"rules: {SHIPPED_RULES}\nmodel: model\nquarantine: /var/lib/milter/quarantine\n",
+    )
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: ok: smtp on 127.0.0.1:10025, after-queue mode"
+    assert {"  next_hop: smtp://127.0.0.1:10026", f"  model: {models}", "  metrics: (none)"} <= set(lines)
+    assert f"{SHIPPED_RULES}: ok: 3 rules (after-queue mode)" in lines
+    at = lines.index(f"{models / 'spam.onnx'}: ok: model {load_model_id()}")
+    assert lines[at + 1] == f"  serves: the newest valid model in {models}"
+    assert lines[at + 2].startswith(f"  skipped, as the daemon skips it: {broken}: not a loadable ONNX model")
+    assert lines[-1] == "3 ok, 0 invalid" and err == ""
+
+    code, out, _ = run(capsys, "check", "--json", "--config", str(path))
+    assert code == 0
+    config, rules, model = (json.loads(line) for line in out.splitlines())
+    assert (config["kind"], config["ok"], config["config"]["listen"]) == ("config", True, "127.0.0.1:10025")
+    assert config["config"]["next_hop"] == "smtp://127.0.0.1:10026" and config["config"]["workers"] == 1
+    assert (rules["kind"], rules["mode"], len(rules["rules"])) == ("rules", "after-queue", 3)
+    assert (model["kind"], model["path"]) == ("model", str(models / "spam.onnx"))
+    assert model["skipped"][0].startswith(f"{broken}: not a loadable ONNX model")
+
+
+def load_model_id() -> str:
+    from milter.model import load_model
+
+    return load_model(REPO / "model" / "spam.onnx").id
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n\nmode: sideways\n",
+        "listen: 127.0.0.1:99999\n",
+        "mode: after-queue\nprotocol: milter\n",
+        "lisen: 127.0.0.1:10025\n",
+        "[unclosed\n",
+    ],
+)
+def test_check_config_errors_are_the_daemons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = config_file(tmp_path, text)
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert (code, out) == (2, "")
+    assert serve_start_error(path) == (2, err.removesuffix("\n"))
+    assert err.startswith(f"{path}:") and err.count("\n") == 1
+
+
+def test_check_config_rules_and_model_errors_are_the_daemons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reject = write(tmp_path / "reject.yaml", "rules:\n  - name: r\n    action: reject\n")
+    empty = tmp_path / "models"
+    empty.mkdir()
+    path = config_file(tmp_path, f"rules: {reject}\nmodel: {empty}\n")
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert code == 1
+    assert out.startswith(f"{path}: ok: smtp on 127.0.0.1:10025, after-queue mode\n")
+    rules_error, model_error, summary = err.splitlines()
+    assert rules_error.startswith(
+        f'{reject}:3: rule "r": action "reject" is not possible in after-queue mode'
+    )
+    assert (
+        model_error
+        == f"{empty}: directory has no *.onnx file; expected a model file written by `milter train`"
+    )
+    assert summary == "1 ok, 2 invalid"
+    assert serve_start_error(path) == (1, rules_error)  # the daemon stops on the rules first
+    write(path, f"rules: {SHIPPED_RULES}\nmodel: {empty}\n")
+    assert serve_start_error(path) == (1, model_error)
+
+    # As a milter the mode is before-queue, so the same rules may reject.
+    write(path, f"protocol: milter\nrules: {reject}\nmodel: {REPO / 'model'}\n")
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert code == 0, err
+    assert out.startswith(f"{path}: ok: milter on 127.0.0.1:10025, before-queue mode\n")
+    assert "  next_hop: (none)" in out.splitlines()
+    assert f"{reject}: ok: 1 rule (before-queue mode)" in out
+
+
+def test_check_config_flags_override_the_file_as_in_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reject = write(tmp_path / "reject.yaml", "rules:\n  - name: r\n    action: reject\n")
+    path = config_file(tmp_path, f"rules: {reject}\nmodel: {REPO / 'model'}\n")
+    code, out, err = run(capsys, "check", "--config", str(path), "--mode", "before-queue", str(reject))
+    assert code == 0, err
+    assert out.count(f"{reject}: ok: 1 rule (before-queue mode)") == 2  # named by the file, and given
+    code, _, err = run(capsys, "check", "--config", str(path), "--max-ms-per-message", "0.000001")
+    assert code == 1
+    assert (
+        f"{REPO / 'model' / 'spam.onnx'}: takes " in err and " ms per message; expected at most 0.0 ms" in err
+    )
+    code, _, err = run(capsys, "check", "--config", str(path), "--max-ms-per-message", "0")
+    assert code == 2  # a flag out of range, as serve says it
+    assert err.startswith("--max-ms-per-message: 0 is out of range")
+
+
+def test_check_needs_something_to_check(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "check")
+    assert (code, out) == (2, "")
+    assert err == "milter check: nothing to check; give rules or model files, or --config FILE\n"
 
 
 # --- milter rules test -------------------------------------------------------------------------

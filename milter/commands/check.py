@@ -1,4 +1,5 @@
-"""`milter check PATH...`: validate rules and model files exactly as the daemon would load them."""
+"""`milter check PATH...` and `milter check --config FILE`: validate the config file, rules and
+model files exactly as the daemon would load them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from milter.errors import FileError
+from milter.config import KEYS, Config, format_address, load_config
+from milter.errors import ConfigError, FileError, RulesError
 from milter.rules import MODE_ACTIONS, Ruleset, actions_for_mode, describe_rules
 from milter.yamlfile import type_name
+
+if TYPE_CHECKING:
+    from milter.model import Model  # imported where used: it loads onnxruntime
 
 DESCRIPTION = """\
 Validate rules files (*.yaml, *.yml) and model files (*.onnx) the way `milter serve` does before
@@ -22,18 +27,27 @@ checked against this milter, and it must score built-in test messages to probabi
 within the time limit. A directory argument checks every rules and model file in it (skipping
 editor and partial files, as the reload watcher does).
 
-What was found is printed on standard output: for rules, each rule with its action and
-conditions; for a model, its id, metadata and validation figures. Errors go to standard error
-as `path:line: message`. Use it in CI, or as ExecReload's check before `systemctl reload`.
+With --config FILE it checks what `milter serve --config FILE` would start on: the config file,
+read by the same code as the daemon's (the same errors, and exit status 2 for a bad setting),
+then the rules file and the model it names, in its mode and with its model time limit; for a
+model directory, the model the daemon would serve (the newest valid one) and the files it would
+skip. PATH arguments beside --config are checked too, in the config's mode. The port is not
+opened: a daemon may be listening on it already.
+
+What was found is printed on standard output: for a config file, every setting; for rules,
+each rule with its action and conditions; for a model, its id, metadata and validation figures.
+Errors go to standard error as `path:line: message`. Use it in CI, or as ExecReload's check
+before `systemctl reload`.
 """
 
 EPILOG = """\
 exit status:
   0  every file is valid
   1  at least one file is invalid (or no file was found)
-  2  usage error
+  2  usage error, or (--config) a configuration error, as `milter serve` exits
 
 examples:
+  milter check --config /etc/milter/milter.yaml
   milter check rules/default.yaml
   milter check --mode before-queue /etc/milter/rules/ /var/lib/milter/model/new.onnx
   milter check --json rules/ model/ | jq .
@@ -49,20 +63,29 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="rules file, model file or directory"
+        "paths", nargs="*", type=Path, metavar="PATH", help="rules file, model file or directory"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a config file (/etc/milter/milter.yaml): check it, and the rules and model it names, "
+        "as `milter serve --config FILE` would",
     )
     parser.add_argument(
         "--mode",
         choices=tuple(MODE_ACTIONS),
-        default="after-queue",
-        help="the filter mode to check actions against; `reject` needs before-queue (default: %(default)s)",
+        default=None,
+        help="the filter mode to check actions against; `reject` needs before-queue (default: the "
+        "config file's with --config, else after-queue)",
     )
     parser.add_argument(
         "--max-ms-per-message",
         type=float,
         default=None,
         metavar="MS",
-        help="refuse a model slower than this per message (default: the daemon's limit, 50 ms)",
+        help="refuse a model slower than this per message (default: the config file's with --config, "
+        "else the daemon's limit, 50 ms)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     parser.set_defaults(func=run)
@@ -82,25 +105,44 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.paths and args.config is None:
+        print("milter check: nothing to check; give rules or model files, or --config FILE", file=sys.stderr)
+        return 2
+    mode: str = args.mode or "after-queue"
     max_seconds = _max_seconds(args.max_ms_per_message)
     results: list[Result] = []
+    if args.config is not None:
+        # The flags that `milter serve` has too override the file as they do there.
+        overrides = {"mode": args.mode, "max_ms_per_message": args.max_ms_per_message}
+        try:
+            config = load_config(args.config, overrides)
+        except ConfigError as e:
+            report(Result(args.config, "config", str(e)), args.json)
+            return 2  # as `milter serve` exits on it
+        mode, max_seconds = config.mode, config.max_ms_per_message / 1000
+        results.extend(check_config(args.config, config))
     for path in args.paths:
-        results.extend(check_path(path, args.mode, max_seconds))
+        results.extend(check_path(path, mode, max_seconds))
     for r in results:
-        if args.json:
-            obj: dict[str, object] = {"path": str(r.path), "kind": r.kind, "ok": r.error is None}
-            if r.error is not None:
-                obj["error"] = r.error
-            obj.update(r.info)
-            print(json.dumps(obj, default=str), flush=True)
-        elif r.error is None:
-            print("\n".join(r.lines), flush=True)
-        if r.error is not None:
-            print(r.error, file=sys.stderr, flush=True)
+        report(r, args.json)
     bad = sum(r.error is not None for r in results)
     if not args.json:
         print(f"{len(results) - bad} ok, {bad} invalid", file=sys.stderr if bad else sys.stdout)
     return 1 if bad else 0
+
+
+def report(r: Result, as_json: bool) -> None:
+    """One result: JSON or its text lines on standard output; its error on standard error."""
+    if as_json:
+        obj: dict[str, object] = {"path": str(r.path), "kind": r.kind, "ok": r.error is None}
+        if r.error is not None:
+            obj["error"] = r.error
+        obj.update(r.info)
+        print(json.dumps(obj, default=str), flush=True)
+    elif r.error is None:
+        print("\n".join(r.lines), flush=True)
+    if r.error is not None:
+        print(r.error, file=sys.stderr, flush=True)
 
 
 def _max_seconds(ms: float | None) -> float:
@@ -109,6 +151,67 @@ def _max_seconds(ms: float | None) -> float:
     from milter.model import DEFAULT_MAX_SECONDS_PER_MESSAGE
 
     return DEFAULT_MAX_SECONDS_PER_MESSAGE
+
+
+def check_config(path: Path, config: Config) -> list[Result]:
+    """The config file (already loaded), then its rules and model as the daemon loads them at start."""
+    from milter.policy import Policy
+    from milter.reload import PolicyLoader
+
+    settings = config_settings(config)
+    result = Result(path, "config", info={"config": settings})
+    result.lines.append(f"{path}: ok: {config.protocol} on {config.listen}, {config.mode} mode")
+    result.lines.extend(f"  {key}: {_setting_text(value)}" for key, value in settings.items())
+    # The daemon's own loader, built as milter.server.Daemon builds it.
+    loader = PolicyLoader(
+        config.rules,
+        config.model,
+        lambda rules, model: Policy(config, model, rules),
+        mode=config.mode,
+        max_seconds_per_message=config.max_ms_per_message / 1000,
+    )
+    loaded = loader.reload()
+    errors = loader.startup_errors(loaded)
+    rules_error = next((str(e) for e in errors if isinstance(e, RulesError)), None)
+    model_error = next((str(e) for e in errors if not isinstance(e, RulesError)), None)
+    rules = Result(config.rules, "rules", rules_error)
+    if loader.rules.active is not None:
+        describe_rules_result(rules, loader.rules.active, config.mode)
+    model_path = loader.models.active_path or config.model
+    model = Result(model_path, "model", model_error)
+    if loader.models.active is not None:
+        describe_model_result(model, loader.models.active)
+        skipped = [r.reason for r in loaded.refused if r.kind == "model"]
+        notes = [f"  serves: the newest valid model in {config.model}"] if model_path != config.model else []
+        notes.extend(f"  skipped, as the daemon skips it: {reason}" for reason in skipped)
+        model.lines[1:1] = notes  # under the model's first line, before its metadata
+        model.info["skipped"] = skipped
+    return [result, rules, model]
+
+
+def config_settings(config: Config) -> dict[str, object]:
+    """Every setting by its config file key, as the file would write it (None: none)."""
+    settings: dict[str, object] = {}
+    for key in KEYS:
+        match key:
+            case "listen":
+                value: object = config.listen
+            case "next_hop":
+                value = None if config.protocol == "milter" else str(config.next_hop)  # unused there
+            case "metrics":
+                value = format_address(*config.metrics) if config.metrics is not None else None
+            case "rules" | "model" | "quarantine":
+                value = str(getattr(config, key))
+            case _:
+                value = getattr(config, key)
+        settings[key] = value
+    return settings
+
+
+def _setting_text(value: object) -> str:
+    if value is None:
+        return "(none)"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_path(path: Path, mode: str, max_seconds: float) -> list[Result]:
@@ -154,6 +257,11 @@ def check_rules(path: Path, mode: str) -> Result:
     except Exception as e:  # a bug of ours must not pass as "valid", nor hide the other files
         result.error = f"{path}: unexpected error while checking: {type(e).__name__}: {e}"
         return result
+    return describe_rules_result(result, ruleset, mode)
+
+
+def describe_rules_result(result: Result, ruleset: Ruleset, mode: str) -> Result:
+    path = result.path
     width = max(len(r.name) for r in ruleset)
     awidth = max(len(r.action.value) for r in ruleset)
     result.lines.append(f"{path}: ok: {len(ruleset)} rule{'s' if len(ruleset) != 1 else ''} ({mode} mode)")
@@ -189,19 +297,25 @@ def check_rules(path: Path, mode: str) -> Result:
 def check_model(path: Path, max_seconds: float) -> Result:
     result = Result(path, "model")
     try:
-        from milter.model import describe_model, load_model, validate_model
+        from milter.model import load_model, validate_model
 
         model = load_model(path)
         validate_model(model, max_seconds)
-        info = describe_model(model)
     except FileError as e:
         result.error = str(e)
         return result
     except Exception as e:  # a bug of ours must not pass as "valid", nor hide the other files
         result.error = f"{path}: unexpected error while checking: {type(e).__name__}: {e}"
         return result
+    return describe_model_result(result, model)
+
+
+def describe_model_result(result: Result, model: Model) -> Result:
+    from milter.model import describe_model
+
+    info = describe_model(model)
     result.info["model"] = info
-    result.lines.append(f"{path}: ok: model {info.get('id', '?')}")
+    result.lines.append(f"{result.path}: ok: model {info.get('id', '?')}")
     for key, value in info.items():
         if key in ("path", "id"):
             continue
