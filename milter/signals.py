@@ -1,0 +1,531 @@
+"""Signals that outlive an era: sender and link tricks as ``sig:`` tokens for message->text.
+
+Words and domains change with every wave of spam; the tricks that make a phishing message work
+do not: a display name that names a brand the From domain does not belong to, a look-alike
+letter in that name, a link whose text shows one domain while it goes to another. Each is a
+token here; the model weighs them like any other.
+
+Everything is a pure function of its arguments: the tables (Public Suffix List, Unicode's
+confusables, the brand list in milter/data/brands.txt) load once, on first use, from files that
+ship with the package; nothing here touches the network. None of the functions raises on
+garbage, and their cost is bounded by the caps below.
+
+Tokens:
+
+- ``sig:name-brand-mismatch``: the display name names a brand the From domain does not belong
+  to ("PayPal Service" <info@secure-mail-xy.ru>);
+- ``sig:name-address-mismatch``: the display name holds an address or domain of another
+  registrable domain than the From address ("support@paypal.com" <x@evil.ru>);
+- ``sig:subject-brand-mismatch``: the subject names a brand (not one marked as an everyday
+  word) the From domain does not belong to;
+- ``sig:confusable-brand``: a display-name or subject word reads as a brand but is spelled
+  otherwise: its TR39 skeleton, or its letters once accents and compatibility forms are
+  dropped, equal the brand's (Paypal with a Cyrillic a, ``WaImart`` with a capital I, PayPal
+  in mathematical bold letters, ``amaz0n``);
+- ``sig:mixed-script``: a display-name or subject word mixes Latin letters with Cyrillic,
+  Greek, Armenian or Cherokee ones; ``sig:body-mixed-script`` the same in the body text;
+- ``sig:link-text-domain-mismatch``: a link whose text shows a domain or URL of another
+  registrable domain than its target (targets on the From domain, click trackers, link
+  rewriters and shorteners excepted);
+- ``sig:link-ip``, ``sig:link-punycode``, ``sig:link-shortener``, ``sig:link-userinfo``,
+  ``sig:link-port``: a link to an IP address, an IDN host, a URL shortener, with a user part
+  (``http://paypal.com@evil.ru/``), to a port other than 80 and 443;
+- ``sig:link-brand-host``: a link host whose subdomain labels name a brand the registrable
+  domain does not belong to (``paypal.com.secure-login.ru``);
+- ``sig:link-javascript``, ``sig:link-data-uri``: ``javascript:`` and non-image ``data:`` links.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Final, NamedTuple
+
+from publicsuffixlist import PublicSuffixList
+
+MAX_INPUT_CHARS: Final = 2048  # of a host, URL, display name or subject looked at
+MAX_LINKS: Final = 200  # links looked at per message
+MAX_WORDS: Final = 40  # display-name and subject words looked at
+MAX_BODY_CHARS: Final = 96 * 1024
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Hosts whose whole business is redirecting: their links show other domains by design.
+SHORTENERS: Final = _names(
+    "bit.ly bitly.com tinyurl.com t.co goo.gl ow.ly is.gd v.gd buff.ly rebrand.ly cutt.ly shorturl.at"
+    " tiny.cc rb.gy s.id t.ly lnkd.in bit.do shorte.st adf.ly ouo.io bc.vc soo.gd clck.ru u.to x.co"
+    " qrco.de tr.im urlz.fr short.gy bl.ink shrtco.de tiny.one 2u.pw"
+    ""
+)
+# Click trackers of mail senders and the link rewriters of mail security gateways (Microsoft's
+# Safe Links, Proofpoint, Mimecast, Barracuda), by registrable domain: a newsletter's link
+# text shows the shop while the link goes through these.
+_REDIRECTORS: Final = _names(
+    "outlook.com proofpoint.com urldefense.com mimecast.com mimecastprotect.com cudasvc.com"
+    " sendgrid.net list-manage.com mailchimp.com mandrillapp.com rs6.net exacttarget.com sailthru.com"
+    " hubspotlinks.com hubspot.com aweber.com createsend1.com cmail19.com cmail20.com klclick.com"
+    " klclick1.com klaviyo.com awstrack.me mjt.lu mailjet.com sparkpostmail.com mlsend.com"
+    " google.com linkedin.com facebook.com substack.com mailgun.org emltrk.com"
+    ""
+)
+# Words a display name may hold beside a brand that is also an everyday word ("Apple Support").
+_GENERIC_WORDS: Final = _names(
+    "service services support team security secure alert alerts account accounts customer customers care"
+    " online bank banking notification notifications notice no reply noreply donotreply do not billing"
+    " payment payments center centre help desk helpdesk info information official verification verify"
+    " update updates store shop inc ltd llc corp co com id mail email message messages delivery shipping"
+    " express tracking the fraud prevention protection member members rewards card cards app department"
+    " dept admin administrator system webmail mailbox storage cloud login access wallet pay premium plus"
+    " prime us uk usa ca de fr au group international global mobile web direct staff agent contact"
+    " your my from by and of for en parcel parcels package packages order orders financial"
+    ""
+)
+# Greek letters that name units and quantities in ordinary text (μs, kΩ, Δt) are not counted.
+_LATIN_LETTERS: Final = "a-zA-Z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"
+_GREEK_QUANTITIES: Final = "ΓΔΘΛΞΠΣΦΨΩθλμπσςφψω"
+_LOOKALIKE_LETTERS: Final = (
+    "".join(chr(c) for c in range(0x370, 0x400) if chr(c).isalpha() and chr(c) not in _GREEK_QUANTITIES)
+    + "\u0400-\u052f\u1c80-\u1c8f\u2de0-\u2dff\ua640-\ua69f"  # Cyrillic
+    + "\u0531-\u0556\u0561-\u0587"  # Armenian
+    + "\u13a0-\u13f5\uab70-\uabbf"  # Cherokee
+)
+_MIXED: Final = re.compile(
+    f"[{_LATIN_LETTERS}][{_LOOKALIKE_LETTERS}]|[{_LOOKALIKE_LETTERS}][{_LATIN_LETTERS}]"
+)
+_LOOKALIKE: Final = re.compile(f"[{_LOOKALIKE_LETTERS}]")
+_WORD: Final = re.compile(r"[^\W_]+")
+_SCHEME: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,15}:")
+_AUTHORITY_END: Final = re.compile(r"[/?#\\\s]")
+_DOTS: Final = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_HEX_OR_DIGITS: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+_IPV6: Final = re.compile(r"[0-9a-f:.]+")
+# A domain or URL shown as text: an address, a URL, www.-something, or a name with a known suffix.
+_SHOWN_DOMAIN: Final = re.compile(
+    r"(?:[a-z][a-z0-9+.-]{0,15}://(?:[^\s/?#@]*@)?|[\w.+-]+@)?"
+    r"((?:[\w](?:[\w-]{0,62})\.)+[\w-]{2,63})(?![\w-])",
+    re.IGNORECASE,
+)
+_EMBEDDED_ADDRESS: Final = re.compile(r"[\w.+-]*@[\w.-]+")
+_DIGIT_LEET: Final = str.maketrans("013457", "oleast")
+_DIGIT_LEET_I: Final = str.maketrans("013457", "oieast")
+
+
+# -- registrable domains -------------------------------------------------------------------------
+
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    # The list the package ships (no source given: it never fetches one). ICANN suffixes only:
+    # with the private ones, every blogspot.com, github.io or r2.dev site would be a registrable
+    # domain of its own; as one domain the free hosting is a token that means something.
+    return PublicSuffixList(only_icann=True)
+
+
+def _ascii_host(host: str) -> str:
+    """`host` with IDNA A-labels (xn--) for its Unicode labels; labels IDNA refuses stay as they are."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        labels = []
+        for label in host.split("."):
+            try:
+                labels.append(label.encode("idna").decode("ascii") if not label.isascii() else label)
+            except UnicodeError:
+                labels.append(label)
+        return ".".join(labels)
+
+
+@functools.lru_cache(maxsize=8192)
+def url_host(text: str) -> str:
+    """The host of a URL, an authority, an address or a host name: lowercase, IDNA A-labels, no
+    user part, port or trailing dot ("" when there is none). ``http://paypal.com@evil.ru:8080/``
+    -> ``evil.ru``; ``[2001:db8::1]`` stays bracketed."""
+    text = text[:MAX_INPUT_CHARS].strip()
+    scheme = _SCHEME.match(text)
+    if scheme is not None and text.startswith("//", scheme.end()):
+        text = text[scheme.end() + 2 :]
+    elif text.startswith("//"):
+        text = text[2:]
+    end = _AUTHORITY_END.search(text)
+    authority = text[: end.start()] if end is not None else text
+    host = authority.rpartition("@")[2]
+    if host.startswith("["):
+        return host.partition("]")[0].lower() + "]"
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    elif ":" in host and _IPV6.fullmatch(host.lower()):
+        return "[" + host.lower() + "]"
+    if "%" in host:
+        host = urllib.parse.unquote(host)
+    host = host.translate(_DOTS).lower()
+    if "." in host:
+        host = ".".join(label for label in host.split(".") if label)
+    if not host.isascii():
+        host = _ascii_host(host).lower()
+    return host[:253]
+
+
+def _is_ip(host: str) -> bool:
+    # What browsers read as an address: bracketed IPv6, or a last label of digits or hex
+    # (1.2.3.4, 3232235777, 0x7f.1).
+    return host.startswith("[") or _HEX_OR_DIGITS.fullmatch(host.rpartition(".")[2]) is not None
+
+
+@functools.lru_cache(maxsize=8192)
+def registrable(host: str) -> str:
+    """The registrable domain of a host (or URL, or address) by the Public Suffix List's ICANN
+    section: ``mail.example.co.uk`` -> ``example.co.uk``; "ip" for IP literals, "" for nothing.
+    A name that is itself a public suffix, or has an unknown one-label suffix, is kept whole."""
+    try:
+        name = url_host(host)
+        if not name:
+            return ""
+        if _is_ip(name):
+            return "ip"
+        return _psl().privatesuffix(name) or name
+    except Exception:  # a table or codec refused this text: it has no registrable domain
+        return ""
+
+
+def same_registrable(a: str, b: str) -> bool:
+    """Whether two hosts, URLs or addresses have the same, non-empty registrable domain."""
+    first = registrable(a)
+    return bool(first) and first == registrable(b)
+
+
+def _has_public_suffix(host: str) -> bool:
+    """Whether `host` ends in a suffix the list knows, with a name in front of it."""
+    try:
+        return _psl().privatesuffix(host, accept_unknown=False) is not None
+    except Exception:
+        return False
+
+
+# -- skeletons -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _confusables() -> dict[int, str]:
+    table: dict[int, str] = {}
+    text = resources.files("milter").joinpath("data/confusables.txt").read_text("utf-8")
+    for line in text.splitlines():
+        if line and line[0] != "#":
+            source, _, target = line.partition(";")
+            table[int(source, 16)] = "".join(chr(int(code, 16)) for code in target.split())
+    return table
+
+
+@functools.cache
+def _ascii_confusables() -> dict[int, str]:
+    return {code: target for code, target in _confusables().items() if code < 128}
+
+
+def skeleton(text: str) -> str:
+    """The Unicode TR39 skeleton of `text`: NFD, each character by its confusable prototype,
+    NFD again. Two strings that look alike have the same skeleton (``paypa1`` and ``paypal``;
+    Paypal with a Cyrillic a and ``Paypal``; ``rn`` and ``m`` both become ``rn``)."""
+    text = text[:MAX_INPUT_CHARS]
+    if text.isascii():
+        return text.translate(_ascii_confusables())
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", text).translate(_confusables()))
+
+
+def _fold(text: str) -> str:
+    """Lowercase, compatibility forms (mathematical bold, fullwidth, ligatures) as their letters,
+    accents dropped."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def is_mixed_script(text: str) -> bool:
+    """Whether a word of `text` has a Latin letter next to a Cyrillic, Greek, Armenian or
+    Cherokee one (their look-alikes of Latin letters are what spoofing uses)."""
+    return not text.isascii() and _MIXED.search(text) is not None
+
+
+# -- brands --------------------------------------------------------------------------------------
+
+
+class Brand(NamedTuple):
+    name: str  # as spelled in the list
+    key: str  # letters and digits, folded: "wellsfargo"
+    weak: bool  # an everyday word as well: counts only beside generic words
+    domains: frozenset[str]  # its own registrable domains beyond those that contain the key
+
+
+class _Brands(NamedTuple):
+    by_key: dict[str, Brand]
+    literal: frozenset[str]  # the spellings that are the brand's own, casefolded and joined
+    by_skeleton: dict[str, Brand]  # skeletons of the spellings in their usual cases
+    first_words: frozenset[str]  # folded first words of brands of more than one word
+    pattern: re.Pattern[str]  # the keys of strong brands, for host labels
+
+
+def _key(text: str) -> str:
+    return _fold("".join(_WORD.findall(text)))
+
+
+@functools.cache
+def _brands() -> _Brands:
+    by_key: dict[str, Brand] = {}
+    literal: set[str] = set()
+    by_skeleton: dict[str, Brand] = {}
+    first_words: set[str] = set()
+    text = resources.files("milter").joinpath("data/brands.txt").read_text("utf-8")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] == "#":
+            continue
+        spelling, _, domains = line.partition("|")
+        weak = spelling.startswith("~")
+        spelling = spelling.lstrip("~").strip()
+        words = _WORD.findall(spelling)
+        brand = Brand(spelling, _key(spelling), weak, frozenset(domains.split()))
+        by_key[brand.key] = brand
+        joined = "".join(words)
+        literal.update((joined.casefold(), brand.key))
+        if len(words) > 1:
+            first_words.add(_fold(words[0]))
+        title = "".join(word[:1].upper() + word[1:].lower() for word in words)
+        for variant in (joined, joined.lower(), joined.upper(), title, joined.capitalize()):
+            by_skeleton.setdefault(skeleton(variant), brand)
+    strong = sorted((b.key for b in by_key.values() if not b.weak), key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, strong)))
+    return _Brands(by_key, frozenset(literal), by_skeleton, frozenset(first_words), pattern)
+
+
+def belongs(brand: Brand, domain: str) -> bool:
+    """Whether registrable `domain` is the brand's: its label in front of the public suffix holds
+    the brand's key (a short key as a whole hyphen-separated part), or the brand lists it."""
+    if domain in brand.domains:
+        return True
+    label = domain.partition(".")[0]
+    if len(brand.key) <= 4:
+        return brand.key in label.split("-")
+    return brand.key in label.replace("-", "")
+
+
+def _match(raw: str, brands: _Brands) -> tuple[Brand | None, bool]:
+    """The brand that `raw` (letters and digits of one or more words, joined) reads as, and
+    whether it is spelled otherwise than the brand spells itself."""
+    folded = _fold(raw)
+    brand = brands.by_key.get(folded)
+    if brand is not None:
+        return brand, raw.casefold() not in brands.literal
+    if len(raw) < 2 or len(raw) > 40:
+        return None, False
+    variants = [raw]
+    if not raw.isalpha() and any(c.isdigit() for c in raw):  # a leet spelling: amaz0n, paypa1
+        variants += [raw.translate(_DIGIT_LEET), raw.translate(_DIGIT_LEET_I)]
+    for variant in variants:
+        shape = skeleton(variant)
+        brand = brands.by_skeleton.get(shape) or brands.by_key.get(_fold(shape))
+        if brand is not None:
+            return brand, True
+    return None, False
+
+
+def _brand_mentions(text: str, brands: _Brands) -> list[tuple[Brand, bool, list[str]]]:
+    """(brand, confusable, the text's other words) for each brand that `text` names."""
+    words = _WORD.findall(text[:MAX_INPUT_CHARS])[:MAX_WORDS]
+    found: list[tuple[Brand, bool, list[str]]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        folded = _fold(word)
+        if folded in brands.first_words or (
+            not word.isascii() and _fold(skeleton(word)) in brands.first_words
+        ):
+            spans = [3, 2, 1]
+        elif folded in _GENERIC_WORDS:
+            i += 1
+            continue
+        else:
+            spans = [1]
+        for span in spans:
+            if i + span > len(words):
+                continue
+            brand, confusable = _match("".join(words[i : i + span]), brands)
+            if brand is not None:
+                found.append((brand, confusable, words[:i] + words[i + span :]))
+                i += span - 1
+                break
+        i += 1
+    return found
+
+
+def _only_generic(words: Iterable[str]) -> bool:
+    return all(_fold(word) in _GENERIC_WORDS or word.isdigit() for word in words)
+
+
+_VIA: Final = re.compile(r"\bvia\b", re.IGNORECASE)
+
+
+def sender_tokens(display_name: str, address: str, subject: str) -> list[str]:
+    """``sig:`` tokens for the From header's display name and address and the Subject.
+
+    A display name "X via Foo" (mailing lists, Google Groups, DocuSign, LinkedIn send on behalf
+    of a person X) is judged by Foo alone."""
+    try:
+        return _sender_tokens(display_name[:MAX_INPUT_CHARS], address[:MAX_INPUT_CHARS], subject)
+    except Exception:  # never seen; a token function must not take the message down with it
+        return []
+
+
+def _sender_tokens(display_name: str, address: str, subject: str) -> list[str]:
+    out: list[str] = []
+    subject = subject[:MAX_INPUT_CHARS]
+    domain = registrable(address.rpartition("@")[2]) if "@" in address else ""
+    name = display_name
+    via = list(_VIA.finditer(name))
+    if via:
+        name = name[via[-1].end() :]
+    brands = _brands()
+    confusable = False
+    if name and not name.isspace():
+        # An address in the name is the next test's: "Jane (jane@gmail.com)" does not name Gmail.
+        named = _EMBEDDED_ADDRESS.sub(" ", name) if "@" in name else name
+        for brand, odd, others in _brand_mentions(named, brands):
+            confusable |= odd
+            if domain and not (brand.weak and not _only_generic(others)) and not belongs(brand, domain):
+                out.append("sig:name-brand-mismatch")
+                break
+        if domain and ("." in name) and _name_domain_differs(name, domain):
+            out.append("sig:name-address-mismatch")
+    if subject and not subject.isspace():
+        for brand, odd, _ in _brand_mentions(subject, brands):
+            if brand.weak:
+                continue
+            confusable |= odd
+            if domain and not belongs(brand, domain):
+                out.append("sig:subject-brand-mismatch")
+                break
+    if confusable:
+        out.append("sig:confusable-brand")
+    if is_mixed_script(display_name) or is_mixed_script(subject):
+        out.append("sig:mixed-script")
+    return out
+
+
+def _name_domain_differs(name: str, domain: str) -> bool:
+    """Whether the display name shows an address or domain of another registrable domain."""
+    for match in _SHOWN_DOMAIN.finditer(name):
+        shown = match.group(1).lower()
+        if _has_public_suffix(url_host(shown)) and registrable(shown) != domain:
+            return True
+    return False
+
+
+def body_tokens(text: str) -> list[str]:
+    """``sig:`` tokens for the (decoded, visible) body text: ``sig:body-mixed-script``."""
+    if text.isascii():
+        return []
+    text = text[:MAX_BODY_CHARS]
+    if _LOOKALIKE.search(text) is None or _MIXED.search(text) is None:
+        return []
+    return ["sig:body-mixed-script"]
+
+
+# -- links ---------------------------------------------------------------------------------------
+
+
+def _shown_host(anchor: str) -> str:
+    """The host a link text shows, when the text is (or holds) a URL, an address or a domain."""
+    anchor = anchor.strip()
+    if "." not in anchor:
+        return ""
+    for match in _SHOWN_DOMAIN.finditer(anchor[:MAX_INPUT_CHARS]):
+        shown = match.group(0)
+        host = url_host(match.group(1))
+        has_form = "://" in shown or "@" in shown or host.startswith("www.")
+        if (has_form or len(match.group(0)) == len(anchor)) and _has_public_suffix(host):
+            return host
+    return ""
+
+
+def link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str]:
+    """``sig:link-*`` tokens for a message's links, each an (href, link text) pair; links found
+    in plain text come with an empty text, and a bare host ("www.example.com") does as an href.
+    `from_domain` is the From address's domain (or its registrable part)."""
+    try:
+        return _link_tokens(links, from_domain)
+    except Exception:  # never seen; a token function must not take the message down with it
+        return []
+
+
+def _link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str]:
+    found: set[str] = set()
+    sender = registrable(from_domain) if from_domain else ""
+    brands = _brands()
+    for href, anchor in links[:MAX_LINKS]:
+        href = href[:MAX_INPUT_CHARS].strip()
+        scheme = _SCHEME.match(href)
+        kind = scheme.group(0).lower() if scheme is not None else ""
+        if kind == "javascript:":
+            found.add("sig:link-javascript")
+            continue
+        if kind == "data:":
+            if not href[5:].lstrip().lower().startswith("image/"):
+                found.add("sig:link-data-uri")
+            continue
+        if kind == "mailto:":
+            host = url_host(href[7:].partition("?")[0])
+        elif kind and href.startswith("//", len(kind)):
+            host = url_host(href)
+        elif kind or href.startswith(("#", "/", ".")):
+            continue  # cid:, tel:, an anchor or a relative link
+        else:
+            host = url_host(href)
+            if not _has_public_suffix(host) and not _is_ip(host):
+                continue  # a relative link ("page.html") rather than a host
+            kind = "http:"
+        if not host:
+            continue
+        site = registrable(host)
+        if kind != "mailto:":
+            _host_tokens(href, host, site, found, brands)
+        shown = _shown_host(anchor) if anchor else ""
+        if (
+            shown
+            and site != sender
+            and site not in _REDIRECTORS
+            and site not in SHORTENERS
+            and registrable(shown) != site
+        ):
+            found.add("sig:link-text-domain-mismatch")
+    return sorted(found)
+
+
+def _host_tokens(href: str, host: str, site: str, found: set[str], brands: _Brands) -> None:
+    if site == "ip":
+        found.add("sig:link-ip")
+        return
+    if "xn--" in host:
+        found.add("sig:link-punycode")
+    if site in SHORTENERS:
+        found.add("sig:link-shortener")
+    authority = href.partition("//")[2] if "//" in href[:20] else href
+    end = _AUTHORITY_END.search(authority)
+    authority = authority[: end.start()] if end is not None else authority
+    if "@" in authority:
+        found.add("sig:link-userinfo")
+    port = authority.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    if port and port not in ("80", "443"):
+        found.add("sig:link-port")
+    subdomains = host[: max(0, len(host) - len(site) - 1)]
+    if subdomains and subdomains != "www":
+        for match in brands.pattern.finditer(subdomains):
+            brand = brands.by_key[match.group(0)]
+            whole = len(brand.key) > 4 or match.group(0) in re.split(r"[.-]", subdomains)
+            if whole and not belongs(brand, site):
+                found.add("sig:link-brand-host")
+                return
