@@ -164,9 +164,18 @@ class Refusal:
         return str(self.error)
 
     def log_line(self) -> str:
-        verb = "keep" if self.kind == "rules" else "keeps"
-        reason = " ".join(self.reason.split())  # one line, whatever the error says
-        return f"reload: refused {self.kind} file {reason}; the last good {self.kind} {verb} serving"
+        return f"reload: refused {self.kind} file {self._one_line()}; {self._serving()}"
+
+    def still_line(self) -> str:
+        """For a reload that finds this file as it was refused (`systemctl reload` to force it)."""
+        what = "the rules file is still the one" if self.kind == "rules" else "model file still"
+        return f"{what} refused: {self._one_line()}; {self._serving()}"
+
+    def _one_line(self) -> str:
+        return " ".join(self.reason.split())  # one line, whatever the error says
+
+    def _serving(self) -> str:
+        return f"the last good {self.kind} {'keep' if self.kind == 'rules' else 'keeps'} serving"
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -194,10 +203,19 @@ class ModelSelector:
         self.active_path: Path | None = None
         self.load_seconds: float | None = None
         self._active_key: FileKey | None = None
-        self._refused: dict[Path, FileKey] = {}  # last refused version of each file
+        self._refused: dict[Path, tuple[FileKey, Refusal]] = {}  # last refused version of each file
+        # The refused files the last selection passed over (or whose good model it kept): what
+        # serves is not what the directory says, and a reload that changes nothing says why.
+        self.standing: tuple[Refusal, ...] = ()
 
     def select(self) -> list[Refusal]:
         """Bring `active` up to date with the directory; the files newly refused on the way."""
+        passed: list[Refusal] = []
+        refusals = self._select(passed)
+        self.standing = tuple(passed)
+        return refusals
+
+    def _select(self, passed: list[Refusal]) -> list[Refusal]:
         refusals: list[Refusal] = []
         candidates = model_candidates(self.path)
         present = set(candidates)
@@ -210,7 +228,9 @@ class ModelSelector:
                 continue  # removed since listed
             if path == self.active_path and key == self._active_key:
                 return refusals  # the newest valid model is the one serving
-            if self._refused.get(path) == key:
+            refused = self._refused.get(path)
+            if refused is not None and refused[0] == key:
+                passed.append(refused[1])
                 if path == self.active_path:
                     return refusals  # its file was overwritten by an invalid one: keep the good one
                 continue
@@ -222,8 +242,10 @@ class ModelSelector:
                 if not isinstance(e, ModelError):
                     log.debug("unexpected error loading %s", path, exc_info=True)
                     e = ModelError(path, f"cannot load: {type(e).__name__}: {e}")
-                self._refused[path] = key
-                refusals.append(Refusal("model", path, e))
+                refusal = Refusal("model", path, e)
+                self._refused[path] = (key, refusal)
+                refusals.append(refusal)
+                passed.append(refusal)
                 if path == self.active_path:
                     return refusals
                 continue
@@ -282,6 +304,12 @@ class RulesKeeper:
         self.active: Ruleset | None = None
         self._active_key: object = None
         self._refused_key: object = None
+        # The file as it is now was refused for this (None: it is the one serving).
+        self.refusal: Refusal | None = None
+
+    @property
+    def standing(self) -> tuple[Refusal, ...]:
+        return (self.refusal,) if self.refusal is not None else ()
 
     def _key(self) -> object:
         if self.path.is_dir():
@@ -295,9 +323,10 @@ class RulesKeeper:
     def refresh(self) -> list[Refusal]:
         key = self._key()
         if self.active is not None and key == self._active_key:
+            self.refusal = None  # back as it was when it went live (a refused file removed)
             return []
         if key == self._refused_key:
-            return []  # refused already, not changed since
+            return []  # refused already, not changed since (self.refusal says why)
         try:
             if self.mode is None:
                 rules = Ruleset.load(self.path)
@@ -307,9 +336,9 @@ class RulesKeeper:
             if not isinstance(e, RulesError):
                 log.debug("unexpected error loading %s", self.path, exc_info=True)
                 e = RulesError(self.path, f"cannot load: {type(e).__name__}: {e}")
-            self._refused_key = key
-            return [Refusal("rules", self.path, e)]
-        self.active, self._active_key, self._refused_key = rules, key, None
+            self._refused_key, self.refusal = key, Refusal("rules", self.path, e)
+            return [self.refusal]
+        self.active, self._active_key, self._refused_key, self.refusal = rules, key, None, None
         return []
 
 
@@ -331,6 +360,8 @@ class LoadResult(Generic[T]):
     rule_count: int | None
     model_load_seconds: float | None = None
     seconds: float = 0.0
+    # Files refused by an earlier reload and found unchanged: still not serving, and why.
+    still_refused: tuple[Refusal, ...] = ()
 
 
 class PolicyLoader(Generic[T]):
@@ -403,6 +434,7 @@ class PolicyLoader(Generic[T]):
         with self._lock:
             started = time.perf_counter()
             refused = [*self.rules.refresh(), *self.models.select()]
+            still = tuple(r for r in (*self.rules.standing, *self.models.standing) if r not in refused)
             rules, model = self.rules.active, self.models.active
             changed: set[str] = set()
             policy: T | None = None
@@ -423,6 +455,7 @@ class PolicyLoader(Generic[T]):
                 rule_count=rule_count(rules) if rules is not None else None,
                 model_load_seconds=self.models.load_seconds,
                 seconds=time.perf_counter() - started,
+                still_refused=still,
             )
 
 
@@ -472,6 +505,7 @@ class ReloadReport:
     rule_count: int | None
     seconds: float
     error: str | None = None  # an unexpected failure of the reload itself
+    still_refused: tuple[Refusal, ...] = ()  # refused before, unchanged since: still not serving
 
 
 class _Handler(FileSystemEventHandler):
@@ -731,6 +765,7 @@ class Reloader(Generic[T]):
             model_id=result.model_id,
             rule_count=result.rule_count,
             seconds=time.perf_counter() - started,
+            still_refused=result.still_refused,
         )
         for refusal in result.refused:
             log.error("%s", refusal.log_line())
@@ -745,7 +780,15 @@ class Reloader(Generic[T]):
                 parts.append(f"{result.rule_count} rules from {self.loader.rules_path}")
             log.info("reload: now serving %s", " and ".join(parts))
         elif not result.refused:
-            log.info("reload: nothing changed (%s)", ", ".join(sorted(kinds)))
+            nothing = f"reload: nothing changed ({', '.join(sorted(kinds))})"
+            if not result.still_refused:
+                log.info("%s", nothing)
+            # An admin who runs `systemctl reload` to force a refused file in learns why it is not.
+            for refusal in result.still_refused:
+                log.warning("%s", f"{nothing}: {refusal.still_line()}")
+        if swapped and "all" in kinds:
+            for refusal in result.still_refused:
+                log.warning("%s", f"reload: {refusal.still_line()}")
         self.reloads += 1
         self.last = report
         if swapped and previous is not None and "model" in report.changed:
@@ -808,7 +851,8 @@ class Reloader(Generic[T]):
         for kind in report.changed:
             self.metrics.reload_done(kind, ok=True)
         if "all" in report.kinds:
-            self.metrics.reload_done("all", ok=not report.refused and report.error is None)
+            ok = not report.refused and not report.still_refused and report.error is None
+            self.metrics.reload_done("all", ok=ok)
 
     def _announce(self, report: ReloadReport) -> None:
         if self.notifier is None:
@@ -816,10 +860,10 @@ class Reloader(Generic[T]):
         note = ""
         if report.error is not None:
             note = f"reload failed: {report.error}"
-        elif report.refused:
-            note = f"refused {report.refused[0].reason}"
-            if len(report.refused) > 1:
-                note += f" (and {len(report.refused) - 1} more)"
+        elif refused := (*report.refused, *report.still_refused):
+            note = f"refused {refused[0].reason}"
+            if len(refused) > 1:
+                note += f" (and {len(refused) - 1} more)"
         model_id = self.loader.models.active.id if self.loader.models.active is not None else "none"
         rules = self.loader.rules.active
         self.notifier.ready(status_text(model_id, rule_count(rules) if rules is not None else 0, note))

@@ -29,6 +29,7 @@ from milter.reload import (
     ModelSelector,
     PolicyLoader,
     Reloader,
+    ReloadReport,
     is_temporary,
     model_candidates,
     select_model,
@@ -586,6 +587,45 @@ def test_valid_change_after_a_refused_one_goes_live(setup: Setup) -> None:
 
     live = run_live(setup, body)
     assert live.ok("rules") == 1 and live.failed("rules") == 1
+
+
+@pytest.mark.parametrize("kind", ["rules", "model"])
+def test_reload_request_after_a_refusal_says_the_file_is_still_the_refused_one(
+    setup: Setup, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """`systemctl reload` to force a refused file in: the log says why nothing changed, again."""
+    bad = setup.rules if kind == "rules" else setup.model("b.onnx")
+    reports: list[ReloadReport] = []
+
+    async def body(live: Live) -> None:
+        write(bad, "rules: {" if kind == "rules" else "not a model")  # newer than a.onnx: tried first
+        await live.until(lambda: live.failed(kind) == 1)
+        await live.settle(1)
+        reports.append(await live.reloader.reload())  # SIGHUP, the file unchanged
+        if kind == "rules":
+            write(bad, rules_text("fixed"))
+        else:
+            bad.unlink()
+        reports.append(await live.reloader.reload())
+
+    with caplog.at_level(logging.INFO, logger="milter.reload"):
+        live = run_live(setup, body)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    refused = next(m for level, m in lines if level == logging.ERROR)
+    reason = refused.removeprefix(f"reload: refused {kind} file ").split("; the last good")[0]
+    assert reason.startswith(f"{bad}:" if kind == "rules" else f"{bad}: not a loadable ONNX model")
+    what = "the rules file is still the one" if kind == "rules" else "model file still"
+    verb = "keep" if kind == "rules" else "keeps"
+    still = f"reload: nothing changed (all): {what} refused: {reason}; the last good {kind} {verb} serving"
+    assert (logging.WARNING, still) in lines
+    assert (logging.INFO, "reload: nothing changed (all)") not in lines[
+        : lines.index((logging.WARNING, still))
+    ]
+    forced, fixed = reports
+    assert not forced.swapped and forced.refused == () and [r.path for r in forced.still_refused] == [bad]
+    assert fixed.still_refused == () and fixed.swapped == (kind == "rules")
+    assert live.failed(kind) == 1  # counted once, when it was refused
+    assert (live.failed("all"), live.ok("all")) == (1, 1)  # the forced reload did not take it in
 
 
 # --- SIGHUP and systemd -------------------------------------------------------------------------
