@@ -1,8 +1,11 @@
 """`pip install .` gives a working `milter`: the wheel carries the shipped rules and model
-where milter/paths.py looks for them outside a checkout."""
+where milter/paths.py looks for them outside a checkout, and the documents where the systemd
+units' Documentation= points; building leaves nothing in the checkout."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -54,3 +57,43 @@ def test_installed_layout_is_found_under_the_prefix(tmp_path: Path) -> None:
 def test_in_a_checkout_the_shipped_files_are_the_repository_ones() -> None:
     assert paths.SHIPPED_RULES == ROOT / "rules" / "default.yaml"
     assert paths.SHIPPED_MODEL == ROOT / "model" / "spam.onnx"
+
+
+# What a checkout holds besides the sources (tests/test_packaging copies the rest).
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+    "corpus", "Maildir",
+)  # fmt: skip
+UNIT_PREFIX = "/opt/milter"  # the virtual environment the shipped units run milter from
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_pip_install_of_a_checkout_leaves_it_as_it_was_and_installs_the_documents(tmp_path: Path) -> None:
+    checkout, prefix, tmp = tmp_path / "checkout", tmp_path / "opt-milter", tmp_path / "tmp"
+    shutil.copytree(ROOT, checkout, ignore=NOT_SOURCES)
+    tmp.mkdir()
+    before = tree(checkout)
+    # A virtual environment of its own, as /opt/milter is: pip install --prefix would uninstall
+    # the milter this test runs from (pip removes the version it finds on its own sys.path).
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"), "install", "-q",
+         "--no-deps", "--no-compile", str(checkout)],
+        check=True, capture_output=True, env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    assert tree(checkout) == before  # no build/, no milter.egg-info
+    assert [p.name for p in tmp.glob("milter-build-*")] == []  # the build's own directory is gone
+    installed = prefix / "share" / "doc" / "milter"
+    for name in ("install.md", "rules.md", "scaling.md"):
+        assert (installed / name).read_bytes() == (ROOT / "docs" / name).read_bytes()
+    for unit in ("milter.service", "milter@.service"):
+        [doc] = [
+            line.removeprefix("Documentation=file:")
+            for line in (ROOT / "systemd" / unit).read_text().splitlines()
+            if line.startswith("Documentation=")
+        ]
+        assert doc.startswith(f"{UNIT_PREFIX}/"), doc
+        assert (prefix / doc.removeprefix(f"{UNIT_PREFIX}/")).is_file(), f"{unit}: {doc} is not installed"
