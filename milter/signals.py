@@ -38,6 +38,7 @@ Tokens:
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import unicodedata
 import urllib.parse
@@ -112,8 +113,18 @@ _SHOWN_DOMAIN: Final = re.compile(
     r"((?:[\w](?:[\w-]{0,62})\.)+[\w-]{2,63})(?![\w-])",
     re.IGNORECASE,
 )
+_COMMON_TLDS: Final = _names(
+    "com net org info biz edu gov mil int io ai app dev xyz top online site shop store club live email"
+    " cloud tech pro name mobi asia link click icu vip work world today support services bank"
+)
+_MARKS: Final = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _EMBEDDED_ADDRESS: Final = re.compile(r"[\w.+-]*@[\w.-]+")
 _DIGIT_LEET: Final = str.maketrans("013457", "oleast")
+# A loose key that look-alike spellings of a brand share with it, cheap enough for every word:
+# digits as the letters they stand for, i and | as l, rn as m.
+_LOOSE: Final = str.maketrans("013457|i", "oleastll")
+_LOOSE_BYTES: Final = bytes.maketrans(b"013457|i", b"oleastll")
+_ASCII_WORD_BYTES: Final = bytes(c if chr(c).isalnum() and c < 128 else 32 for c in range(256))
 _DIGIT_LEET_I: Final = str.maketrans("013457", "oieast")
 
 
@@ -200,6 +211,7 @@ def same_registrable(a: str, b: str) -> bool:
     return bool(first) and first == registrable(b)
 
 
+@functools.lru_cache(maxsize=4096)
 def _has_public_suffix(host: str) -> bool:
     """Whether `host` ends in a suffix the list knows, with a name in front of it."""
     try:
@@ -242,8 +254,7 @@ def _fold(text: str) -> str:
     accents dropped."""
     if text.isascii():
         return text.lower()
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _MARKS.sub("", unicodedata.normalize("NFKD", text.casefold()))
 
 
 def is_mixed_script(text: str) -> bool:
@@ -260,6 +271,7 @@ class Brand(NamedTuple):
     key: str  # letters and digits, folded: "wellsfargo"
     weak: bool  # an everyday word as well: counts only beside generic words
     domains: frozenset[str]  # its own registrable domains beyond those that contain the key
+    others: frozenset[str]  # domains that contain the key but are not the brand's
 
 
 class _Brands(NamedTuple):
@@ -267,7 +279,11 @@ class _Brands(NamedTuple):
     literal: frozenset[str]  # the spellings that are the brand's own, casefolded and joined
     by_skeleton: dict[str, Brand]  # skeletons of the spellings in their usual cases
     first_words: frozenset[str]  # folded first words of brands of more than one word
-    pattern: re.Pattern[str]  # the keys of strong brands, for host labels
+    loose: frozenset[bytes]  # loose keys (of 3 characters or more) of the brands
+
+
+def _loose(folded: str) -> str:
+    return folded.translate(_LOOSE).replace("rn", "m")
 
 
 def _key(text: str) -> str:
@@ -289,7 +305,9 @@ def _brands() -> _Brands:
         weak = spelling.startswith("~")
         spelling = spelling.lstrip("~").strip()
         words = _WORD.findall(spelling)
-        brand = Brand(spelling, _key(spelling), weak, frozenset(domains.split()))
+        listed = domains.split()
+        own = frozenset(d for d in listed if d[0] != "!")
+        brand = Brand(spelling, _key(spelling), weak, own, frozenset(d[1:] for d in listed if d[0] == "!"))
         by_key[brand.key] = brand
         joined = "".join(words)
         literal.update((joined.casefold(), brand.key))
@@ -298,16 +316,18 @@ def _brands() -> _Brands:
         title = "".join(word[:1].upper() + word[1:].lower() for word in words)
         for variant in (joined, joined.lower(), joined.upper(), title, joined.capitalize()):
             by_skeleton.setdefault(skeleton(variant), brand)
-    strong = sorted((b.key for b in by_key.values() if not b.weak), key=len, reverse=True)
-    pattern = re.compile("|".join(map(re.escape, strong)))
-    return _Brands(by_key, frozenset(literal), by_skeleton, frozenset(first_words), pattern)
+    loose = frozenset(_loose(key).encode() for key in by_key if len(key) >= 3)
+    return _Brands(by_key, frozenset(literal), by_skeleton, frozenset(first_words), loose)
 
 
 def belongs(brand: Brand, domain: str) -> bool:
     """Whether registrable `domain` is the brand's: its label in front of the public suffix holds
-    the brand's key (a short key as a whole hyphen-separated part), or the brand lists it."""
+    the brand's key (a short key as a whole hyphen-separated part) and the brand does not list it
+    as another's (!onmicrosoft.com), or the brand lists it as its own."""
     if domain in brand.domains:
         return True
+    if domain in brand.others:
+        return False
     label = domain.partition(".")[0]
     if len(brand.key) <= 4:
         return brand.key in label.split("-")
@@ -336,11 +356,17 @@ def _match(raw: str, brands: _Brands) -> tuple[Brand | None, bool]:
 
 def _brand_mentions(text: str, brands: _Brands) -> list[tuple[Brand, bool, list[str]]]:
     """(brand, confusable, the text's other words) for each brand that `text` names."""
-    words = _WORD.findall(text[:MAX_INPUT_CHARS])[:MAX_WORDS]
+    text = text[:MAX_INPUT_CHARS]
     found: list[tuple[Brand, bool, list[str]]] = []
+    if not _names_a_brand(text, brands):
+        return found
+    words = _WORD.findall(text)[:MAX_WORDS]
     i = 0
     while i < len(words):
         word = words[i]
+        if not _may_be_brand(word, brands):
+            i += 1
+            continue
         folded = _fold(word)
         if folded in brands.first_words or (
             not word.isascii() and _fold(skeleton(word)) in brands.first_words
@@ -361,6 +387,32 @@ def _brand_mentions(text: str, brands: _Brands) -> list[tuple[Brand, bool, list[
                 break
         i += 1
     return found
+
+
+def _names_a_brand(text: str, brands: _Brands) -> bool:
+    """Whether `text` may name a brand or a look-alike of one: the cheap test, by C string and
+    set operations, that spares most texts the word-by-word one in _brand_mentions."""
+    if text.isascii():
+        low = text.lower().encode("ascii")
+        words = low.translate(_ASCII_WORD_BYTES).decode("ascii").split()
+        loose = low.translate(_LOOSE_BYTES).translate(_ASCII_WORD_BYTES).replace(b"rn", b"m").split()
+    else:
+        folded = _fold(skeleton(text))
+        words = _WORD.findall(folded)
+        loose = [word.encode("utf-8") for word in _WORD.findall(_loose(folded))]
+    if not brands.by_key.keys().isdisjoint(words) or not brands.loose.isdisjoint(loose):
+        return True
+    if brands.first_words.isdisjoint(words):
+        return False
+    pairs = [a + b for a, b in itertools.pairwise(words)]
+    triples = [a + b for a, b in zip(pairs, words[2:], strict=False)]
+    return not brands.by_key.keys().isdisjoint(pairs + triples)
+
+
+def _may_be_brand(word: str, brands: _Brands) -> bool:
+    """`_names_a_brand` for one word, or the first word of a brand's name."""
+    folded = word.lower() if word.isascii() else _fold(skeleton(word))
+    return folded in brands.by_key or folded in brands.first_words or _loose(folded).encode() in brands.loose
 
 
 def _only_generic(words: Iterable[str]) -> bool:
@@ -401,11 +453,13 @@ def _sender_tokens(display_name: str, address: str, subject: str) -> list[str]:
                 break
         if domain and ("." in name) and _name_domain_differs(name, domain):
             out.append("sig:name-address-mismatch")
+    if via:  # the person's part of the name, for look-alike brands only
+        confusable |= any(odd for _, odd, _ in _brand_mentions(display_name[: via[-1].start()], brands))
     if subject and not subject.isspace():
         for brand, odd, _ in _brand_mentions(subject, brands):
+            confusable |= odd
             if brand.weak:
                 continue
-            confusable |= odd
             if domain and not belongs(brand, domain):
                 out.append("sig:subject-brand-mismatch")
                 break
@@ -416,11 +470,29 @@ def _sender_tokens(display_name: str, address: str, subject: str) -> list[str]:
     return out
 
 
+def _shown(match: re.Match[str]) -> str:
+    """The host of a _SHOWN_DOMAIN match that reads as a domain to a person, or "".
+
+    A URL, an address or www.-something does; a bare name only with a common or country-code
+    top-level domain and three characters or more in front of it ("Amazon.co.uk", not
+    "Craig R.Hughes", where .hughes is a brand's top-level domain, nor "Mr.Li")."""
+    host = url_host(match.group(1))
+    if not _has_public_suffix(host):
+        return ""
+    shown = match.group(0)
+    if "://" in shown or "@" in shown or host.startswith("www."):
+        return host
+    tld = host.rpartition(".")[2]
+    if (len(tld) == 2 or tld in _COMMON_TLDS) and len(registrable(host).partition(".")[0]) >= 3:
+        return host
+    return ""
+
+
 def _name_domain_differs(name: str, domain: str) -> bool:
     """Whether the display name shows an address or domain of another registrable domain."""
     for match in _SHOWN_DOMAIN.finditer(name):
-        shown = match.group(1).lower()
-        if _has_public_suffix(url_host(shown)) and registrable(shown) != domain:
+        host = _shown(match)
+        if host and registrable(host) != domain:
             return True
     return False
 
@@ -444,10 +516,8 @@ def _shown_host(anchor: str) -> str:
     if "." not in anchor:
         return ""
     for match in _SHOWN_DOMAIN.finditer(anchor[:MAX_INPUT_CHARS]):
-        shown = match.group(0)
-        host = url_host(match.group(1))
-        has_form = "://" in shown or "@" in shown or host.startswith("www.")
-        if (has_form or len(match.group(0)) == len(anchor)) and _has_public_suffix(host):
+        host = _shown(match)
+        if host:
             return host
     return ""
 
@@ -493,13 +563,14 @@ def _link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str
         site = registrable(host)
         if kind != "mailto:":
             _host_tokens(href, host, site, found, brands)
-        shown = _shown_host(anchor) if anchor else ""
+        shown = registrable(_shown_host(anchor)) if anchor else ""
         if (
             shown
+            and shown != site
             and site != sender
             and site not in _REDIRECTORS
             and site not in SHORTENERS
-            and registrable(shown) != site
+            and shown not in _REDIRECTORS
         ):
             found.add("sig:link-text-domain-mismatch")
     return sorted(found)
@@ -523,9 +594,16 @@ def _host_tokens(href: str, host: str, site: str, found: set[str], brands: _Bran
         found.add("sig:link-port")
     subdomains = host[: max(0, len(host) - len(site) - 1)]
     if subdomains and subdomains != "www":
-        for match in brands.pattern.finditer(subdomains):
-            brand = brands.by_key[match.group(0)]
-            whole = len(brand.key) > 4 or match.group(0) in re.split(r"[.-]", subdomains)
-            if whole and not belongs(brand, site):
-                found.add("sig:link-brand-host")
-                return
+        labels = subdomains.split(".")
+        for n, label in enumerate(labels):
+            parts = label.split("-")
+            for part in parts:
+                brand = brands.by_key.get(part)
+                if brand is None or brand.weak or belongs(brand, site):
+                    continue
+                # A short key alone as a label is often something else (citi.umich.edu): it
+                # counts beside other words (dhl-express.) or before a domain's ending (dhl.com.).
+                after = labels[n + 1] if n + 1 < len(labels) else ""
+                if len(part) > 4 or len(parts) > 1 or len(after) == 2 or after in _COMMON_TLDS:
+                    found.add("sig:link-brand-host")
+                    return

@@ -1,0 +1,397 @@
+"""milter.signals: each sig: token, the legitimate mail that must not get it, and garbage."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from milter import signals
+from milter.signals import (
+    body_tokens,
+    is_mixed_script,
+    link_tokens,
+    registrable,
+    same_registrable,
+    sender_tokens,
+    skeleton,
+    url_host,
+)
+
+# -- registrable ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("example.com", "example.com"),
+        ("Mail.Example.CO.UK.", "example.co.uk"),
+        ("a.b.example.com.au", "example.com.au"),
+        ("www.city.kawasaki.jp", "city.kawasaki.jp"),  # an exception rule of the list
+        ("http://paypal.com@evil.ru/", "evil.ru"),
+        ("https://WWW.Example.com:443/path?u=http://other.org/", "example.com"),
+        ("//cdn.example.net/x.js", "example.net"),
+        ("evil.ru:8080", "evil.ru"),
+        ("user@sub.example.org", "example.org"),
+        ("a..b.example.com", "example.com"),
+        ("%77%77%77.paypal.com", "paypal.com"),
+        ("пример.рф", "xn--e1afmkfd.xn--p1ai"),
+        ("xn--e1afmkfd.xn--p1ai", "xn--e1afmkfd.xn--p1ai"),
+        (
+            "\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25\u3002com",
+            "example.com",
+        ),  # fullwidth letters and an ideographic full stop
+        ("foo.blogspot.com", "blogspot.com"),  # ICANN suffixes only: free hosting is one domain
+        ("localhost", "localhost"),
+        ("co.uk", "co.uk"),
+        ("1.2.3.4", "ip"),
+        ("http://3232235777/", "ip"),
+        ("0x7f.0.0.1", "ip"),
+        ("[2001:db8::1]", "ip"),
+        ("http://[2001:db8::1]:8080/", "ip"),
+        ("[IPv6:2001:db8::1]", "ip"),
+        ("2001:db8::1", "ip"),
+        ("", ""),
+        ("   ", ""),
+        ("http://", ""),
+    ],
+)
+def test_registrable(host: str, expected: str) -> None:
+    assert registrable(host) == expected
+
+
+def test_url_host() -> None:
+    assert url_host("HTTP://User:Pw@Example.COM.:81/x") == "example.com"
+    assert url_host("[::1]:25") == "[::1]"
+    assert url_host("bücher.de") == "xn--bcher-kva.de"
+
+
+def test_same_registrable() -> None:
+    assert same_registrable("a@mail.example.co.uk", "news.example.co.uk")
+    assert not same_registrable("a@example.com", "a@example.net")
+    assert not same_registrable("", "")
+
+
+def test_the_public_suffix_list_is_the_shipped_one_and_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network use")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    signals._psl.cache_clear()
+    registrable.cache_clear()
+    assert registrable("news.bbc.co.uk") == "bbc.co.uk"
+
+
+# -- skeletons and scripts -----------------------------------------------------------------------
+
+
+def test_skeleton_is_tr39s() -> None:
+    assert skeleton("paypa1") == skeleton("paypal")
+    assert skeleton("P\u0430ypal") == skeleton("Paypal")  # Cyrillic a
+    assert skeleton("arnazon") == skeleton("amazon")  # rn and m
+    assert skeleton("WaImart") == skeleton("Walmart")  # capital I and small l
+    assert skeleton("\U0001d40f\U0001d41a\U0001d432") == "Pay"  # mathematical bold
+    assert skeleton("plain") == "plain"
+    assert skeleton("") == ""
+
+
+def test_mixed_script() -> None:
+    assert is_mixed_script("P\u0430ypal")
+    assert is_mixed_script("\u0420ayPal")  # Cyrillic Er first
+    assert is_mixed_script("ma\u03bfney")  # Greek omicron
+    assert not is_mixed_script("Paypal")
+    assert not is_mixed_script("Γιώργος Παπαδόπουλος")  # Greek, whole
+    assert not is_mixed_script("Иван Петров (Ivan Petrov)")  # two scripts, separate words
+    assert not is_mixed_script("山田太郎 Yamada Tarō")
+    assert not is_mixed_script("Tシャツ")  # Latin with Japanese is ordinary
+    assert not is_mixed_script("François Müller")
+    assert not is_mixed_script("10μs, 4kΩ, Δt")  # Greek letters as units and quantities
+
+
+# -- sender tokens -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "subject"),
+    [
+        ("Amazon", "no-reply@amazon.co.uk", ""),
+        ("Amazon.co.uk", "shipment-tracking@amazon.co.uk", "Your Amazon.co.uk order has dispatched"),
+        ("Amazon Web Services", "aws-marketing@amazonaws.com", ""),
+        ("PayPal", "service@paypal.de", "Sie haben eine Zahlung erhalten"),
+        ("PayPal", "service@paypal-communication.com", ""),
+        ("DHL Express", "noreply@dhl.com", "DHL On Demand Delivery"),
+        ("Wells Fargo Online", "alerts@notify.wellsfargo.com", ""),
+        ("Bank of America", "onlinebanking@ealerts.bankofamerica.com", ""),
+        ("Microsoft account team", "account-security-noreply@accountprotection.microsoft.com", ""),
+        ("Microsoft Outlook", "no-reply@outlook.com", ""),
+        ("Facebook", "security@facebookmail.com", ""),
+        ("Instagram", "no-reply@mail.instagram.com", ""),
+        ("Google", "no-reply@accounts.google.com", "Security alert"),
+        ("YouTube", "noreply@youtube.com", ""),
+        ("Apple", "no_reply@email.apple.com", "Your receipt from Apple."),
+        ("Crédit Agricole", "info@credit-agricole.fr", ""),
+        ("T-Mobile", "t-mobile@t-mobile.com", ""),
+        ("IRS", "irs.e-news@irs.gov", ""),
+        ("USPS Informed Delivery", "USPSInformeddelivery@email.informeddelivery.usps.com", ""),
+        ("Jane Doe via DocuSign", "dse@docusign.net", "Please DocuSign: contract.pdf"),
+        ("Chase Miller via dev-list", "dev-list@lists.example.org", "Re: build broken"),
+        ("Amazon Seller via Foo", "foo@googlegroups.com", ""),
+        ("Chase Miller", "chase.miller@gmail.com", ""),  # a person's name that is a bank's too
+        ("Apple Daily News", "news@appledaily.example", ""),
+        ("Peter Norton", "peter@norton-family.example", ""),
+        ("Γιώργος Παπαδόπουλος", "giorgos@example.gr", "Καλημέρα"),
+        ("Иван Петров", "ivan@mail.ru", "Привет, как дела?"),
+        ("山田太郎", "taro@example.co.jp", "会議の件"),
+        ("John Smith", "john@example.com", "Re: [PATCH v2 3/7] mm: fix the page allocator"),
+        ("john@example.com", "john@example.com", ""),
+        ("", "", ""),
+    ],
+)
+def test_legitimate_senders_get_no_tokens(name: str, address: str, subject: str) -> None:
+    assert sender_tokens(name, address, subject) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "address"),
+    [
+        ("PayPal Service", "info@secure-mail-xy.ru"),
+        ("Amazon", "no-reply@amazon-support.top.example"),  # amazon in a subdomain only
+        ("Netflix", "billing@netflix-account.example.com"),  # in a subdomain
+        ("NETFLIX", "info@update-now.xyz"),
+        ("Wells Fargo", "alerts@secure.example.com"),
+        ("Bank of America", "alert@x.example"),
+        ("Chase Online Banking", "chase@evil.example"),  # the weak brand beside generic words only
+        ("Apple Support", "support@evil.example"),
+        ("Credit Agricole", "info@evil.fr"),
+        ("IRS", "refund@firstbank.example"),  # short keys must be a whole part of the label
+        ("Microsoft 365", "admin@tenant.onmicrosoft.com"),  # anybody can send from there
+        ("Google", "g@gmail.com"),
+    ],
+)
+def test_brand_in_the_name_from_another_domain(name: str, address: str) -> None:
+    assert "sig:name-brand-mismatch" in sender_tokens(name, address, "")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "P\u0430ypal",  # Cyrillic a
+        "\u0420\u0410YPAL",  # Cyrillic Er and A
+        "WaImart",  # capital I for l
+        "NETFLlX",  # small l for I
+        "amaz0n",
+        "PayPa1",
+        "\U0001d40f\U0001d41a\U0001d432\U0001d40f\U0001d41a\U0001d425",  # mathematical bold
+        "Ámazon",
+    ],
+)
+def test_look_alike_brand_in_the_name(name: str) -> None:
+    tokens = sender_tokens(name, "a@b.example", "")
+    assert "sig:confusable-brand" in tokens
+    assert "sig:name-brand-mismatch" in tokens
+
+
+def test_look_alikes_count_before_via_too() -> None:
+    # The brand check reads only the list's part of "X via List"; a look-alike is one anywhere.
+    tokens = sender_tokens("\u13de\u0435dg\u0435r via dev-list", "dev-list@lists.example.org", "Verify")
+    assert tokens == ["sig:confusable-brand", "sig:mixed-script"]
+
+
+def test_look_alikes_count_from_the_brands_own_domain_too() -> None:
+    assert sender_tokens("P\u0430yPal", "service@paypal.com", "") == [
+        "sig:confusable-brand",
+        "sig:mixed-script",
+    ]
+
+
+@pytest.mark.parametrize("name", ["LRS", "Lloyd", "Amazing", "Paypalooza", "Walmartian"])
+def test_near_brands_are_not_look_alikes(name: str) -> None:
+    assert "sig:confusable-brand" not in sender_tokens(name, "a@b.example", "")
+
+
+def test_address_in_the_name() -> None:
+    assert sender_tokens('"support@paypal.com"', "x@evil.ru", "") == ["sig:name-address-mismatch"]
+    assert sender_tokens("paypal.com", "x@evil.ru", "") == [
+        "sig:name-brand-mismatch",
+        "sig:name-address-mismatch",
+    ]
+    # The address in the name is the sender's own, or the name is only a sentence with dots.
+    assert sender_tokens("jane@example.com", "jane@mail.example.com", "") == []
+    assert sender_tokens("J.R.R. Tolkien", "jrr@example.com", "") == []
+    assert sender_tokens("Craig R.Hughes", "craig@example.com", "") == []  # .hughes is a TLD
+    assert sender_tokens("Mr.Li", "li@example.com", "") == []  # and .li a country's
+    assert sender_tokens("lists.example.org", "fleta@example.us", "") == ["sig:name-address-mismatch"]
+    assert sender_tokens("Jane (jane@gmail.com)", "jane@corp.example", "") == ["sig:name-address-mismatch"]
+
+
+def test_brand_in_the_subject() -> None:
+    assert sender_tokens("Joe", "joe@x.example", "Your Netflix account is on hold") == [
+        "sig:subject-brand-mismatch"
+    ]
+    assert sender_tokens("Netflix", "info@mailer.netflix.com", "Your Netflix account") == []
+    # A brand that is also an everyday word does not count in a subject.
+    assert sender_tokens("Joe", "joe@x.example", "Apple pie and a chase") == []
+    assert sender_tokens("Joe", "joe@x.example", "Re: Wells Fargo statement") == [
+        "sig:subject-brand-mismatch"
+    ]
+    tokens = sender_tokens("Joe", "joe@x.example", "Your P\u0430yP\u0430l account")
+    assert tokens == ["sig:subject-brand-mismatch", "sig:confusable-brand", "sig:mixed-script"]
+
+
+def test_mixed_script_in_the_subject_and_name() -> None:
+    assert sender_tokens("Joe", "joe@x.example", "Fr\u0435e m\u043eney") == ["sig:mixed-script"]
+    assert sender_tokens("J\u043ehn", "joe@x.example", "hello") == ["sig:mixed-script"]
+
+
+# -- body ----------------------------------------------------------------------------------------
+
+
+def test_body_tokens() -> None:
+    assert body_tokens("Cl\u0456ck here to claim your pr\u0456ze") == ["sig:body-mixed-script"]
+    assert body_tokens("plain ascii text") == []
+    assert body_tokens("Привет! Как дела? Hello there, café crème.") == []
+    assert body_tokens("Latency went from 10μs to 12μs.") == []
+
+
+# -- links ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("href", "text", "token"),
+    [
+        ("https://evil.ru/login", "https://www.paypal.com/signin", "sig:link-text-domain-mismatch"),
+        ("https://evil.ru/login", "www.paypal.com", "sig:link-text-domain-mismatch"),
+        ("https://evil.ru/login", "paypal.com", "sig:link-text-domain-mismatch"),
+        ("mailto:a@evil.ru", "support@paypal.com", "sig:link-text-domain-mismatch"),
+        ("http://192.168.10.1/x", "", "sig:link-ip"),
+        ("http://3232235777/", "", "sig:link-ip"),
+        ("http://[2001:db8::1]/", "", "sig:link-ip"),
+        ("https://xn--pypal-4ve.com/", "", "sig:link-punycode"),
+        ("https://p\u0430ypal.com/", "", "sig:link-punycode"),
+        ("http://bit.ly/3xYz", "", "sig:link-shortener"),
+        ("tinyurl.com/abc", "", "sig:link-shortener"),  # a host from plain text
+        ("http://paypal.com@evil.ru/", "", "sig:link-userinfo"),
+        ("http://evil.ru:8080/", "", "sig:link-port"),
+        ("https://paypal.com.secure-login.ru/", "", "sig:link-brand-host"),
+        ("https://wellsfargo-login.evil.example/", "", "sig:link-brand-host"),
+        ("https://amazon.qqttq.cn/", "", "sig:link-brand-host"),
+        ("https://dhl.com.track-parcel.example/", "", "sig:link-brand-host"),
+        ("https://dhl-express.example.net/", "", "sig:link-brand-host"),
+        ("javascript:alert(1)", "Click", "sig:link-javascript"),
+        ("data:text/html;base64,PHNjcmlwdD4=", "Open", "sig:link-data-uri"),
+    ],
+)
+def test_link_tokens(href: str, text: str, token: str) -> None:
+    assert link_tokens([(href, text)], "example.com") == [token]
+
+
+@pytest.mark.parametrize(
+    ("href", "text"),
+    [
+        ("https://www.paypal.com/x", "www.paypal.com"),
+        ("https://example.com/", "Visit example.com today"),  # a domain in a sentence, same site
+        ("https://evil.example/", "Download report.pdf"),  # not a domain
+        ("https://click.example.com/t/abc", "twitter.com/example"),  # the sender's own tracker
+        ("https://u123.ct.sendgrid.net/ls/click?x", "www.shop.example"),  # an ESP's click tracker
+        (
+            "https://nam02.safelinks.protection.outlook.com/?url=https%3A%2F%2Fexample.org",
+            "https://example.org",
+        ),
+        ("https://lists.example.org/", "https://nam06.safelinks.protection.outlook.com/?url=x"),
+        ("https://googleprojectzero.blogspot.com/", ""),  # a brand inside a label is not a label
+        ("https://slackware.pkgs.org/", ""),
+        ("http://www.citi.umich.edu/projects/", ""),  # a short key alone as a label
+        ("http://disney.go.com/", ""),  # the brand's own domain
+        ("https://www.amazon.co.uk/gp/css", "amazon.co.uk"),
+        ("https://docs.google.com/d/1", "https://docs.google.com/d/1"),
+        ("http://example.com:80/", ""),
+        ("https://example.com:443/", ""),
+        ("data:image/png;base64,iVBORw0KGgo=", ""),
+        ("cid:image001.png@01D0", ""),
+        ("#top", "Back to top"),
+        ("/relative/path", "example.org"),
+        ("page.html", "example.org"),
+        ("tel:+15551234567", "+1 555 123 4567"),
+        ("www.example.com", ""),
+    ],
+)
+def test_legitimate_links_get_no_tokens(href: str, text: str) -> None:
+    assert link_tokens([(href, text)], "example.com") == []
+
+
+def test_a_brand_in_the_subdomain_is_not_the_sites_domain_shown() -> None:
+    assert link_tokens([("https://amazon.co.uk.example.com/", "https://example.com/")], "") == [
+        "sig:link-brand-host"
+    ]
+
+
+def test_link_tokens_are_unique_and_sorted() -> None:
+    links = [
+        ("http://1.2.3.4/", ""),
+        ("http://bit.ly/a", ""),
+        ("http://5.6.7.8/", ""),
+        ("http://bit.ly/b", ""),
+    ]
+    assert link_tokens(links, "") == ["sig:link-ip", "sig:link-shortener"]
+
+
+# -- garbage and cost ----------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=300), st.text(max_size=300))
+def test_never_raises_and_tokens_are_clean(name: str, address: str, subject: str) -> None:
+    tokens = sender_tokens(name, address, subject) + link_tokens([(name, subject), (address, "")], address)
+    tokens += body_tokens(subject)
+    for token in tokens:
+        assert token.startswith("sig:")
+        assert token == token.lower()
+        assert "".join(token.split()) == token
+        assert len(token) <= 40
+    assert isinstance(registrable(name), str)
+    assert isinstance(skeleton(subject), str)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\x00\udcff\ud800",
+        "xn--",
+        "xn--zz.com",
+        "[",
+        "]]@[[",
+        ":" * 50,
+        "." * 300,
+        "a" * 5000,
+        "http://" + "a." * 200,
+    ],
+)
+def test_odd_hosts(text: str) -> None:
+    assert isinstance(registrable(text), str)
+    assert isinstance(link_tokens([(text, text)], text), list)
+    assert isinstance(sender_tokens(text, text, text), list)
+
+
+def test_cost_on_a_typical_message() -> None:
+    """About 50 µs per message for all of them together is the budget; here 200 µs leaves room
+    for a slow, busy test machine."""
+    name, address, subject = (
+        "Jane Doe",
+        "jane.doe@example.com",
+        "Re: the meeting notes from Tuesday, and a question",
+    )
+    links = [(f"https://www.example.org/page/{i}", "Read more") for i in range(10)] + [("example.net", "")]
+    body = "Hello Jane, thanks for the notes. " * 50
+    sender_tokens(name, address, subject)
+    link_tokens(links, address)
+    runs = 300
+    start = time.perf_counter()
+    for _ in range(runs):
+        sender_tokens(name, address, subject)
+        link_tokens(links, address)
+        body_tokens(body)
+    assert (time.perf_counter() - start) / runs < 200e-6
