@@ -62,11 +62,8 @@ def cached_texts(
         if all(style in rewrapped for style in styles):
             return texts, rewrapped
     raws = [m.raw for m in messages]
-    texts = texts_of(raws, len(raws), jobs, progress=True)
-    rewrapped = {
-        style: texts_of(raws, len(raws), jobs, True, f"rewrapped ({style})", Rewrapped(style))
-        for style in styles
-    }
+    texts = texts_of(raws, len(raws), jobs)
+    rewrapped = {style: texts_of(raws, len(raws), jobs, text_of=Rewrapped(style)) for style in styles}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps((texts, rewrapped)))
     return texts, rewrapped
@@ -131,8 +128,17 @@ def main() -> int:
     parser.add_argument("--sources", nargs="*", help="only these modern sources (default: all)")
     parser.add_argument("--no-time-split", action="store_true", help="leave-one-source-out only")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument("--calibrate-on", nargs="*", default=[], help="as milter train --calibrate-on")
+    parser.add_argument("--calibration-ham-weight", type=float, default=TrainConfig.calibration_ham_weight)
+    parser.add_argument("--C", type=float, default=TrainConfig.C, dest="C")
     args = parser.parse_args()
-    config = TrainConfig(jobs=args.jobs)
+    config = TrainConfig(
+        jobs=args.jobs,
+        calibrate_on=tuple(args.calibrate_on),
+        calibration_ham_weight=args.calibration_ham_weight,
+        C=args.C,
+    )
+    print(f"# {config}")
     started = time.time()
     messages = list(load_labelled(*corpus_paths(args.corpus)))
     print(f"# {len(messages)} messages, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)

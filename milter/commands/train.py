@@ -98,6 +98,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep the weights fitted on the training slice alone (default: once calibrated, fit "
         "them again on training + calibration mail, keeping the calibration)",
     )
+    parser.add_argument(
+        "--calibrate-on",
+        nargs="+",
+        default=[],
+        metavar="COLLECTION",
+        help="fit the calibration on the calibration slice of these collections only (the name of "
+        "a --ham/--spam path's parent directory, e.g. modern), so that the thresholds mean what "
+        "they say on that mail (default: every collection's)",
+    )
     parser.add_argument("--calibration-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="default: %(default)s")
     parser.add_argument(
@@ -136,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_prefixes=tuple(args.exclude_prefix),
         exclude_words=DATE_WORDS if args.exclude_word is None else tuple(args.exclude_word),
         augment=tuple(args.augment),
+        calibrate_on=tuple(args.calibrate_on),
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

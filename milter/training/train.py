@@ -63,6 +63,10 @@ class TrainConfig:
     # is of its era; fitted on the originals alone, 120 of 1,091 calibration-slice ham
     # rewrapped Outlook-style scored p >= 0.9, with these copies none (docs/model.md).
     augment: tuple[str, ...] = tuple(STYLES)
+    # The collections (a --ham/--spam path's parent directory name, e.g. "modern") whose
+    # calibration slice fits the calibration; empty: every collection's. The thresholds then
+    # mean what they say on that mail (today's), not on an average with 2002's.
+    calibrate_on: tuple[str, ...] = ()
     seed: int = 0
     calibration_fraction: float = 0.1
     validation_fraction: float = 0.1
@@ -298,6 +302,11 @@ def fitting_set(
     return chosen, np.tile(labels[list(ix)], 1 + len(augment))
 
 
+def in_collections(group: str, collections: Sequence[str]) -> bool:
+    """Whether a message group lies in one of `collections` (directory names); all do in ()."""
+    return not collections or not set(Path(group).parts).isdisjoint(collections)
+
+
 @dataclass
 class Fit:
     """A calibrated model and the time slices it came from (indices into the messages)."""
@@ -338,8 +347,11 @@ def fit_calibrated(
     log(f"split by time: train {len(train_ix)}, calibrate {len(cal_ix)}, validate {len(val_ix)}")
     vectorizer, classifier = fit(*fitting(train_ix))
     fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
+    platt_ix = [i for i in cal_ix if in_collections(messages[i].group, config.calibrate_on)]
+    if len(set(labels[platt_ix].tolist())) < 2:
+        raise ValueError(f"the calibration slice of {', '.join(config.calibrate_on)} needs both ham and spam")
     fitted.platt = platt(
-        fitted.decision([texts[i] for i in cal_ix]), labels[cal_ix], config.calibration_ham_weight
+        fitted.decision([texts[i] for i in platt_ix]), labels[platt_ix], config.calibration_ham_weight
     )
     fit_ix = train_ix
     if config.refit:
