@@ -104,6 +104,7 @@ _LINK_ATTRS: Final = ("href", "src", "action")
 # Attributes that can hide text or colour it.
 _HINT_ATTRS: Final = frozenset({"hidden", "color", "bgcolor", "background", "text", "size"})
 _CSS_SPACE: Final = " \t\n\r\f"
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Characters a reader does not see: zero-width spaces and joiners, direction marks, soft hyphen,
 # the combining grapheme joiner (&#847;) that preheader spacers repeat, the BOM.
 _UNSEEN: Final = dict.fromkeys(
@@ -706,18 +707,25 @@ def _declarations(text: str) -> list[tuple[str, str, bool]]:
         return _tinycss2_declarations(text)
     out: list[tuple[str, str, bool]] = []
     for piece in text.split(";"):
-        if ("'" in piece or '"' in piece) and (piece.count("'") % 2 or piece.count('"') % 2):
-            return _tinycss2_declarations(text)
-        if ("(" in piece or ")" in piece) and piece.count("(") != piece.count(")"):
-            return _tinycss2_declarations(text)
+        if ("'" in piece or '"' in piece) and (
+            piece.count("'") % 2 or piece.count('"') % 2 or "\n" in piece or "\r" in piece or "\f" in piece
+        ):
+            return _tinycss2_declarations(text)  # a string that a ";" or a newline ends
+        if ("(" in piece or ")" in piece) and not (
+            piece.count("(") == piece.count(")") == 1 and piece.index("(") < piece.index(")")
+        ):
+            return _tinycss2_declarations(text)  # more than one function, or a ";" in one
         name, colon, value = piece.partition(":")
         if not colon:
             continue
-        name = name.strip(_CSS_SPACE).lower()
-        if not name:
-            continue
+        name = name.strip(_CSS_SPACE)
+        if not _is_ident(name):
+            continue  # tinycss2: a parse error, skipped up to the next ";"
+        name = name.translate(_ASCII_LOWER)
         value = value.strip(_CSS_SPACE)
         important = False
+        if value.count("!") > 1:
+            return _tinycss2_declarations(text)  # "!important!important": tinycss2's own reading
         if value[-9:].lower() == "important":
             head = value[:-9].rstrip(_CSS_SPACE)
             if head.endswith("!"):
@@ -725,6 +733,14 @@ def _declarations(text: str) -> list[tuple[str, str, bool]]:
                 value = head[:-1].rstrip(_CSS_SPACE)
         out.append((name, value, important))
     return out
+
+
+def _is_ident(name: str) -> bool:
+    """Whether `name` (with no escapes) is a CSS identifier, as a declaration's name must be."""
+    rest = name[2:] if name[:2] == "--" else name[1:] if name[:1] == "-" else name
+    if name[:2] != "--" and not (rest[:1].isalpha() or rest[:1] == "_" or rest[:1] > "\x7f"):
+        return False
+    return all(c.isalnum() or c in "-_" or c > "\x7f" for c in rest)
 
 
 def _tinycss2_declarations(text: str) -> list[tuple[str, str, bool]]:
@@ -986,25 +1002,33 @@ def _rule_texts(css: str) -> list[tuple[str, str]]:
     for match in _SHEET_TOKEN.finditer(css):
         token = match.group()
         if token == "{":
-            stack.append((_prelude(css, start, match.start(), comments), match.end()))
+            stack.append((_prelude(css, start, match.start(), comments, not stack), match.end()))
             start = match.end()
             comments = []
         elif token == "}":
             if not stack:  # a stray brace at the top level ends nothing
                 continue
-            prelude, content = stack.pop()
-            # A style rule at the top level, or in an @media rule that applies.
-            if prelude[:1] != "@" and (not stack or (len(stack) == 1 and _applies(stack[0][0]))):
-                out.append((prelude, css[content : match.start()]))
+            _close(css, stack, match.start(), out)
             start = match.end()
             comments = []
         elif token[:2] == "/*":
             comments.append(match.span())
+    while stack:  # the end of the stylesheet closes what is open
+        _close(css, stack, len(css), out)
     return out
 
 
-def _prelude(css: str, start: int, end: int, comments: list[tuple[int, int]]) -> str:
-    """A rule's prelude: comments and at-rule statements before it (``@import ...;``) cut."""
+def _close(css: str, stack: list[tuple[str, int]], end: int, out: list[tuple[str, str]]) -> None:
+    """Close the innermost open block at `end`; keep it if it is a style rule at the top level
+    or in an @media rule that applies."""
+    prelude, content = stack.pop()
+    if prelude[:1] != "@" and (not stack or (len(stack) == 1 and _applies(stack[0][0]))):
+        out.append((prelude, css[content:end]))
+
+
+def _prelude(css: str, start: int, end: int, comments: list[tuple[int, int]], top: bool) -> str:
+    """A rule's prelude: comments, at-rule statements before it (``@import ...;``) and, at the
+    top level, ``<!--`` and ``-->`` cut."""
     if comments:
         pieces: list[str] = []
         for left, right in comments:
@@ -1014,10 +1038,40 @@ def _prelude(css: str, start: int, end: int, comments: list[tuple[int, int]]) ->
         text = " ".join(pieces)
     else:
         text = css[start:end]
-    text = text.replace("<!--", " ").replace("-->", " ").strip(_CSS_SPACE)
-    while text[:1] == "@" and ";" in text:
-        text = text.partition(";")[2].strip(_CSS_SPACE)
-    return text
+    text = text.strip(_CSS_SPACE)
+    while True:
+        if top and text[:4] == "<!--":  # HTML comment marks between top-level rules are skipped
+            text = text[4:].lstrip(_CSS_SPACE)
+        elif top and text[:3] == "-->":
+            text = text[3:].lstrip(_CSS_SPACE)
+        elif text[:1] == "@" and ";" in text:
+            if "'" in text or '"' in text or "(" in text or "[" in text:
+                return _after_statements(text, top)  # a ";" may be inside a string or brackets
+            text = text.partition(";")[2].lstrip(_CSS_SPACE)
+        else:
+            return text
+
+
+def _after_statements(text: str, top: bool) -> str:
+    """`text` after the at-rule statements (``@import "a;b";``) that begin it, by tinycss2's tokens."""
+    tokens = tinycss2.parse_component_value_list(text, skip_comments=True)
+    start = 0
+    while True:
+        while start < len(tokens) and (
+            tokens[start].type == "whitespace"
+            or (top and tokens[start].type == "literal" and tokens[start].value in ("<!--", "-->"))
+        ):
+            start += 1
+        if start >= len(tokens) or tokens[start].type != "at-keyword":
+            break
+        end = next(
+            (i for i in range(start, len(tokens)) if tokens[i].type == "literal" and tokens[i].value == ";"),
+            None,
+        )
+        if end is None:
+            break  # the prelude of an at-rule with a block
+        start = end + 1
+    return str(tinycss2.serialize(tokens[start:])).strip(_CSS_SPACE)
 
 
 def _applies(prelude: str) -> bool:

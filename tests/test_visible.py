@@ -1,0 +1,743 @@
+"""visible_text: the text a reader sees of an HTML part, what is hidden and how, and that it never raises."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tinycss2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from selectolax.lexbor import LexborHTMLParser
+
+from milter.visible import (
+    MAX_HTML_CHARS,
+    Visible,
+    _declarations,
+    _legacy_colour,
+    _rule_texts,
+    _tinycss2_declarations,
+    visible_text,
+)
+
+# text.py's _html_text and its regex cut as they were before visible_text, verbatim: what
+# visible_text must give for markup that hides nothing.
+_INVISIBLE = re.compile(r"<!--.*?(?:-->|$)|<(style|script)\b.*?(?:</\1\s*>|$)", re.DOTALL | re.IGNORECASE)
+_BLOCK_TAGS = frozenset(
+    {"br", "p", "div", "td", "th", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "hr"}
+    | {"blockquote"}
+)
+_VOID_BLOCK_TAGS = frozenset({"br", "hr"})
+_STYLE_ATTRS = frozenset({"color", "bgcolor", "face", "size", "align", "width", "height", "border"})
+_LINK_ATTRS = ("href", "src", "action")
+
+
+def reference(markup: str) -> tuple[str, list[str], set[str]]:
+    tree = LexborHTMLParser(_INVISIBLE.sub(" ", markup)[:MAX_HTML_CHARS])
+    urls: list[str] = []
+    tags: set[str] = set()
+    if tree.root is None:
+        return "", urls, tags
+    for node in tree.root.traverse():
+        tag = node.tag
+        if not tag or tag[0] == "-":
+            continue
+        if tag in _BLOCK_TAGS:
+            if tag in _VOID_BLOCK_TAGS and node.first_child is None:
+                node.insert_before("  ")
+            else:
+                node.insert_before(" ")
+                node.insert_after(" ")
+        attrs = node.attributes
+        if len(tags) < 200:
+            short = tag[:16]
+            tags.add(short)
+            for name, value in attrs.items():
+                tags.add(short + "." + name[:16])
+                if value and name in _STYLE_ATTRS:
+                    tags.add(name[:16] + "=" + "".join(value.split()).lower()[:16])
+        if attrs:
+            for name in _LINK_ATTRS:
+                value = attrs.get(name)
+                if value:
+                    urls.append(value)
+                    if value[:4].lower() == "cid:":
+                        tags.add(tag[:16] + "." + name + "=cid")
+    if "title" in tags:
+        tree.strip_tags(["title"])
+    if len(" ".join(tags).split()) != len(tags):
+        tags = {"".join(tag.split()) for tag in tags}
+    body = tree.body
+    return (body.text() if body is not None else ""), urls, tags
+
+
+def words(markup: str) -> list[str]:
+    return visible_text(markup).text.split()
+
+
+def hows(result: Visible) -> set[str]:
+    """The how-tokens, without the size bucket."""
+    return {t for t in result.hidden if not t.startswith("hidden:chars-")}
+
+
+SECRET = "dear friend the meeting moved to thursday"
+
+
+def check_hidden(markup: str, how: str) -> Visible:
+    """`markup` holds SECRET hidden among visible words: only the visible ones are left."""
+    result = visible_text(markup)
+    assert result.text.split() == ["before", "after"], result.text
+    assert how in result.hidden
+    assert result.hidden_chars == len(SECRET.replace(" ", ""))
+    assert "hidden:chars-20" in result.hidden
+    return result
+
+
+# Each trick, inline.
+
+INLINE = [
+    ("display:none", "hidden:display-none"),
+    ("DISPLAY : NONE", "hidden:display-none"),
+    ("visibility:hidden", "hidden:visibility"),
+    ("visibility: collapse", "hidden:visibility"),
+    ("opacity:0", "hidden:opacity"),
+    ("opacity:0.05", "hidden:opacity"),
+    ("opacity:0%", "hidden:opacity"),
+    ("font-size:0", "hidden:font-size-0"),
+    ("font-size:0px", "hidden:font-size-0"),
+    ("font-size:1px", "hidden:font-size-0"),
+    ("font-size:0.01em", "hidden:font-size-0"),
+    ("font:0/0 a", "hidden:font-size-0"),
+    ("font: bold 0px Arial", "hidden:font-size-0"),
+    ("position:absolute;left:-9999px", "hidden:offscreen"),
+    ("position:fixed; top:-5000px", "hidden:offscreen"),
+    ("text-indent:-9999px", "hidden:offscreen"),
+    ("max-height:0;overflow:hidden", "hidden:zero-box"),
+    ("width:0;height:0;overflow:hidden", "hidden:zero-box"),
+    ("height:1px;overflow:hidden", "hidden:zero-box"),
+    ("position:absolute;clip:rect(0,0,0,0)", "hidden:clip"),
+    ("position:absolute;clip:rect(1px 1px 1px 1px)", "hidden:clip"),
+    ("clip-path:inset(50%)", "hidden:clip"),
+    ("color:#fff", "hidden:same-color"),
+    ("color:#ffffff", "hidden:same-color"),
+    ("color:white", "hidden:same-color"),
+    ("color:WHITE", "hidden:same-color"),
+    ("color:rgb(255,255,255)", "hidden:same-color"),
+    ("color:rgb(255 255 255)", "hidden:same-color"),
+    ("color:#fefefe", "hidden:same-color"),
+    ("color:hsl(0, 0%, 100%)", "hidden:same-color"),
+    ("color:transparent", "hidden:opacity"),
+    ("color:rgba(0,0,0,0)", "hidden:opacity"),
+]
+
+
+@pytest.mark.parametrize(("style", "how"), INLINE)
+@pytest.mark.parametrize("tag", ["span", "div", "p", "td"])
+def test_inline_style_hides(style: str, how: str, tag: str) -> None:
+    inner = f'<{tag} style="{style}">{SECRET}</{tag}>'
+    if tag == "td":
+        inner = f"<table><tr>{inner}</tr></table>"
+    check_hidden(f"<p>before {inner} after</p>", how)
+
+
+def test_hidden_attribute() -> None:
+    result = check_hidden(f"<p>before <span hidden>{SECRET}</span> after</p>", "hidden:attr")
+    assert hows(result) == {"hidden:attr"}
+
+
+def test_css_display_overrides_the_hidden_attribute() -> None:
+    # The attribute is the user agent's display:none; an author's display wins over it.
+    assert words(f'<p>before <span hidden style="display:inline">{SECRET}</span> after</p>') == [
+        "before",
+        *SECRET.split(),
+        "after",
+    ]
+
+
+def test_the_tokens_say_every_way_one_element_hides() -> None:
+    style = "display:none;max-height:0;overflow:hidden;opacity:0;mso-hide:all"
+    result = check_hidden(f'<p>before <div style="{style}">{SECRET}</div> after</p>', "hidden:display-none")
+    assert hows(result) == {"hidden:display-none", "hidden:zero-box", "hidden:opacity", "hidden:mso-hide"}
+
+
+# The same tricks through <style> rules.
+
+SHEETS = [
+    (".x{display:none}", 'class="x"'),
+    (".a.x{display:none}", 'class="x a"'),
+    ("#y{visibility:hidden}", 'id="y"'),
+    ("em{font-size:0}", ""),
+    ("em.x{opacity:0}", 'class="x"'),
+    ("p em{display:none}", ""),
+    ("p > em{display:none}", ""),
+    (".outer .x{display:none}", 'class="x"'),
+    ("div, em { display : none }", ""),
+    (".x{color:#FFF}", 'class="x"'),
+    (".x{position:absolute;left:-10000px}", 'class="x"'),
+    ("@media screen{.x{display:none}}", 'class="x"'),
+    ("@media all{.x{display:none}}", 'class="x"'),
+    ("/* a comment */ .x{display:/* inside */none}", 'class="x"'),
+    ('@charset "utf-8"; .x{display:none}', 'class="x"'),
+    ("<!-- .x{display:none} -->", 'class="x"'),
+    ('.x{font-family:"a;b{c}";display:none}', 'class="x"'),
+    (".x{display:none!important}", 'class="x" style="display:inline"'),
+]
+
+
+@pytest.mark.parametrize(("css", "attrs"), SHEETS)
+def test_stylesheet_hides(css: str, attrs: str) -> None:
+    markup = (
+        f"<html><head><style>{css}</style></head>"
+        f'<body class="outer"><p>before <em {attrs}>{SECRET}</em> after</p></body></html>'
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["before", "after"], (css, result.text)
+    assert result.hidden_chars == len(SECRET.replace(" ", ""))
+
+
+def test_style_elements_in_the_body_apply_too() -> None:
+    markup = (
+        f'<p>before <em class="x">{SECRET}</em> after</p><style type="text/css">.x{{display:none}}</style>'
+    )
+    check_hidden(markup, "hidden:display-none")
+
+
+@pytest.mark.parametrize(
+    ("css", "attrs"),
+    [
+        ("@media screen and (max-width:600px){.x{display:none}}", 'class="x"'),  # phones only
+        ("@media (prefers-color-scheme: dark){.x{color:#fff}}", 'class="x"'),
+        ("@media print{.x{display:none}}", 'class="x"'),
+        (".x:hover{display:none}", 'class="x"'),  # only while pointed at
+        (".x::before{display:none}", 'class="x"'),
+        (".x{display:none}", 'class="y"'),
+        (".x{display:none}", 'class="x" style="display:block !important"'),
+        (".x{display:none}", "id=x"),
+        ("#x em{display:none}", ""),
+        ("@supports (display:grid){.x{display:none}}", 'class="x"'),
+        (".x{display:none", 'class="y"'),  # unterminated: nothing it could select is here
+        ("<!--[if mso]>.x{display:none}<![endif]-->", 'class="y"'),
+    ],
+)
+def test_stylesheet_rules_that_do_not_hide(css: str, attrs: str) -> None:
+    markup = f"<style>{css}</style><p>before <em {attrs}>{SECRET}</em> after</p>"
+    result = visible_text(markup)
+    assert result.text.split() == ["before", *SECRET.split(), "after"], css
+    assert result.hidden == frozenset()
+
+
+def test_inline_style_over_stylesheet_and_important_over_inline() -> None:
+    assert SECRET.split()[0] in words(
+        f'<style>.x{{display:none}}</style><p class=x style="display:block">{SECRET}</p>'
+    )
+    assert (
+        words(f'<style>.x{{display:none !important}}</style><p class=x style="display:block">{SECRET}</p>')
+        == []
+    )
+    assert words(f'<p style="display:none !important; display:block">{SECRET}</p>') == []
+    assert words(f'<p style="display:block; display:none">{SECRET}</p>') == []
+    assert words(f'<p style="display:none; display:block">{SECRET}</p>') == SECRET.split()
+
+
+def test_more_specific_rules_win() -> None:
+    css = "#y{display:block} .x{display:none}"
+    assert words(f"<style>{css}</style><p id=y class=x>{SECRET}</p>") == SECRET.split()
+    css = "p.x{display:none} .x{display:block}"
+    assert words(f"<style>{css}</style><p class=x>{SECRET}</p>") == []
+    css = ".x{display:none} .x{display:block}"  # the later of two alike
+    assert words(f"<style>{css}</style><p class=x>{SECRET}</p>") == SECRET.split()
+
+
+# Inheritance.
+
+
+def test_a_hidden_ancestor_hides_its_descendants() -> None:
+    markup = (
+        f'<div>before <div style="display:none"><table><tr><td><p><b>{SECRET}</b></p></td></tr></table>'
+        '<p style="display:block">still hidden</p></div> after</div>'
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["before", "after"]
+    assert result.hidden_chars == len((SECRET + "stillhidden").replace(" ", ""))
+
+
+def test_a_descendant_can_undo_what_is_inherited() -> None:
+    # font-size:0 on a row of inline-block columns that set their own size: common in legitimate mail.
+    markup = (
+        '<div style="font-size:0"> <div style="display:inline-block;font-size:14px">left column</div> '
+        '<div style="display:inline-block;font-size:14px">right column</div> </div>'
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["left", "column", "right", "column"]
+    assert result.hidden == frozenset()
+    assert words(
+        '<div style="visibility:hidden">gone <span style="visibility:visible">shown</span></div>'
+    ) == ["shown"]
+    assert words('<div style="color:#fff">gone <span style="color:#000">shown</span> gone</div>') == ["shown"]
+    assert words('<font color="white">gone <font color="black">shown</font></font>') == ["shown"]
+
+
+VISIBLE_WORDS = ["Hello", "Anna,", "the", "invoice", "is", "attached", "and", "due", "on", "Friday.", "Total"]
+VISIBLE_WORDS += ["120", "EUR"]
+
+
+def test_a_nested_hidden_block_keeps_the_visible_words_around_it() -> None:
+    markup = (
+        "<div><p>Hello Anna,</p><p>the invoice is attached "
+        f'<span style="display:none">{SECRET}</span> and due on Friday.</p>'
+        f'<table><tr><td>Total</td><td><div style="font-size:0">{SECRET}</div></td>'
+        "<td>120 EUR</td></tr></table></div>"
+    )
+    result = visible_text(markup)
+    assert result.text.split() == VISIBLE_WORDS
+    assert {"hidden:display-none", "hidden:font-size-0"} <= result.hidden
+    assert result.hidden_chars == 2 * len(SECRET.replace(" ", ""))
+    assert "hidden:chars-20" in result.hidden
+
+
+def test_hidden_inline_text_joins_the_word_around_it() -> None:
+    # What a reader sees of "V<span>x</span>iagra" with the x hidden is one word, and the
+    # spaces inside a hidden element are not shown either.
+    assert words('<p>V<span style="display:none">xyz</span>iagra</p>') == ["Viagra"]
+    assert words('<p>Vi<span style="display:none"> xyz </span>agra</p>') == ["Viagra"]
+    result = visible_text('<p>V<span style="display:none">xyz</span>iagra</p>')
+    assert result.hidden_chars == 3
+    assert "hidden:chars-1" in result.hidden
+
+
+# Colours.
+
+
+@pytest.mark.parametrize(
+    ("markup", "hidden"),
+    [
+        ('<p style="color:#fff">{}</p>', True),  # white on the default white
+        ('<body bgcolor="#000"><p style="color:#000">{}</p></body>', True),
+        ('<body bgcolor="black"><font color="#000000">{}</font></body>', True),
+        ('<table bgcolor="#336699"><tr><td><font color="#336699">{}</font></td></tr></table>', True),
+        ('<table><tr><td bgcolor="red"><span style="color:rgb(255,0,0)">{}</span></td></tr></table>', True),
+        ('<div style="background:#123456 no-repeat"><p style="color:#123456">{}</p></div>', True),
+        ('<div style="background-color:navy"><p style="color:#000080">{}</p></div>', True),
+        ('<div style="background-color:rgb(0 0 128)"><p style="color:navy">{}</p></div>', True),
+        (
+            "<style>.box{{background:#eee}} .t{{color:#eeeeee}}</style>"
+            "<div class=box><p class=t>{}</p></div>",
+            True,
+        ),
+        ('<body text="#ffffff"><p>{}</p></body>', True),
+        ('<div style="background:#000"><p>{}</p></div>', True),  # default black text on black
+        ('<font color="ffffff">{}</font>', True),  # a colour attribute without its #
+        # Visible:
+        ('<p style="color:#333">{}</p>', False),
+        ('<p style="color:#fff;background:#333">{}</p>', False),
+        ('<div style="background:#c00"><p style="color:white">{}</p></div>', False),
+        ('<table><tr><td bgcolor="#0000ff"><font color="#ffffff">{}</font></td></tr></table>', False),
+        ('<div style="background:url(hero.jpg) #fff"><p style="color:#fff">{}</p></div>', False),
+        ('<table background="hero.jpg"><tr><td><font color="white">{}</font></td></tr></table>', False),
+        ('<div style="background-image:url(x.png)"><p style="color:#fff">{}</p></div>', False),
+        ('<div style="background:linear-gradient(#000,#333)"><p style="color:#000">{}</p></div>', False),
+        ('<div style="background:rgba(0,0,0,0.5)"><p style="color:#fff">{}</p></div>', False),
+        (
+            '<div style="color:#fff"><a href="http://x.example/">{}</a></div>',
+            False,
+        ),  # links are link-coloured
+        ('<p style="color:#eeeeee">{}</p>', False),  # pale, not invisible
+        ('<p style="color:currentColor">{}</p>', False),
+        ('<font color="fff">{}</font>', False),  # read the legacy way: #0f0f0f, near black
+        ('<div style="background:#000"><p style="color:#fff">{}</p></div>', False),
+    ],
+)
+def test_text_in_the_colour_of_its_background(markup: str, hidden: bool) -> None:
+    result = visible_text(markup.format(SECRET))
+    if hidden:
+        assert result.text.split() == [], result.text
+        assert hows(result) & {"hidden:same-color"}
+        assert result.hidden_chars == len(SECRET.replace(" ", ""))
+    else:
+        assert result.text.split() == SECRET.split()
+        assert result.hidden == frozenset()
+        assert result.hidden_chars == 0
+
+
+def test_legacy_colour_attributes() -> None:
+    assert _legacy_colour("#fff") == 0xFFFFFFFF
+    assert _legacy_colour("#FFFFFF") == 0xFFFFFFFF
+    assert _legacy_colour("ffffff") == 0xFFFFFFFF
+    assert _legacy_colour(" White ") == 0xFFFFFFFF
+    assert _legacy_colour("fff") == 0x0F0F0FFF
+    assert _legacy_colour("chucknorris") == 0xC00000FF  # the well-known case of the legacy rules
+    assert _legacy_colour("transparent") is None
+    assert _legacy_colour("") is None
+
+
+# What is not hidden stays.
+
+
+def test_ordinary_styles_hide_nothing() -> None:
+    markup = (
+        '<table width="600" style="width:600px;border-collapse:collapse"><tr>'
+        '<td style="font-family:Arial,Helvetica,sans-serif;font-size:14px;line-height:20px;color:#333333;'
+        'padding:10px;display:block;height:0;max-height:none;text-indent:0">'
+        f'{SECRET}</td><td style="position:absolute;left:10px;top:-20px;opacity:0.9">after</td></tr></table>'
+    )
+    result = visible_text(markup)
+    assert result.text.split() == [*SECRET.split(), "after"]
+    assert result.hidden == frozenset()
+    assert result.hidden_chars == 0
+
+
+def test_mso_hide_keeps_the_text() -> None:
+    # mso-hide:all hides from Outlook for Windows only; every other client shows it.
+    result = visible_text(f'<p>before <span style="mso-hide:all">{SECRET}</span> after</p>')
+    assert result.text.split() == ["before", *SECRET.split(), "after"]
+    assert result.hidden == {"hidden:mso-hide"}
+    assert result.hidden_chars == 0
+    assert (
+        visible_text('<p>before <span style="mso-hide:all"><img src="x.png"></span> after</p>').hidden
+        == set()
+    )
+
+
+@pytest.mark.parametrize(
+    "spacer",
+    [
+        "&zwnj;&nbsp;&zwnj;&nbsp;&zwnj;&nbsp;",
+        "&#847; &#847; &#847; &zwnj;",
+        "&nbsp;" * 40,
+        "\u200b\u200b\u00ad",
+    ],
+)
+def test_an_empty_preheader_is_a_spacer(spacer: str) -> None:
+    markup = (
+        '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+        f"{spacer}</div><p>Your order has shipped.</p>"
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["Your", "order", "has", "shipped."]
+    assert result.hidden == {"hidden:spacer"}
+    assert result.hidden_chars == 0
+
+
+def test_a_hidden_element_with_no_text_gives_nothing() -> None:
+    markup = '<div style="display:none"><img src="pixel.gif"> \n </div><p>Hello</p>'
+    result = visible_text(markup)
+    assert result.text.split() == ["Hello"]
+    assert result.hidden == frozenset()
+
+
+def test_a_preheader_with_words_is_hidden_text() -> None:
+    markup = (
+        '<div style="display:none;font-size:1px;max-height:0;overflow:hidden">'
+        "Your parcel arrives tomorrow&zwnj;&nbsp;&zwnj;&nbsp;</div><p>Track your parcel</p>"
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["Track", "your", "parcel"]
+    assert {"hidden:display-none", "hidden:zero-box", "hidden:chars-20"} <= result.hidden
+    assert "hidden:spacer" not in result.hidden
+    assert result.hidden_chars == len("Yourparcelarrivestomorrow")
+
+
+def test_size_buckets() -> None:
+    assert "hidden:chars-1" in visible_text("<p hidden>abc</p>").hidden
+    assert "hidden:chars-20" in visible_text(f"<p hidden>{'a' * 20}</p>").hidden
+    assert "hidden:chars-20" in visible_text(f"<p hidden>{'a' * 199}</p>").hidden
+    assert "hidden:chars-200" in visible_text(f"<p hidden>{'word ' * 100}</p>").hidden
+    assert visible_text(f"<p hidden>{'word ' * 100}</p>").hidden_chars == 400
+
+
+# Links.
+
+
+def test_links_with_their_anchor_text() -> None:
+    markup = (
+        '<p>Sign in at <a href="http://evil.example/login">www.<b>paypal</b>.com</a> or '
+        '<a href="https://example.org/help"><span hidden>secret</span>get  help\n now</a>'
+        '<a href="http://x.example/"><img src="http://img.example/a.png"></a>'
+        '<a name="anchor">no href</a><form action="http://post.example/"></form></p>'
+    )
+    result = visible_text(markup)
+    assert result.links == (
+        ("http://evil.example/login", "www.paypal.com"),
+        ("https://example.org/help", "get help now"),
+        ("http://x.example/", ""),
+    )
+    assert list(result.urls) == reference(markup)[1]
+    assert result.urls == (
+        "http://evil.example/login",
+        "https://example.org/help",
+        "http://x.example/",
+        "http://img.example/a.png",
+        "http://post.example/",
+    )
+
+
+def test_a_hidden_link_keeps_its_url_and_has_no_anchor_text() -> None:
+    result = visible_text('<p>hi <a style="display:none" href="http://hidden.example/">click here</a></p>')
+    assert result.links == (("http://hidden.example/", ""),)
+    assert result.urls == ("http://hidden.example/",)
+    assert result.text.split() == ["hi"]
+
+
+# The same as _html_text where nothing is hidden.
+
+PLAIN = [
+    "<html><head><title>Title</title><style>p{color:red}</style></head>"
+    "<body><p>Hello <b>W</b>orld</p></body></html>",
+    '<table bgcolor="#ffffff" width=600><tr><td align=center>'
+    '<font face=Arial size=2 color="#333">x</font></td></tr></table>',
+    "<div>a<br>b<hr>c</div><!-- comment --><script>var x = '<p>no</p>';</script><ul><li>one<li>two</ul>",
+    '<img src="cid:part1"><a href="HTTP://Example.COM/x">Example</a>'
+    '<form action="/post"><input name=q></form>',
+    "<title>a title in the body</title><p>text",
+    "<frameset><frame src=x></frameset>",
+    "",
+    "no markup at all",
+    "<p style='font-size:14px; color:#000'>styled but shown</p><style>.a{display:block}</style>",
+]
+
+
+@pytest.mark.parametrize("markup", PLAIN)
+def test_markup_that_hides_nothing_reads_as_before(markup: str) -> None:
+    text, urls, tags = reference(markup)
+    result = visible_text(markup)
+    assert result.text == text
+    assert list(result.urls) == urls
+    assert result.tags == tags
+    assert result.hidden == frozenset()
+    assert result.hidden_chars == 0
+
+
+PIECES = st.sampled_from(
+    [
+        *(
+            "<p>",
+            "</p>",
+            "<div>",
+            "</div>",
+            "<br>",
+            "<hr>",
+            "<table>",
+            "<tr>",
+            "<td>",
+            "</td>",
+            "<b>",
+            "</b>",
+        ),
+        *(
+            "<span>",
+            "</span>",
+            "<a href='http://a.example/'>",
+            "</a>",
+            "<img src=x.png>",
+            "<title>",
+            "</title>",
+        ),
+        *(
+            "<font color=red>",
+            "<font color='#333333'>",
+            "</font>",
+            "<td bgcolor=#eeeeee>",
+            "<p style='color:#333'>",
+        ),
+        *(
+            "<div style='font-size:14px;display:block'>",
+            "<!--",
+            "-->",
+            "<style>",
+            "</style>",
+            "<script>",
+            "</script>",
+        ),
+        *(
+            ".x{color:blue}",
+            "word",
+            "other",
+            " ",
+            "\n",
+            "&nbsp;",
+            "日本",
+            "<svg>",
+            "<template>",
+            "<xmp>",
+            "<textarea>",
+        ),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(PIECES, max_size=30).map("".join))
+def test_random_markup_that_hides_nothing_reads_as_before(markup: str) -> None:
+    text, urls, tags = reference(markup)
+    result = visible_text(markup)
+    assert list(result.urls) == urls
+    assert result.tags == tags
+    if not result.hidden:
+        assert result.text == text
+
+
+def test_only_the_first_max_html_chars_are_parsed() -> None:
+    markup = "<p>" + "a " * MAX_HTML_CHARS + "</p><p>beyond</p>"
+    assert visible_text(markup).text == reference(markup)[0]
+    assert "beyond" not in visible_text(markup).text
+
+
+# Never raises.
+
+NASTY = st.sampled_from(
+    [
+        *(
+            "<style>",
+            "</style>",
+            "{",
+            "}",
+            ";",
+            ":",
+            "display",
+            "none",
+            "color",
+            "#fff",
+            "rgb(",
+            ")",
+            "'",
+            '"',
+        ),
+        *("\\", "/*", "*/", "@media", " screen", "(", ".x", "#y", "<p class=x id=y style='", "'>", "</p>"),
+        *(
+            "<span hidden>",
+            "</span>",
+            "<font color=",
+            "<td bgcolor=",
+            ">",
+            "text",
+            "!important",
+            "font:0/0 a",
+        ),
+        *(
+            "<a href=",
+            "</a>",
+            "url(",
+            "background:",
+            "position:absolute;left:-9999px",
+            "\x00",
+            "\udc80",
+            "日本",
+        ),
+        *(
+            "<body bgcolor=#000>",
+            "<!--",
+            "-->",
+            "<table>",
+            "<tr>",
+            "clip:rect(0,0,0,0)",
+            "opacity:0",
+            ",",
+            ">",
+        ),
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(NASTY, max_size=40).map("".join))
+def test_never_raises_on_style_soup(markup: str) -> None:
+    result = visible_text(markup)
+    assert isinstance(result, Visible)
+    assert "hidden:error" not in result.hidden
+    assert result.hidden_chars >= 0
+    assert all(" " not in tag for tag in result.tags)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_never_raises_on_any_text(markup: str) -> None:
+    result = visible_text(markup)
+    assert isinstance(result, Visible)
+    assert "hidden:error" not in result.hidden
+
+
+def test_deep_nesting() -> None:
+    markup = '<div style="color:#fff">' * 3000 + "deep" + "</div>" * 3000
+    assert isinstance(visible_text(markup), Visible)
+    markup = (
+        "<style>" + "@media screen{" * 3000 + ".x{display:none}" + "}" * 3000 + "</style><p class=x>y</p>"
+    )
+    assert visible_text(markup).text.split() == ["y"]
+
+
+# The CSS readers against tinycss2.
+
+DECLARATION_PIECES = st.sampled_from(
+    [
+        *("color", "display", "font-family", "Background", "--x", "-webkit-x", "mso-hide", "2x"),
+        *(":", ":", ";", ";", " ", "\t", "\n", "none", "#FFF", "rgb(1, 2, 3)", "url(a;b)", "'a;b'", '"x"'),
+        *("!important", "! IMPORTANT", "!", "important", "(", ")", "'", '"', "/*c*/", "\\", "{", "}"),
+        *("[", "]", "0", "-9999px", "1.5em", "a b", "\u00a0", "é", "@x", ","),
+    ]
+)
+
+
+def normalised(declarations: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """Declarations with the values' white space runs as single spaces and their strings in
+    double quotes (tinycss2 serialises its tokens, not the source)."""
+    # tinycss2 also puts an empty comment between tokens that would otherwise read as one.
+    return [
+        (name, " ".join(value.replace("'", '"').replace("/**/", "").split()), important)
+        for name, value, important in declarations
+    ]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(DECLARATION_PIECES, max_size=25).map("".join))
+def test_declarations_split_as_tinycss2_parses_them(text: str) -> None:
+    assert normalised(_declarations(text)) == normalised(_tinycss2_declarations(text))
+
+
+def tinycss2_rules(css: str) -> list[tuple[str, str]]:
+    """What _rule_texts gives, from tinycss2's parse_stylesheet."""
+    out: list[tuple[str, str]] = []
+    for rule in tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True):
+        if rule.type == "qualified-rule":
+            out.append((tinycss2.serialize(rule.prelude), tinycss2.serialize(rule.content)))
+        elif rule.type == "at-rule" and rule.lower_at_keyword == "media" and rule.content is not None:
+            query = " ".join(tinycss2.serialize(rule.prelude).lower().split())
+            if "(" in query or not {q.strip() for q in query.split(",")} & {
+                "",
+                "all",
+                "screen",
+                "only screen",
+            }:
+                continue
+            for inner in tinycss2.parse_rule_list(rule.content, skip_comments=True, skip_whitespace=True):
+                if inner.type == "qualified-rule":
+                    out.append((tinycss2.serialize(inner.prelude), tinycss2.serialize(inner.content)))
+    return out
+
+
+def comparable(rules: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str, bool]]]]:
+    """Rules as their selector's tokens (serialised by tinycss2, so that both read alike) and
+    their declarations."""
+    out = []
+    for prelude, block in rules:
+        tokens = tinycss2.parse_component_value_list(prelude, skip_comments=True)
+        selector = "".join(t.serialize() for t in tokens if t.type != "whitespace")
+        if any(t.type in ("string", "error") for t in tokens):
+            # A string outside brackets (cut by a newline or not) makes no selector: neither matches.
+            selector = "<invalid>"
+        out.append((selector, normalised(_tinycss2_declarations(block))))
+    return out
+
+
+SHEET_PIECES = st.sampled_from(
+    [
+        *(".a", "#b", "p", " ", "\n", ",", ">", "{", "}", "{color:red}", "{display:none;font-size:0}", ";"),
+        *("@media screen", "@media print", "@media (max-width:600px)", "@font-face", "@import url(x.css);"),
+        *('"', "'", '"}"', "'{'", "/*", "*/", "/* } */", "<!--", "-->", "@charset 'x';", "a:hover", "td.c"),
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(SHEET_PIECES, max_size=25).map("".join))
+def test_rules_cut_as_tinycss2_parses_them(css: str) -> None:
+    assert comparable(_rule_texts(css)) == comparable(tinycss2_rules(css))
