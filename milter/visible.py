@@ -55,7 +55,9 @@ Decisions:
   is taken out text node by text node, since a descendant may set it back (``font-size:0`` on a
   row of inline-block columns that set their own size is common in legitimate mail); text hidden
   by a property that no descendant can undo (``display``, ``opacity``, an offscreen or clipped
-  box) is taken out with its whole element. Spaces stay, so words on either side stay apart.
+  box) is taken out with its whole element. A text node of white space only stays (it may be
+  all that keeps two visible words apart); the spaces inside hidden text go with it, as a
+  reader sees it: ``Vi<span hidden> x </span>agra`` reads "Viagra".
 """
 
 from __future__ import annotations
@@ -491,7 +493,7 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
             if reasons:
                 if mso_hide:
                     reasons.append("mso-hide")
-                chars, only_spaces = _take_text(node.traverse(include_text=True), doomed)
+                chars, only_spaces = _take_text(node.traverse(include_text=True), doomed, True)
                 total += chars
                 if chars:
                     hidden.update("hidden:" + reason for reason in reasons)
@@ -505,7 +507,7 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
             state = _inherit(state, {}, tag, colours)
         states[mid] = state
         if state[5]:
-            chars, only_spaces = _take_text(node.iter(include_text=True), doomed)
+            chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
             if chars:
                 hidden.update("hidden:" + reason for reason in state[5])
@@ -553,20 +555,25 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _S
     return parent if state == parent else state
 
 
-def _take_text(nodes: Iterable[LexborNode], doomed: list[LexborNode]) -> tuple[int, bool]:
+def _take_text(nodes: Iterable[LexborNode], doomed: list[LexborNode], box: bool) -> tuple[int, bool]:
     """Mark for removal the text nodes among `nodes` that hold more than ASCII white space.
 
     Returns the characters a reader would have seen in them and whether they held only
-    spaces and invisible characters (a spacer)."""
+    spaces and invisible characters (a spacer). Such text is left alone where it is hidden by
+    an inherited property (`box` false): white &nbsp; on white, or between the inline-block
+    columns of a font-size:0 row, hides nothing."""
     pieces: list[str] = []
+    found: list[LexborNode] = []
     for node in nodes:
         if node.tag == "-text":
             text = node.text_content or ""
             if text.strip(_CSS_SPACE):
                 pieces.append(text)
-                doomed.append(node)
+                found.append(node)
     chars = _seen_chars("".join(pieces))
-    return chars, bool(pieces) and not chars
+    if chars or box:
+        doomed.extend(found)
+    return chars, box and bool(pieces) and not chars
 
 
 def _seen_chars(text: str) -> int:

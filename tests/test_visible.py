@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
+import milter.visible as visible
 from milter.visible import (
     MAX_HTML_CHARS,
     Visible,
@@ -741,3 +742,48 @@ SHEET_PIECES = st.sampled_from(
 @given(st.lists(SHEET_PIECES, max_size=25).map("".join))
 def test_rules_cut_as_tinycss2_parses_them(css: str) -> None:
     assert comparable(_rule_texts(css)) == comparable(tinycss2_rules(css))
+
+
+COLOUR_PIECES = st.sampled_from(
+    [
+        *("<div>", "</div>", "<p>", "</p>", "<span>", "</span>", "<table><tr><td>", "</td></tr></table>"),
+        *("<td bgcolor=#fff>", "<td bgcolor=black>", "<font color=white>", "<font color=#000>", "</font>"),
+        *(
+            "<div style='color:#fff'>",
+            "<div style='background:#000'>",
+            "<span style='color:#000;background:#fff'>",
+        ),
+        *(
+            "<div style='background:url(x.png)'>",
+            "<a href=x>",
+            "</a>",
+            "<div class=w>",
+            "<div class=b>",
+            "<b>",
+        ),
+        *(
+            "<body bgcolor=#000>",
+            "<body text=white>",
+            "<p style='color:rgba(0,0,0,0)'>",
+            "word",
+            " ",
+            "&nbsp;",
+        ),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(COLOUR_PIECES, max_size=25).map("".join))
+def test_the_colour_lookup_skips_only_walks_that_find_nothing(markup: str) -> None:
+    # Whether colours can meet is decided by looking upwards from the elements that set them;
+    # a walk over every element, always, must find no more.
+    markup = "<style>.w{color:#fff} .b{background:#000}</style>" + markup
+    looked_up = visible_text(markup)
+    original = visible._clash_found
+    visible._clash_found = lambda candidates, matched: True
+    try:
+        walked = visible_text(markup)
+    finally:
+        visible._clash_found = original
+    assert looked_up == walked
