@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
 from milter.text import (
-    _BLOCK_TAGS,
     _FOOTER_RULE,
     _SIMPLE_ADDRESS,
     _WORD,
@@ -20,7 +19,6 @@ from milter.text import (
     TEXT_VERSION,
     _head_end,
     _hosts,
-    _html_text,
     _link_hosts,
     _parse_address,
     _parse_head,
@@ -29,6 +27,7 @@ from milter.text import (
     _words,
     message_text,
 )
+from milter.visible import _BLOCK_TAGS, visible_text
 
 
 def tokens(raw: bytes) -> list[str]:
@@ -620,7 +619,7 @@ BR_PIECES = st.sampled_from(
 @given(st.lists(BR_PIECES, max_size=25).map("".join))
 def test_void_block_tags_get_one_double_space(markup: str) -> None:
     # <br> and <hr> never have children, so one "  " stands for the spaces before and after.
-    assert _html_text(markup)[0] == spaced_body_text(markup)
+    assert visible_text(markup).text == spaced_body_text(markup)
 
 
 def list_post(fields: str, body: str = "Hello all, the patch looks fine to me.\r\n") -> bytes:
