@@ -86,6 +86,9 @@ class Config:
     drain_timeout: float = 30.0  # SIGTERM: how long sessions in flight may finish
     max_ms_per_message: float = DEFAULT_MAX_MS_PER_MESSAGE  # model validation's speed limit
     quarantine: Path = Path("quarantine")
+    # What `milter learn` writes (milter.feedback): outside /var/lib/milter, which the unit keeps
+    # 0750 milter:milter, because Dovecot's mail processes write it (docs/learning.md).
+    feedback_store: Path = Path("/var/lib/milter-feedback")
     log_format: LogFormat = "text"
     metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
@@ -176,6 +179,7 @@ KEYS: dict[str, str] = {
     "drain_timeout": "seconds",
     "max_ms_per_message": "milliseconds a model may take per message (checked before it serves)",
     "quarantine": "a path to a Maildir",
+    "feedback_store": "a path to the directory of the feedback store (milter learn)",
     "log_format": " or ".join(LOG_FORMATS),
     "metrics": "HOST:PORT, or null for none",
     "subject_tag": "a string such as [SPAM], or null for none",
@@ -280,7 +284,7 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             return replace(config, listen_host=host, listen_port=port)
         case "next_hop":
             return replace(config, next_hop=parse_next_hop(_text(value, expected), base))
-        case "rules" | "model" | "quarantine":
+        case "rules" | "model" | "quarantine" | "feedback_store":
             return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
         case "mode" | "on_error" | "log_format" | "protocol":
             allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS, "protocol": PROTOCOLS}[

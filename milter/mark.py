@@ -27,15 +27,32 @@ def mark(raw: bytes, verdict: Verdict, subject_tag: str | None = None) -> bytes:
     messages the verdict calls spam.
     """
     eol = _line_ending(raw)
+    unixfrom, head, body = _split(raw)
+    if PREFIX in head.lower() or (subject_tag and verdict.is_spam):
+        head = _rewrite_fields(head, subject_tag.encode() if subject_tag and verdict.is_spam else None)
+    return unixfrom + b"".join(line + eol for line in headers(verdict, eol)) + head + body
+
+
+def unmark(raw: bytes, subject_tag: str | None = None) -> bytes:
+    """`raw` without milter's marks: every X-Spam-* field, and `subject_tag` where mark() put it
+    before the Subject (pass the tag the daemon was configured with). What a user files as spam
+    or ham still carries milter's verdict; learning from it would teach the model its own opinion.
+    """
+    unixfrom, head, body = _split(raw)
+    tag = subject_tag.encode() if subject_tag else None
+    if PREFIX in head.lower() or tag is not None:
+        head = _rewrite_fields(head, None, untag=tag)
+    return unixfrom + head + body
+
+
+def _split(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(mbox From_ line or b"", header fields, the rest: the blank line and the body)."""
     # An mbox "From " line (some clients send stored mail as is) is not a header field; the
     # fields follow it, and so must the stripping of forged ones. It stays first.
     unixfrom = raw[: raw.find(b"\n") + 1] if raw.startswith(b"From ") and b"\n" in raw else b""
     rest = raw[len(unixfrom) :]
     head_end = header_end(rest)  # the blank line and the body stay with the body
-    head, body = rest[:head_end], rest[head_end:]
-    if PREFIX in head.lower() or (subject_tag and verdict.is_spam):
-        head = _rewrite_fields(head, subject_tag.encode() if subject_tag and verdict.is_spam else None)
-    return unixfrom + b"".join(line + eol for line in headers(verdict, eol)) + head + body
+    return unixfrom, rest[:head_end], rest[head_end:]
 
 
 def headers(verdict: Verdict, eol: bytes = b"\r\n") -> list[bytes]:
@@ -100,8 +117,9 @@ def _lines(block: bytes) -> list[bytes]:
     return lines
 
 
-def _rewrite_fields(head: bytes, subject_tag: bytes | None) -> bytes:
-    """The header block without X-Spam-* fields (continuations included), Subject tagged."""
+def _rewrite_fields(head: bytes, subject_tag: bytes | None, untag: bytes | None = None) -> bytes:
+    """The header block without X-Spam-* fields (continuations included), Subject tagged with
+    `subject_tag`, or with the tag `untag` taken off where mark() put it."""
     out: list[bytes] = []
     dropping = False
     # Split on LF only: a stray CR inside a field is part of that field, not a line break.
@@ -118,5 +136,9 @@ def _rewrite_fields(head: bytes, subject_tag: bytes | None) -> bytes:
             value = line[len(b"subject:") :]
             if not value.lstrip().startswith(subject_tag):
                 line = line[: len(b"subject:")] + b" " + subject_tag + value
+        elif untag is not None and lowered.startswith(b"subject:"):
+            value = line[len(b"subject:") :]
+            if value.startswith(b" " + untag):  # mark() wrote "Subject:" + " " + tag + value
+                line = line[: len(b"subject:")] + value[1 + len(untag) :]
         out.append(line)
     return b"".join(out)
