@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
             if args.stats:
                 _show_stats(store, args.json)
                 return 0
-            user = args.user if args.user is not None else os.environ.get("USER")
-            return _learn(store, args, user or None, config.subject_tag)
+            user = args.user or os.environ.get("USER") or None  # an empty --user: not known
+            return _learn(store, args, user, config.subject_tag)
         except FeedbackError as e:
             print(f"milter learn: {e}", file=sys.stderr)
             return 1

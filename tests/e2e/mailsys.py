@@ -7,6 +7,8 @@ What runs (all on 127.0.0.1, free ports, everything under one temporary director
     client --smtp--> Postfix "milter" <--milter protocol--> milter (--protocol milter); queued once
                      (test_milter_protocol.py starts this pair for its module, not the session)
     Postfix --lmtp (unix socket)--> Dovecot --shipped Sieve script--> Maildir per recipient
+    IMAP client --imap--> Dovecot --shipped imapsieve scripts, a move into or out of Junk-->
+                          milter-learn --> `milter learn` --> the feedback store (test_learning.py)
 
 Postfix and Dovecot are configured the way docs/install.md configures a Debian box: a small base
 config standing in for the box's own, plus the SHIPPED snippets from postfix/ and dovecot/, read
@@ -52,6 +54,9 @@ DOMAIN = "example.test"
 UTF8_DOMAIN = "utf8.example.test"
 MAIL_UID = "nobody"  # Dovecot delivers as this user; any non-root account would do
 MAIL_GID = "nogroup"
+# The feedback store's group (docs/learning.md's milter-feedback): a group the mail user is not
+# in, so only Dovecot's mail_access_groups lets `milter learn` write the store.
+FEEDBACK_GROUP = "mail"
 START_TIMEOUT = 30.0
 DELIVERY_TIMEOUT = 60.0
 
@@ -136,12 +141,18 @@ class Dovecot:
     conf: Path = field(init=False)
     lmtp_socket: Path = field(init=False)
     log: Path = field(init=False)
+    imap_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.conf = self.root / "dovecot.conf"
         # Outside base_dir, as in a real set-up (there: inside Postfix's spool).
         self.lmtp_socket = self.root / "lmtp" / "dovecot-lmtp"
         self.log = self.root / "dovecot.log"
+
+    @property
+    def feedback_store(self) -> Path:
+        """The store `milter learn` writes when a user moves mail into or out of Junk."""
+        return self.root / "feedback"
 
     @property
     def mail_root(self) -> Path:
@@ -175,13 +186,14 @@ class Dovecot:
                 },
             )
         )
+        self._configure_learning(conf_d)
         # The "box's own" configuration: a private instance, static users, one Maildir each.
         self.conf.write_text(
             f"""\
 base_dir = {self.root}/run
 state_dir = {self.root}/state
 instance_name = milter-e2e-{self.root.name}
-protocols = lmtp
+protocols = lmtp imap
 log_path = {self.log}
 ssl = no
 default_internal_user = dovecot
@@ -197,8 +209,15 @@ userdb {{
   driver = static
   args = uid={MAIL_UID} gid={MAIL_GID} home={self.mail_root}/%n allow_all_users=yes
 }}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+}}
 !include {conf_d}/20-lmtp-postfix.conf
 !include {conf_d}/90-milter-sieve.conf
+!include {conf_d}/90-milter-imapsieve.conf
 """
         )
         LOGS["dovecot.log"] = self.log
@@ -206,6 +225,53 @@ userdb {{
         # doveconf reports deprecated or misplaced settings as warnings and starts anyway.
         assert "Warning" not in out and "Error" not in out, f"Dovecot at start:\n{out}"
         wait_until(self.lmtp_socket.exists, START_TIMEOUT, f"Dovecot's LMTP socket {self.lmtp_socket}")
+        wait_until(lambda: port_open(self.imap_port), START_TIMEOUT, f"Dovecot's IMAP on {self.imap_port}")
+
+    def _configure_learning(self, conf_d: Path) -> None:
+        """The shipped imapsieve set-up (dovecot/90-milter-imapsieve.conf, the two scripts, the
+        milter-learn wrapper) and the store directory as docs/learning.md makes it: group write
+        and setgid, for a group the mail user gets only through mail_access_groups."""
+        store = self.feedback_store
+        store.mkdir()
+        os.chown(store, 0, _gid(FEEDBACK_GROUP))
+        os.chmod(store, 0o2770)
+        config = self.root / "milter-learn.yaml"  # /etc/milter/milter.yaml, as far as learn reads it
+        config.write_text(f"feedback_store: {store}\n")
+        # The virtual environment's command (not resolved: its python is a link into the base).
+        milter = Path(os.path.abspath(sys.executable)).parent / "milter"
+        assert milter.is_file(), f"{milter}: expected the milter command beside {sys.executable}"
+        # Dovecot runs the wrapper, and so milter, as the mail user, which must be able to: a
+        # virtual environment made from a Python under a directory only root may enter cannot.
+        run(["runuser", "-u", MAIL_UID, "--", str(milter), "--version"])
+        pipe_dir = self.root / "sieve-pipe"
+        pipe_dir.mkdir()
+        wrapper = pipe_dir / "milter-learn"
+        wrapper.write_text(
+            render(
+                DOVECOT_SNIPPETS / "milter-learn",
+                {
+                    "MILTER=/opt/milter/bin/milter": f"MILTER={milter}",
+                    "CONFIG=/etc/milter/milter.yaml": f"CONFIG={config}",
+                },
+            )
+        )
+        wrapper.chmod(0o755)
+        bindir = self.root / "sievebin"
+        (conf_d / "90-milter-imapsieve.conf").write_text(
+            render(
+                DOVECOT_SNIPPETS / "90-milter-imapsieve.conf",
+                {
+                    "mail_access_groups = milter-feedback": f"mail_access_groups = {FEEDBACK_GROUP}",
+                    "sieve_pipe_bin_dir = /etc/dovecot/sieve-pipe": f"sieve_pipe_bin_dir = {pipe_dir}",
+                    "file:/etc/dovecot/sieve/milter-learn-spam.sieve": (
+                        f"file:{DOVECOT_SNIPPETS / 'milter-learn-spam.sieve'};bindir={bindir}"
+                    ),
+                    "file:/etc/dovecot/sieve/milter-learn-ham.sieve": (
+                        f"file:{DOVECOT_SNIPPETS / 'milter-learn-ham.sieve'};bindir={bindir}"
+                    ),
+                },
+            )
+        )
 
     def stop(self) -> None:
         subprocess.run(["dovecot", "-c", str(self.conf), "stop"], capture_output=True, check=False)
