@@ -296,3 +296,31 @@ def test_wrapper_exits_0_and_logs_when_learning_fails(tmp_path: Path, wrapper: P
         and err == "milter-learn: expected spam or ham as the first argument, got 'maybe'; nothing learned\n"
     )
     assert not (tmp_path / "store" / DB_NAME).exists()
+
+
+def test_the_document_installs_where_the_shipped_files_look() -> None:
+    """docs/learning.md's commands put each file where 90-milter-imapsieve.conf and the wrapper
+    expect it, and make the directory and group the config and the conf name."""
+    from milter.config import Config
+
+    doc = (REPO / "docs" / "learning.md").read_text()
+    conf = (REPO / "dovecot" / "90-milter-imapsieve.conf").read_text()
+    for setting, installed in (
+        (
+            "sieve_pipe_bin_dir = /etc/dovecot/sieve-pipe",
+            "install -m 0755 dovecot/milter-learn /etc/dovecot/sieve-pipe/",
+        ),
+        (
+            "file:/etc/dovecot/sieve/milter-learn-spam.sieve",
+            "sievec /etc/dovecot/sieve/milter-learn-spam.sieve",
+        ),
+        (
+            "file:/etc/dovecot/sieve/milter-learn-ham.sieve",
+            "sievec /etc/dovecot/sieve/milter-learn-ham.sieve",
+        ),
+        ("mail_access_groups = milter-feedback", "groupadd --system milter-feedback"),
+    ):
+        assert setting in conf and installed in doc, (setting, installed)
+    assert f"install -d -m 2770 -o milter -g milter-feedback {Config().feedback_store}\n" in doc
+    assert "install -m 0644 dovecot/90-milter-imapsieve.conf /etc/dovecot/conf.d/" in doc
+    assert "CONFIG=/etc/milter/milter.yaml\n" in WRAPPER.read_text()
