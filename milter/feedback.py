@@ -131,12 +131,18 @@ class Stats:
     newest: float | None
 
 
-def prepare(raw: bytes, subject_tag: str | None = None, max_size: int = MAX_MESSAGE_BYTES) -> Prepared:
-    """`raw` checked to be a message and unmarked; NotAMessage says why it is not one."""
+def prepare(
+    raw: bytes,
+    subject_tag: str | None = None,
+    max_size: int = MAX_MESSAGE_BYTES,
+    limit: str = "max_message_size",
+) -> Prepared:
+    """`raw` checked to be a message and unmarked; NotAMessage says why it is not one. `limit`
+    names where `max_size` comes from, for the message."""
     if not raw.strip():
         raise NotAMessage("empty input; expected a message (header fields, a blank line, the body)")
     if len(raw) > max_size:
-        raise NotAMessage(f"{len(raw)} bytes, more than the limit of {max_size} (max_message_size)")
+        raise NotAMessage(f"{len(raw)} bytes, more than the limit of {max_size} ({limit})")
     if b"\0" in raw:
         raise NotAMessage("contains NUL bytes: binary data, not a message")
     text = raw[raw.find(b"\n") + 1 :] if raw.startswith(b"From ") else raw  # an mbox From_ line
@@ -184,7 +190,10 @@ class Store:
         input, FeedbackError when the store cannot be written."""
         if label not in LABELS:
             raise ValueError(f"label {label!r}; expected one of {LABELS}")
-        message = prepare(raw, subject_tag, min(self.max_message_size, self.max_bytes))
+        if self.max_bytes < self.max_message_size:
+            message = prepare(raw, subject_tag, self.max_bytes, "the store's byte cap")
+        else:
+            message = prepare(raw, subject_tag, self.max_message_size)
         when = time.time() if now is None else now
         size = len(message.raw)
         with self._transaction() as conn:

@@ -120,7 +120,7 @@ def test_cap_by_bytes_removes_the_oldest_until_it_fits(tmp_path: Path) -> None:
     assert store.learn(big, "spam", now=10.0).evicted == 2
     assert [row[0] for row in rows(tmp_path)] == ["<m3@example.org>", "<m9@example.org>"]
     assert store.stats().bytes <= store.max_bytes
-    with pytest.raises(NotAMessage, match="more than the limit"):
+    with pytest.raises(NotAMessage, match=r"more than the limit of .* \(the store's byte cap\)"):
         store.learn(message(10, body="z" * 1000), "spam")  # larger than the whole store
 
 
