@@ -131,12 +131,14 @@ def main() -> int:
     parser.add_argument("--calibrate-on", nargs="*", default=[], help="as milter train --calibrate-on")
     parser.add_argument("--calibration-ham-weight", type=float, default=TrainConfig.calibration_ham_weight)
     parser.add_argument("--C", type=float, default=TrainConfig.C, dest="C")
+    parser.add_argument("--exclude-prefix", nargs="*", default=list(TrainConfig.exclude_prefixes))
     args = parser.parse_args()
     config = TrainConfig(
         jobs=args.jobs,
         calibrate_on=tuple(args.calibrate_on),
         calibration_ham_weight=args.calibration_ham_weight,
         C=args.C,
+        exclude_prefixes=tuple(args.exclude_prefix),
     )
     print(f"# {config}")
     started = time.time()

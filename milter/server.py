@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
+from milter import signals
 from milter.config import Config
 from milter.delivery import next_hop_from_url
 from milter.delivery.maildir import MaildirHop
@@ -92,6 +93,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         policy = await loop.run_in_executor(None, self.loader.initial)
+        # message->text's tables (Public Suffix List, confusables, brands) load here, not on the
+        # first message.
+        await loop.run_in_executor(None, signals.load_tables)
         config = self.config
         workers = config.text_workers if config.text_workers is not None else default_workers()
         texts = TextWorkers(workers) if workers > 0 and config.scoring else None

@@ -31,6 +31,7 @@ import signal
 import sys
 from typing import BinaryIO
 
+from milter import signals
 from milter.text import message_text
 
 log = logging.getLogger("milter.workers")
@@ -189,6 +190,7 @@ def worker_main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    signals.load_tables()  # before the first message, not during it
     while True:
         header = _read_exact(stdin, _HEADER)
         if header is None:
