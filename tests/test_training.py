@@ -344,3 +344,72 @@ def test_the_recorded_command_leaves_out_flags_that_do_not_shape_the_model() -> 
         "0",
     ]
     assert _recorded_arguments(argv) == ["--ham", "h", "--spam", "s", "--seed", "0"]
+
+
+def sourced_corpus(root: Path, sources: dict[str, tuple[int, int]]) -> tuple[Path, Path]:
+    """A many-source collection: files named <source>.<n>.eml under ham/ and spam/."""
+    ham, spam = root / "many" / "ham", root / "many" / "spam"
+    ham.mkdir(parents=True)
+    spam.mkdir(parents=True)
+    for s, name in enumerate(sorted(sources)):
+        n_ham, n_spam = sources[name]
+        # Ham and spam spread over the same stretch of time (make_message dates by index).
+        for i in range(n_ham):
+            (ham / f"{name}.{i:05d}.eml").write_bytes(
+                make_message(1000 * s + 2 * (i * 450 // n_ham), spam=False)
+            )
+        for i in range(n_spam):
+            (spam / f"{name}.{i:05d}.eml").write_bytes(
+                make_message(1000 * s + 2 * (i * 450 // n_spam) + 1, spam=True)
+            )
+    return ham, spam
+
+
+def test_each_source_of_a_many_source_collection_is_a_group(tmp_path: Path) -> None:
+    ham, spam = sourced_corpus(tmp_path, {"list-a": (30, 10), "list-b": (20, 0), "dead-list": (0, 25)})
+    found = list(load_labelled([ham], [spam]))
+    collection = str((tmp_path / "many").resolve())
+    assert {m.group for m in found} == {f"{collection}/{s}" for s in ("list-a", "list-b", "dead-list")}
+    # Ham and spam of one source are one group: it is split by time and left out whole.
+    assert {m.label for m in found if m.group.endswith("/list-a")} == {HAM, SPAM}
+    _, _, val_ix = time_split(found, 0.1, 0.1)
+    assert {found[i].group for i in val_ix} == {m.group for m in found}
+
+
+def test_leave_one_source_out_never_trains_on_the_source_it_scores(tmp_path: Path) -> None:
+    from milter.training.holdout import leave_one_source_out
+    from milter.training.train import fit_calibrated
+
+    ham, spam = sourced_corpus(tmp_path, {"list-a": (60, 40), "list-b": (60, 40), "dead-list": (0, 60)})
+    messages = list(load_labelled([ham], [spam]))
+    texts = [message_text(m.raw) for m in messages]
+    config = TrainConfig(augment=(), min_df=1)
+    sources = sorted({m.group for m in messages})
+    held = leave_one_source_out(messages, texts, {}, config, sources, compare=("yardstick",))
+    assert [h.source for h in held] == sources
+    for h in held:
+        mine = [m for m in messages if m.group == h.source]
+        assert h.labels.tolist() == [m.label for m in mine]
+        assert set(h.probabilities) == {"milter", "yardstick"}
+        # The model for a source is the one fitted on all the other mail, exactly.
+        others = [i for i, m in enumerate(messages) if m.group != h.source]
+        fitted = fit_calibrated([messages[i] for i in others], [texts[i] for i in others], config)
+        expected = fitted.fitted.probabilities(
+            [texts[i] for i, m in enumerate(messages) if m.group == h.source]
+        )
+        assert np.allclose(h.probabilities["milter"], expected)
+
+
+def test_calibration_on_one_collection_uses_only_its_mail(tmp_path: Path) -> None:
+    from milter.training.train import fit_calibrated, in_collections
+
+    old_ham, old_spam = write_corpus(tmp_path / "old", ham=80, spam=80)
+    new_ham, new_spam = sourced_corpus(tmp_path, {"list-a": (60, 30), "dead-list": (0, 40)})
+    messages = list(load_labelled([old_ham, new_ham], [old_spam, new_spam]))
+    texts = [message_text(m.raw) for m in messages]
+    assert in_collections(messages[-1].group, ("many",)) and not in_collections(messages[0].group, ("many",))
+    everywhere = fit_calibrated(messages, texts, TrainConfig(augment=()))
+    on_new = fit_calibrated(messages, texts, TrainConfig(augment=(), calibrate_on=("many",)))
+    assert everywhere.fitted.platt != on_new.fitted.platt
+    with pytest.raises(ValueError, match="calibration slice of nowhere"):
+        fit_calibrated(messages, texts, TrainConfig(augment=(), calibrate_on=("nowhere",)))
