@@ -36,7 +36,10 @@ def _parsed(raw: bytes) -> EmailMessage:
     return message
 
 
-@pytest.mark.parametrize("style", sorted(STYLES))
+WRAPPINGS = sorted(name for name, style in STYLES.items() if not style.words)
+
+
+@pytest.mark.parametrize("style", WRAPPINGS)
 def test_the_words_and_header_fields_stay_and_the_wrapping_changes(style: str) -> None:
     rewrapped = reencode(PLAIN, style)
     message = _parsed(rewrapped)
@@ -124,3 +127,16 @@ def test_broken_mime_gives_a_message_anyway() -> None:
     )
     for style in STYLES:
         assert _parsed(reencode(raw, style))["MIME-Version"] == "1.0"
+
+
+def test_the_short_style_is_the_first_words_as_a_plain_note() -> None:
+    raw = (
+        b"From: Ann Example <ann@example.org>\nSubject: Re: lunch\nMessage-ID: <1@example.org>\n"
+        b"Content-Type: text/plain\n\n> what about friday?\n"
+        + b" ".join(b"w%d" % i for i in range(60))
+        + b"\n"
+    )
+    message = _parsed(reencode(raw, "short"))
+    assert message.get_content_type() == "text/plain" and message["Subject"] == "Re: lunch"
+    assert message.get_content().split() == [f"w{i}" for i in range(STYLES["short"].words)]
+    assert "friday" not in message_text(reencode(raw, "short")).split()  # quoted lines left out

@@ -25,7 +25,7 @@ from milter.training.corpus import (
     time_split,
 )
 from milter.training.synthetic import make_message, write_corpus
-from milter.training.train import DATE_WORDS, Tokens, TrainConfig, train, vocabulary_of
+from milter.training.train import DATE_WORDS, LANGUAGE_WORDS, Tokens, TrainConfig, train, vocabulary_of
 
 
 def test_reads_a_directory_of_files_in_a_stable_order(tmp_path: Path) -> None:
@@ -163,7 +163,8 @@ def test_the_tokenizer_leaves_out_excluded_words_and_families() -> None:
     text = "april mailer:outlook may meeting on friday mailerdaemon subj:april 12"
     assert tokens(text) == ["may", "meeting", "on", "mailerdaemon", "subj:april", "12"]
     assert Tokens()(text) == text.split()
-    assert set(TrainConfig().exclude_words) == set(DATE_WORDS)
+    assert set(TrainConfig().exclude_words) == set(DATE_WORDS + LANGUAGE_WORDS)
+    assert not {"the", "on", "me", "am", "per"} & set(LANGUAGE_WORDS)  # English words stay
     assert {"april", "friday", "dec"} <= set(DATE_WORDS) and "may" not in DATE_WORDS
 
 
@@ -201,10 +202,12 @@ def test_train_command_options_for_refit_and_exclusions(
     assert main(argv) == 0
     params = json.loads(load_model(out).metadata["milter.params"])
     assert params["refit"] is True and params["C"] == 100.0
-    assert params["exclude_prefixes"] == ["mailer:"] and set(params["exclude_words"]) == set(DATE_WORDS)
-    assert params["augment"] == ["outlook", "gmail", "service"]
+    assert params["exclude_prefixes"] == ["mailer:"] and set(params["exclude_words"]) == set(
+        DATE_WORDS + LANGUAGE_WORDS
+    )
+    assert params["augment"] == ["outlook", "gmail", "service", "short"]
     figures = json.loads(capsys.readouterr().out)["figures"]
-    assert set(figures["rewrapped"]) == {"outlook", "gmail", "service"}  # validated rewrapped too
+    assert set(figures["rewrapped"]) == {"outlook", "gmail", "service", "short"}  # validated rewrapped too
     assert figures["rewrapped"]["outlook"]["ham"] == figures["all"]["ham"]
     options = ["--no-refit", "--exclude-prefix", "--exclude-word", "hello", "world", "--augment", "gmail"]
     assert main([*argv, *options]) == 0
@@ -321,9 +324,9 @@ def test_evaluate_all_scores_every_message(tmp_path: Path, capsys: pytest.Captur
     argv = ["evaluate", "--ham", str(ham), "--spam", str(spam), "--model", str(model_path), "--all"]
     assert main([*argv, "--rewrap", "--quiet"]) == 0
     table = capsys.readouterr().out
-    for style in ("outlook", "gmail", "service"):
+    for style in ("outlook", "gmail", "service", "short"):
         assert f"rewrapped {style}" in table  # the same 80 messages, scored again rewrapped
-    assert table.count("ham    40 spam    40") == 2 * 4  # "all" and the collection, four times
+    assert table.count("ham    40 spam    40") == 2 * 5  # "all" and the collection, five times
 
 
 def test_the_recorded_command_leaves_out_flags_that_do_not_shape_the_model() -> None:

@@ -55,6 +55,10 @@ class Style:
     plain_part: bool  # a text/plain alternative next to the HTML
     message_id: Callable[[str], str]  # from a hex digest of the original
     html: Callable[[list[str]], str]  # HTML from the plain text's paragraphs (already escaped)
+    # > 0: the message cut to its first `words` words and sent as plain text alone: a note of a
+    # line or two, as people send them. The corpora have few such ham, so a model fitted on them
+    # alone knows nothing of short mail and scores it by its prior (a one-line note 0.6-0.8).
+    words: int = 0
 
 
 def _outlook_html(paragraphs: list[str]) -> str:
@@ -100,6 +104,8 @@ STYLES: Final[dict[str, Style]] = {
         lambda h: f"<0102019b{h[:8]}-{h[8:16]}-{h[16:20]}-{h[20:32]}-000000@eu-west-1.amazonses.com>",
         _service_html,
     ),
+    # A short note: the first words of the message (quoted lines left out), plain text alone.
+    "short": Style("quoted-printable", False, lambda h: f"<{h[:24]}@localhost.localdomain>", _gmail_html, 24),
 }
 
 
@@ -129,6 +135,12 @@ def _rewrap(raw: bytes, style: Style) -> bytes:
     fields = _kept_fields(raw)
     out = [fields] if fields else []
     out += [b"MIME-Version: 1.0", f"Message-ID: {style.message_id(digest)}".encode()]
+    if style.words:  # one text/plain part: the first words, quoted lines left out
+        unquoted = " ".join(line for line in plain.splitlines() if not line.lstrip().startswith(">"))
+        note = " ".join(unquoted.split()[: style.words]).encode("utf-8")
+        out.append(b'Content-Type: text/plain; charset="utf-8"')
+        out.append(f"Content-Transfer-Encoding: {style.transfer_encoding}".encode())
+        return b"\n".join([*out, b"", _encoded(note, style.transfer_encoding)]) + b"\n"
     out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"'.encode())
     out.append(b"")
     for subtype, text in parts:

@@ -1,0 +1,159 @@
+"""The shipped model on mail these tests write themselves: what a reader sees decides the score.
+
+Two promises of the model, checked on the real model/spam.onnx:
+- hidden text is not the message's words: ham text hidden from the reader by CSS in spam the
+  model junks moves its score by at most 0.02, and message->text says it was hidden;
+- short and non-English personal mail is not spam: one- or two-line notes with no display name,
+  in several languages, and what a local `sendmail` submission looks like, all below p = 0.50.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import pytest
+
+from milter.model import Model
+from milter.text import message_text
+
+HAM_TEXT = (
+    "Hi Bob, are we still on for lunch on Friday? I can book the usual place for half past twelve. "
+    "Anna says the kids loved the trip to the lake last weekend, and the weather was lovely. "
+    "Let me know if Thursday works better for you, I have a meeting in the morning but the "
+    "afternoon is free. Also, could you send me the photos from the birthday party when you get "
+    "a chance? Mum asked about them again. See you soon, and say hello to everyone at home. "
+    "Thanks again for helping with the move, we finally unpacked the last boxes yesterday."
+)
+
+# Spam as it comes today, written here: a phishing notice and an offer, HTML only.
+SPAM_HTML = (
+    "<html><body><table width='600' align='center'><tr><td>"
+    "<p><b>Your account has been suspended!</b></p>"
+    "<p>Dear customer, we detected unusual activity. Verify your account information within 24 hours "
+    "or your account will be permanently closed. Click the link below to confirm your identity and "
+    "restore full access. Urgent action required.</p>"
+    "<p><a href='http://secure-verify-login.example.ru/account/update'>VERIFY NOW</a></p>"
+    "{hidden}"
+    "<p>Limited time offer: claim your $500 reward card today! Unsubscribe here.</p>"
+    "</td></tr></table></body></html>"
+)
+
+
+def html_only(html: str) -> bytes:
+    return (
+        b'From: "Account Service" <alert@secure-verify-login.example.ru>\r\n'
+        b"To: bob@example.net\r\nSubject: URGENT: your account is suspended, verify now\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(html.encode())
+    )
+
+
+def with_plain(html: str) -> bytes:
+    plain = "Your account has been suspended! Verify your account now: http://secure-verify-login.example.ru/"
+    return (
+        b'From: "Account Service" <alert@secure-verify-login.example.ru>\r\n'
+        b"To: bob@example.net\r\nSubject: URGENT: your account is suspended, verify now\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="=_b"\r\n\r\n'
+        b"--=_b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + plain.encode() + b"\r\n"
+        b"--=_b\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(html.encode())
+        + b"--=_b--\r\n"
+    )
+
+
+# Each trick: (inline style, the same as a <style> rule's declarations).
+TRICKS = {
+    "display-none": "display:none",
+    "offscreen": "position:absolute;left:-9999px;top:-9999px",
+    "zero-box": "width:0;height:0;overflow:hidden",
+    "font-size-0": "font-size:0px",
+    "white-on-white": "color:#ffffff;background-color:#ffffff",
+    "visibility": "visibility:hidden",
+    "opacity": "opacity:0",
+    "mso-hide": "mso-hide:all;display:none",
+}
+
+
+def inline(style: str) -> str:
+    return f"<div style='{style}'>{HAM_TEXT}</div>"
+
+
+def via_class(style: str) -> str:
+    return f"<style>.note {{ {style} }}</style><div class='note'>{HAM_TEXT}</div>"
+
+
+def via_id(style: str) -> str:
+    return f"<style>#n1 {{ {style} }}</style><div id='n1'>{HAM_TEXT}</div>"
+
+
+PLACEMENTS: dict[str, Callable[[str], str]] = {"inline": inline, "class": via_class, "id": via_id}
+WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
+
+
+def probability(model: Model, raw: bytes) -> float:
+    return model.score_texts([message_text(raw)])[0].probability
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("placement", sorted(PLACEMENTS))
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_hidden_ham_text_does_not_rescue_spam(
+    model: Model, trick: str, placement: str, wrapping: str
+) -> None:
+    wrap = WRAPPINGS[wrapping]
+    clean = probability(model, wrap(SPAM_HTML.format(hidden="")))
+    assert clean >= 0.9, f"the spam these tests start from is junked ({clean:.3f})"
+    poisoned_raw = wrap(SPAM_HTML.format(hidden=PLACEMENTS[placement](TRICKS[trick])))
+    poisoned = probability(model, poisoned_raw)
+    assert abs(poisoned - clean) <= 0.02, (clean, poisoned)
+    tokens = message_text(poisoned_raw).split()
+    assert any(token.startswith("hidden:") for token in tokens), tokens
+    assert "lunch" not in tokens and "birthday" not in tokens
+
+
+def test_the_same_text_left_visible_is_read(model: Model) -> None:
+    """The ham text is not ignored as such: shown to the reader, it is the message's words."""
+    raw = html_only(SPAM_HTML.format(hidden=f"<div>{HAM_TEXT}</div>"))
+    tokens = message_text(raw).split()
+    assert "lunch" in tokens and "birthday" in tokens
+    assert not any(token.startswith("hidden:") for token in tokens)
+    assert probability(model, raw) < probability(model, html_only(SPAM_HTML.format(hidden="")))
+
+
+def note(body: str, sender: str = "jan@example.org", subject: str = "", extra: str = "") -> bytes:
+    head = f"From: {sender}\r\nTo: bob@example.net\r\n"
+    if subject:
+        head += f"Subject: {subject}\r\n"
+    head += "Date: Tue, 01 Dec 2026 10:00:00 +0100\r\nMessage-ID: <20261201090000.A1@example.org>\r\n"
+    head += extra + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    head += "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    return (head + body.replace("\n", "\r\n") + "\r\n").encode()
+
+
+SHORT_NOTES = {
+    "english one line": note("See you at 7 tonight.", subject="tonight"),
+    "english no subject": note("Can you call me when you're back?"),
+    "english two lines": note("Hi Tom,\nthe keys are under the mat. Back on Sunday.", subject="keys"),
+    # Not here: German. "Hallo Bernd, schöne Grüße aus Hamburg, wir sehen uns am Samstag!" scores
+    # 0.92 and "Kannst du mich heute Abend anrufen?" 0.56 with spam-eb07b3dd: all German mail in
+    # the training corpora is spam, and a note whose words the model does not know scores its
+    # prior (0.63). docs/model.md, "Limits"; issue 11 stays open for it.
+    "french": note("Salut Marie,\non se voit demain à midi devant la gare ? Bisous", subject="demain"),
+    "spanish": note("Hola Carlos,\n¿quedamos el viernes para cenar? Un abrazo.", subject="viernes"),
+    "japanese": note("田中さん、\n明日の会議は十時からです。よろしくお願いします。", subject="明日の会議"),
+    # What Postfix's sendmail makes of `echo ... | mail -s ... user` on a server.
+    "local sendmail": note(
+        "backup finished at 03:12, 14 GB written, no errors.",
+        sender="root@backup1.example.org (Cron Daemon)",
+        subject="nightly backup",
+        extra="X-Cron-Env: <SHELL=/bin/sh>\r\n",
+    ),
+    "local sendmail bare": note("disk /dev/sda1 at 91%", sender="root@web2.example.org", subject="disk"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_NOTES))
+def test_short_and_non_english_personal_mail_is_not_spam(model: Model, name: str) -> None:
+    p = probability(model, SHORT_NOTES[name])
+    assert p < 0.5, f"{name}: p = {p:.3f}"
