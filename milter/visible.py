@@ -429,15 +429,7 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
             own = _own(node, tag, matched) if tag[:1] != "-" else None
             colour, back = base
             if own:
-                colour = own.get("color", _UNKNOWN if tag == "a" else colour)
-                if own.get("bg-image") == 1:
-                    back = _UNKNOWN
-                else:
-                    paint = own.get("bg", 0)
-                    if paint & 0xFF == 0xFF:
-                        back = paint
-                    elif paint & 0xFF:
-                        back = _UNKNOWN
+                colour, back = _painted(own, tag, colour, back)
             elif tag == "a":
                 colour = _UNKNOWN
             base = resolved[mid] = (colour, back)
@@ -523,6 +515,19 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
     return total
 
 
+def _painted(own: dict[str, int], tag: str, colour: int, back: int) -> tuple[int, int]:
+    """(text colour, background) of an element from its own properties and its parent's pair:
+    a link is link-coloured unless it says otherwise; a background image or a translucent
+    background makes the background unknown (what shows through is not known here)."""
+    colour = own.get("color", _UNKNOWN if tag == "a" else colour)
+    if own.get("bg-image") == 1:
+        return colour, _UNKNOWN
+    paint = own.get("bg", 0)
+    if paint & 0xFF == 0xFF:
+        return colour, paint
+    return colour, (_UNKNOWN if paint & 0xFF else back)
+
+
 def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _State:
     """An element's state from its parent's and its own properties."""
     invisible, tiny, indent, colour, back, _ = parent
@@ -530,15 +535,7 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _S
     tiny = own.get("font-size", tiny)
     indent = own.get("text-indent", indent)
     if colours:
-        colour = own.get("color", _UNKNOWN if tag == "a" else colour)
-        if own.get("bg-image") == 1:
-            back = _UNKNOWN
-        else:
-            paint = own.get("bg", 0)
-            if paint & 0xFF == 0xFF:
-                back = paint
-            elif paint & 0xFF:  # translucent: what shows through is not known here
-                back = _UNKNOWN
+        colour, back = _painted(own, tag, colour, back)
     reasons: list[str] = []
     if invisible == 1:
         reasons.append("visibility")
