@@ -209,6 +209,10 @@ def test_two_workers_share_the_port_reload_as_one_and_a_killed_one_comes_back(
         assert int(restart[1]) != pids[1]
         wait_log(log, rf"worker 1 \(pid {restart[1]}\) ready")
 
+        # The watchdog: WATCHDOG=1 once every worker's loop has pinged within the interval, which
+        # a loaded machine may take a while to see (waited for, not assumed to have happened).
+        notify.wait_for("WATCHDOG=1", seconds=60)
+
         # SIGTERM to the supervisor alone reaches the workers; it exits 0 after them.
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
