@@ -127,9 +127,9 @@ def _is_list_address(address: str, list_id: str | None) -> bool:
 
 def _author(
     from_value: str, reply_to: str | None, original: str | None, list_id: str | None
-) -> tuple[str | None, str | None]:
-    """(From, Reply-To) as the author sent them, before a list rewrote From; From is None when
-    the list put its own address there and kept no trace of the author.
+) -> tuple[tuple[str, str] | None, str | None]:
+    """((name, address) of From, Reply-To) as the author sent them, before a list rewrote From;
+    From is None when the list put its own address there and kept no trace of the author.
 
     A list that rewrites From (DMARC munging: "Jane via Somelist" <list@host>, or the list's own
     name and address) puts the author in X-Original-From or, failing that, in Reply-To; the
@@ -139,14 +139,14 @@ def _author(
     if reply_to is not None and _is_list_address(_parse_address(reply_to)[1], list_id):
         reply_to = None  # "reply to the list": wrapping too
     if original is not None:
-        return original, reply_to
+        return _parse_address(original), reply_to
     if " via " in name.lower() and (via := _VIA_LIST.fullmatch(name)) is not None:
         if reply_to is not None:
-            return reply_to, None
-        return (f'"{via[1]}" <{address}>' if via[1] else address), None
+            return _parse_address(reply_to), None
+        return (via[1], address), None
     if _is_list_address(address, list_id):
         return None, reply_to  # the list's own address: the author is not known
-    return from_value, reply_to
+    return (name, address), reply_to
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
@@ -495,7 +495,7 @@ def _extract(raw: bytes) -> str:
         head.append("from:list")
         from_domain = ""
     else:
-        name, address = _parse_address(sender)
+        name, address = sender
         from_domain = _address_tokens("from", name, address, head)
         head.extend(signals.sender_tokens(name, address, subject))
     if reply_to is not None:
