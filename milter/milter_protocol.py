@@ -34,10 +34,10 @@ from milter.logs import log_message
 from milter.mark import PREFIX, headers
 from milter.message import MAX_HEADER_BYTES, Envelope, Message
 from milter.metrics import Metrics
+from milter.outcome import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
 from milter.policy import Policy, Verdict
 from milter.rules import Action
 from milter.scan import scan
-from milter.smtp import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
 from milter.workers import TextWorkers
 
 log = logging.getLogger("milter.milter_protocol")

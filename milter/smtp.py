@@ -47,6 +47,7 @@ from milter.mark import mark
 from milter.message import Envelope as MessageEnvelope
 from milter.message import Message
 from milter.metrics import Metrics
+from milter.outcome import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
 from milter.policy import Policy, Verdict
 from milter.rules import Action
 from milter.scan import scan
@@ -65,9 +66,6 @@ OK_QUARANTINED = "250 2.0.0 Ok: quarantined by rule {rule}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later"
 NEXT_HOP_FAILED = "451 4.4.2 Next hop failed while taking the message, try again later"
 PARTIAL_DELIVERY = "451 4.3.0 Next hop took the message for some recipients only; try again later"
-INTERNAL_ERROR = "451 4.3.0 Internal error; try again later"
-POLICY_TEMPFAIL = "451 4.7.1 Message deferred by rule {rule}; try again later"
-POLICY_REJECT = "550 5.7.1 Message rejected as spam by rule {rule}"
 TOO_BIG = "552 5.3.4 Message too big for system (limit {limit} bytes)"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
@@ -304,33 +302,6 @@ def message_envelope(server: FilterSMTP, session: FilterSession, envelope: Envel
         queue_id=xf.get("IDENT"),
         mail_options=tuple(envelope.mail_options),
     )
-
-
-def log_fields(message: Message) -> dict[str, object]:
-    env = message.envelope
-    client = env.client_address
-    if env.client_name and client:
-        client = f"{env.client_name}[{client}]"
-    return {
-        "queue_id": env.queue_id,
-        "message_id": message.message_id,
-        "client": client,
-        "helo": env.helo,
-        "from": f"<{env.mail_from}>",
-        "rcpts": len(env.rcpt_tos),
-        "size": message.size,
-    }
-
-
-def verdict_fields(verdict: Verdict) -> dict[str, object]:
-    p = verdict.probability
-    return {
-        "probability": round(p, 4) if p is not None else "unscored",
-        "rule": verdict.decision.rule,
-        "action": verdict.action.value,
-        "model": verdict.model_id,
-        "error": verdict.error if verdict.error != "scoring off" else None,
-    }
 
 
 def finish_log(fields: dict[str, object], session: FilterSession) -> None:
