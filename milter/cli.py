@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from milter import __version__
 
 # Order is the order `milter --help` lists them in.
-COMMANDS = ("serve", "score", "train", "evaluate", "check", "rules", "learn")
+COMMANDS = ("serve", "score", "train", "evaluate", "check", "rules", "learn", "retrain")
 
 DESCRIPTION = """\
 milter is a spam filter for Postfix. It runs as an SMTP proxy (after-queue content_filter or
@@ -22,8 +22,10 @@ over SMTP/LMTP, or into a local Maildir.
 EPILOG = """\
 exit status:
   0  success
-  1  a message, rules file or model failed a check (score, check, rules test)
-  2  usage or configuration error
+  1  a message, rules file or model failed a check (score, check, rules test); learn: the
+     feedback store could not be written; retrain: the gate refused the candidate
+  2  usage or configuration error; learn: an input refused as not a message
+  3  retrain: not enough feedback yet (nothing written)
 
 files:
   /etc/milter/milter.yaml   configuration (absent: built-in defaults)

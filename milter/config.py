@@ -89,6 +89,11 @@ class Config:
     # What `milter learn` writes (milter.feedback): outside /var/lib/milter, which the unit keeps
     # 0750 milter:milter, because Dovecot's mail processes write it (docs/learning.md).
     feedback_store: Path = Path("/var/lib/milter-feedback")
+    # A candidate model scoring every message beside the live one, acting on none (a file, or a
+    # directory: its newest valid .onnx); None: no shadow. `milter retrain --to shadow` writes it.
+    shadow_model: Path | None = None
+    # What `milter retrain` records of its runs (JSON); the daemon's metrics read it.
+    retrain_state: Path = Path("/var/lib/milter/retrain.json")
     log_format: LogFormat = "text"
     metrics: tuple[str, int] | None = None  # opt-in Prometheus endpoint
     subject_tag: str | None = None  # off by default: rewriting Subject breaks DKIM signatures
@@ -180,6 +185,8 @@ KEYS: dict[str, str] = {
     "max_ms_per_message": "milliseconds a model may take per message (checked before it serves)",
     "quarantine": "a path to a Maildir",
     "feedback_store": "a path to the directory of the feedback store (milter learn)",
+    "shadow_model": "a path to a .onnx file or a directory of them, or null for none",
+    "retrain_state": "a path to the file milter retrain records its runs in",
     "log_format": " or ".join(LOG_FORMATS),
     "metrics": "HOST:PORT, or null for none",
     "subject_tag": "a string such as [SPAM], or null for none",
@@ -284,7 +291,9 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             return replace(config, listen_host=host, listen_port=port)
         case "next_hop":
             return replace(config, next_hop=parse_next_hop(_text(value, expected), base))
-        case "rules" | "model" | "quarantine" | "feedback_store":
+        case "shadow_model" if value is None or value is False or value == "":
+            return replace(config, shadow_model=None)
+        case "rules" | "model" | "quarantine" | "feedback_store" | "shadow_model" | "retrain_state":
             return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
         case "mode" | "on_error" | "log_format" | "protocol":
             allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS, "protocol": PROTOCOLS}[

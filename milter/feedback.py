@@ -105,6 +105,17 @@ class Taught:
 
 
 @dataclass(frozen=True, slots=True)
+class Feedback:
+    """One message of the store as retraining reads it."""
+
+    id: int
+    label: Label
+    taught_at: float
+    user: str | None
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LabelStats:
     messages: int
     bytes: int
@@ -259,6 +270,20 @@ class Store:
             oldest,
             newest,
         )
+
+    def messages(self) -> list[Feedback]:
+        """Every message in the store, oldest taught first (ties by row), from one snapshot.
+        FeedbackError if there is no store yet: reading never creates one."""
+        if not self.path.exists():
+            self._check_directory()
+            raise FeedbackError(
+                f"{self.path}: no feedback store yet; expected one made by `milter learn` (docs/learning.md)"
+            )
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT id, label, taught_at, user, raw FROM messages ORDER BY taught_at, id"
+            ).fetchall()
+        return [Feedback(int(i), label, float(when), user, bytes(raw)) for i, label, when, user, raw in rows]
 
     def close(self) -> None:
         if self._conn is not None:

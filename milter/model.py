@@ -198,6 +198,14 @@ def load_model(path: Path | str) -> Model:
         ) from exc
     if not data:
         raise ModelError(path, "empty file; expected an ONNX model file written by `milter train`")
+    return model_from_bytes(data, path, started)
+
+
+def model_from_bytes(data: bytes, path: Path | str, started: float | None = None) -> Model:
+    """A model from the bytes of a model file (`path`: what errors and `Model.path` name), checked
+    as `load_model` checks a file: `milter retrain` scores its candidate before writing it."""
+    path = Path(path)
+    started = time.perf_counter() if started is None else started
     session = _session(path, data)
     _check_interface(path, session)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
