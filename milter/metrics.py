@@ -16,17 +16,35 @@ Series (all prefixed `milter_`):
 - `model_load_seconds`                  how long the active model took to load and validate
 - `rules`                               number of rules in the active ruleset
 - `sessions_open`                       SMTP sessions currently open
+- `shadow_messages_total{action, live_action}`  messages the shadow model scored: the action it
+                                        would have taken and the one taken
+- `shadow_disagreements_total`          of those, where the two actions differ (each one is logged)
+- `shadow_agreement_ratio`              share of agreeing actions since the shadow model went live
+- `shadow_errors_total`                 shadow scorings that failed (the message unaffected)
+- `shadow_model_info{model_id}`         1 for the shadow model scoring (no series: none yet)
+- `retrain_runs_total{result}`          `milter retrain` runs (written, refused, not_enough_feedback)
+- `retrain_refusals_total{reason}`      the gate's refusals by reason
+- `retrain_last_run_timestamp_seconds`  when the last run ended; `retrain_last_passed`: 1 if it wrote a model
+
+The retrain series come from the file `milter retrain` keeps (config key retrain_state, see
+milter.retrain_state), read at each scrape: it runs as a process of its own, from a timer.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-RELOAD_KINDS = ("rules", "model", "all")
+from milter import retrain_state
+
+RELOAD_KINDS = ("rules", "model", "shadow", "all")
 
 # Probabilities: fine near the rule thresholds people use (0.5, 0.9) and at the ends.
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -39,7 +57,7 @@ RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class Metrics:
     """The daemon's metrics, in a registry of their own; every method is thread-safe."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, retrain_state: Path | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.messages = Counter(
@@ -76,6 +94,30 @@ class Metrics:
         self.sessions_open = Gauge("milter_sessions_open", "SMTP sessions currently open.", registry=r)
         self._model_lock = threading.Lock()
         self._model_id: str | None = None
+        self.shadow_messages = Counter(
+            "milter_shadow_messages",
+            "Messages the shadow model scored, by the action it would have taken and the one taken.",
+            ("action", "live_action"),
+            registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "milter_shadow_disagreements", "Messages where the shadow model's action differs.", registry=r
+        )
+        self.shadow_errors = Counter(
+            "milter_shadow_errors", "Shadow scorings that failed (the message was not affected).", registry=r
+        )
+        self.shadow_agreement = Gauge(
+            "milter_shadow_agreement_ratio",
+            "Share of messages where the shadow model's action agrees, since it went live.",
+            registry=r,
+        )
+        self.shadow_info = Gauge(
+            "milter_shadow_model_info", "The shadow model (1) by its id.", ("model_id",), registry=r
+        )
+        self._shadow_id: str | None = None
+        self._shadow_counts = [0, 0]  # scored, agreed: for the ratio of the current shadow model
+        if retrain_state is not None:
+            r.register(RetrainCollector(retrain_state))
 
     def message_decided(
         self,
@@ -111,11 +153,63 @@ class Metrics:
             self.model_load_seconds.set(load_seconds)
         self.rules.set(rule_count)
 
+    def shadow_scored(self, model_id: str, action: str, live_action: str, agree: bool) -> None:
+        """Count one message the shadow model `model_id` scored."""
+        self.shadow_messages.labels(action, live_action).inc()
+        if not agree:
+            self.shadow_disagreements.inc()
+        with self._model_lock:
+            if model_id != self._shadow_id:
+                if self._shadow_id is not None:
+                    self.shadow_info.remove(self._shadow_id)
+                self._shadow_id, self._shadow_counts = model_id, [0, 0]
+                self.shadow_info.labels(model_id).set(1)
+            self._shadow_counts[0] += 1
+            self._shadow_counts[1] += agree
+            self.shadow_agreement.set(self._shadow_counts[1] / self._shadow_counts[0])
+
+    def shadow_failed(self) -> None:
+        self.shadow_errors.inc()
+
     def session_opened(self) -> None:
         self.sessions_open.inc()
 
     def session_closed(self) -> None:
         self.sessions_open.dec()
+
+
+class RetrainCollector(Collector):
+    """The retrain series, read from `milter retrain`'s record file at each scrape."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        state = retrain_state.read(self.path)
+        runs = CounterMetricFamily(
+            "milter_retrain_runs", "milter retrain runs, by result.", labels=["result"]
+        )
+        for result in sorted(state["runs"]):
+            runs.add_metric([result], state["runs"][result])
+        yield runs
+        refusals = CounterMetricFamily(
+            "milter_retrain_refusals", "Candidates the gate refused, by reason.", labels=["reason"]
+        )
+        for reason in sorted(state["refusals"]):
+            refusals.add_metric([reason], state["refusals"][reason])
+        yield refusals
+        last = state["last"]
+        if isinstance(last, dict) and isinstance(last.get("time"), int | float):
+            yield GaugeMetricFamily(
+                "milter_retrain_last_run_timestamp_seconds",
+                "When the last milter retrain run ended (Unix time).",
+                value=float(last["time"]),
+            )
+            yield GaugeMetricFamily(
+                "milter_retrain_last_passed",
+                "1 if the last milter retrain run wrote a model, else 0.",
+                value=1.0 if last.get("result") == "written" else 0.0,
+            )
 
 
 @dataclass

@@ -47,6 +47,8 @@ class Policy:
     config: Config
     model: Scorer
     rules: Decider
+    # A candidate scoring every message beside `model` and acting on none (config shadow_model).
+    shadow: Scorer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +104,29 @@ def evaluate(
         # Rules still apply to what is known (sender, headers, size); probability rules cannot match.
         return Verdict(policy.rules.decide(facts_of(message, None)), None, model_id, error)
     return Verdict(policy.rules.decide(facts_of(message, result.probability)), result, model_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """What the shadow model would have done with a message: a value, never acted on."""
+
+    model_id: str
+    decision: Decision
+    probability: float
+
+    @property
+    def action(self) -> Action:
+        return self.decision.action
+
+
+def shadow(policy: Policy, message: Message, text: str) -> Shadow | None:
+    """The shadow model's decision on `message` (its model text already made for the live
+    model: only the second graph run and the rules are extra); None without a shadow model.
+    Raises what the model raises, as `score` does."""
+    if policy.shadow is None:
+        return None
+    result = policy.shadow.score(text)
+    if not (0.0 <= result.probability <= 1.0) or math.isnan(result.probability):
+        raise ValueError(f"shadow model returned probability {result.probability!r}, expected 0..1")
+    decision = policy.rules.decide(facts_of(message, result.probability))
+    return Shadow(policy.shadow.id, decision, result.probability)

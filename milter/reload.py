@@ -175,6 +175,8 @@ class Refusal:
         return " ".join(self.reason.split())  # one line, whatever the error says
 
     def _serving(self) -> str:
+        if self.kind == "shadow":
+            return "the last good shadow model keeps scoring beside the live one, if there is one"
         return f"the last good {self.kind} {'keep' if self.kind == 'rules' else 'keeps'} serving"
 
 
@@ -194,8 +196,14 @@ class ModelSelector:
         *,
         load: Callable[[Path], Model] = load_model,
         validate: Callable[[Model, float], None] = validate_model,
+        kind: str = "model",
+        keep_when_gone: bool = True,
     ) -> None:
         self.path = Path(model_path)
+        # "shadow" for the shadow model (milter.scan), which is dropped when its file goes
+        # (`milter promote` moved it live): a shadow scoring like the live model says nothing.
+        self.kind = kind
+        self.keep_when_gone = keep_when_gone
         self.max_seconds_per_message = max_seconds_per_message
         self._load = load
         self._validate = validate
@@ -242,7 +250,7 @@ class ModelSelector:
                 if not isinstance(e, ModelError):
                     log.debug("unexpected error loading %s", path, exc_info=True)
                     e = ModelError(path, f"cannot load: {type(e).__name__}: {e}")
-                refusal = Refusal("model", path, e)
+                refusal = Refusal(self.kind, path, e)
                 self._refused[path] = (key, refusal)
                 refusals.append(refusal)
                 passed.append(refusal)
@@ -251,6 +259,12 @@ class ModelSelector:
                 continue
             self.active, self.active_path, self._active_key = model, path, key
             self.load_seconds = time.perf_counter() - started
+            return refusals
+        if self.active is not None and self.active_path not in present and not self.keep_when_gone:
+            log.info(
+                "reload: the %s model's file %s is gone; no %s model", self.kind, self.active_path, self.kind
+            )
+            self.active, self.active_path, self._active_key, self.load_seconds = None, None, None, None
             return refusals
         if self.active is not None and self.active_path not in present:
             log.warning(
@@ -381,13 +395,23 @@ class PolicyLoader(Generic[T]):
         mode: str | None = None,
         max_seconds_per_message: float = DEFAULT_MAX_SECONDS_PER_MESSAGE,
         load_model: Callable[[Path], Model] = load_model,
+        shadow_path: Path | str | None = None,
     ) -> None:
         self.rules = RulesKeeper(rules_path, mode)
         self.models = ModelSelector(model_path, max_seconds_per_message, load=load_model)
+        # The shadow model (config shadow_model): loaded and validated like the live one; with
+        # one configured, make_policy is called with shadow= (the model, or None).
+        self.shadow = (
+            ModelSelector(
+                shadow_path, max_seconds_per_message, load=load_model, kind="shadow", keep_when_gone=False
+            )
+            if shadow_path is not None
+            else None
+        )
         self._make_policy = make_policy
         self._lock = threading.Lock()
         self.policy: T | None = None
-        self._built_from: tuple[Ruleset, Model] | None = None
+        self._built_from: tuple[Ruleset, Model, Model | None] | None = None
 
     @property
     def rules_path(self) -> Path:
@@ -399,10 +423,13 @@ class PolicyLoader(Generic[T]):
 
     def watched(self) -> list[tuple[Path, str, Callable[[str], bool]]]:
         """(directory, kind, is this file name relevant) for each directory to watch."""
-        return [
+        specs = [
             _watch_spec(self.rules.path, "rules", RULES_SUFFIXES),
             _watch_spec(self.models.path, "model", MODEL_SUFFIXES),
         ]
+        if self.shadow is not None:
+            specs.append(_watch_spec(self.shadow.path, "shadow", MODEL_SUFFIXES))
+        return specs
 
     def initial(self) -> T:
         """The first policy, at start-up; raises RulesError/ModelError if either part is unusable."""
@@ -434,19 +461,35 @@ class PolicyLoader(Generic[T]):
         with self._lock:
             started = time.perf_counter()
             refused = [*self.rules.refresh(), *self.models.select()]
-            still = tuple(r for r in (*self.rules.standing, *self.models.standing) if r not in refused)
+            standing = (*self.rules.standing, *self.models.standing)
+            shadow: Model | None = None
+            if self.shadow is not None:
+                refused += self.shadow.select()
+                standing += self.shadow.standing
+                shadow = self.shadow.active
+            still = tuple(r for r in standing if r not in refused)
             rules, model = self.rules.active, self.models.active
             changed: set[str] = set()
             policy: T | None = None
             if rules is not None and model is not None:
                 before = self._built_from
-                if before is None or before[0] is not rules or before[1] is not model:
+                if (
+                    before is None
+                    or before[0] is not rules
+                    or before[1] is not model
+                    or before[2] is not shadow
+                ):
                     if before is None or before[0] is not rules:
                         changed.add("rules")
                     if before is None or before[1] is not model:
                         changed.add("model")
-                    policy = self._make_policy(rules, model)
-                    self.policy, self._built_from = policy, (rules, model)
+                    if self.shadow is not None and (before is None or before[2] is not shadow):
+                        changed.add("shadow")
+                    if self.shadow is not None:
+                        policy = self._make_policy(rules, model, shadow=shadow)  # type: ignore[call-arg]
+                    else:
+                        policy = self._make_policy(rules, model)
+                    self.policy, self._built_from = policy, (rules, model, shadow)
             return LoadResult(
                 policy=policy,
                 changed=frozenset(changed),
@@ -778,6 +821,14 @@ class Reloader(Generic[T]):
                 )
             if "rules" in report.changed:
                 parts.append(f"{result.rule_count} rules from {self.loader.rules_path}")
+            shadow = self.loader.shadow
+            if "shadow" in report.changed and shadow is not None:
+                if shadow.active is not None:
+                    parts.append(
+                        f"shadow model {shadow.active.id} from {shadow.active_path} (scores, never acts)"
+                    )
+                else:
+                    parts.append(f"no shadow model (none valid in {shadow.path})")
             log.info("reload: now serving %s", " and ".join(parts))
         elif not result.refused:
             nothing = f"reload: nothing changed ({', '.join(sorted(kinds))})"

@@ -28,9 +28,11 @@ from milter.delivery.maildir import MaildirHop
 from milter.errors import MilterError
 from milter.metrics import Metrics, start_metrics_server
 from milter.milter_protocol import MilterService
+from milter.model import Model
 from milter.notify import Notifier, status_text
 from milter.policy import Policy
 from milter.reload import PolicyLoader, Reloader, rule_count
+from milter.rules import Ruleset
 from milter.smtp import Filter, smtp_factory
 from milter.workers import TextWorkers, default_workers
 
@@ -65,12 +67,17 @@ class Daemon:
         self.metrics = metrics
         self.notifier = notifier or Notifier()
         self.watch = watch
+
+        def make_policy(rules: Ruleset, model: Model, shadow: Model | None = None) -> Policy:
+            return Policy(config, model, rules, shadow)
+
         self.loader: PolicyLoader[Policy] = PolicyLoader(
             config.rules,
             config.model,
-            lambda rules, model: Policy(config, model, rules),
+            make_policy,
             mode=config.mode,
             max_seconds_per_message=config.max_ms_per_message / 1000,
+            shadow_path=config.shadow_model,
         )
         self.filter: Filter | MilterService | None = None
         self.reloader: Reloader[Policy] | None = None
@@ -213,7 +220,7 @@ async def serve(
     milter.supervisor tells its supervisor instead). `reuse_port`: listen with SO_REUSEPORT.
     """
     loop = asyncio.get_running_loop()
-    metrics = Metrics() if config.metrics is not None else None
+    metrics = Metrics(retrain_state=config.retrain_state) if config.metrics is not None else None
     notifier = notifier if notifier is not None else Notifier()
     daemon = Daemon(config, metrics=metrics, notifier=notifier, watch=watch, reuse_port=reuse_port)
     metrics_server = None

@@ -29,6 +29,8 @@ def test_the_wheel_carries_the_shipped_rules_and_model(tmp_path: Path) -> None:
         assert "milter/py.typed" in archive.namelist()
         assert archive.read(f"{data}/rules/default.yaml") == (ROOT / "rules/default.yaml").read_bytes()
         assert archive.read(f"{data}/model/spam.onnx") == (ROOT / "model/spam.onnx").read_bytes()
+        for unit in ("milter.service", "milter@.service", "milter-retrain.service", "milter-retrain.timer"):
+            assert archive.read(f"{data}/systemd/{unit}") == (ROOT / "systemd" / unit).read_bytes()
 
 
 def test_installed_layout_is_found_under_the_prefix(tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_pip_install_of_a_checkout_leaves_it_as_it_was_and_installs_the_document
     installed = prefix / "share" / "doc" / "milter"
     for name in ("install.md", "rules.md", "scaling.md"):
         assert (installed / name).read_bytes() == (ROOT / "docs" / name).read_bytes()
-    for unit in ("milter.service", "milter@.service"):
+    for unit in ("milter.service", "milter@.service", "milter-retrain.service", "milter-retrain.timer"):
         [doc] = [
             line.removeprefix("Documentation=file:")
             for line in (ROOT / "systemd" / unit).read_text().splitlines()

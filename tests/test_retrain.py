@@ -291,3 +291,23 @@ def test_one_mailbox_teaching_only_spam_is_not_one_user_poisoning() -> None:
     refusal = gate.one_user(messages, [0.1] * 80)
     assert refusal is not None and refusal.reason == "one_user"
     assert gate.one_user(messages, [0.9] * 80) is None  # the live model agrees it is spam
+
+
+def test_the_daemons_metrics_read_the_runs_at_each_scrape(tmp_path: Path) -> None:
+    from milter.metrics import Metrics
+
+    state = tmp_path / "retrain.json"
+    metrics = Metrics(retrain_state=state)
+    sample = metrics.registry.get_sample_value
+    assert sample("milter_retrain_runs_total", {"result": "written"}) == 0  # no file yet
+    assert sample("milter_retrain_last_passed") is None
+    retrain_state.record(state, "refused", ["labels_flipped"], ["flipped"], now=1000.0)
+    retrain_state.record(state, "written", [], [], "spam-12345678", tmp_path / "x.onnx", now=2000.0)
+    assert sample("milter_retrain_runs_total", {"result": "refused"}) == 1
+    assert sample("milter_retrain_runs_total", {"result": "written"}) == 1
+    assert sample("milter_retrain_refusals_total", {"reason": "labels_flipped"}) == 1
+    assert sample("milter_retrain_refusals_total", {"reason": "worse"}) == 0
+    assert sample("milter_retrain_last_run_timestamp_seconds") == 2000.0
+    assert sample("milter_retrain_last_passed") == 1
+    state.write_text("{half a file")  # never raises at a scrape
+    assert sample("milter_retrain_runs_total", {"result": "written"}) == 0

@@ -236,3 +236,46 @@ def test_daemon_serves_inside_the_units_syscall_filter_and_memory_rules(tmp_path
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --- milter-retrain.service and its timer (docs/learning.md) ----------------------------------
+
+RETRAIN_UNITS = ("milter-retrain.service", "milter-retrain.timer")
+
+
+def test_retrain_service_and_timer_verify_with_no_warning(tmp_path: Path) -> None:
+    service = unit_copy("milter-retrain.service", tmp_path)
+    timer = tmp_path / "milter-retrain.timer"
+    timer.write_text((SYSTEMD / "milter-retrain.timer").read_text())
+    proc = analyze("verify", "--man=no", str(service), str(timer))
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and output == "", f"systemd-analyze verify:\n{output}"
+
+
+def test_retrain_service_exposure_at_most_2() -> None:
+    proc = analyze("security", "--offline=true", "--no-pager", str(SYSTEMD / "milter-retrain.service"))
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
+    assert found and float(found.group(1)) <= MAX_EXPOSURE, proc.stdout + proc.stderr
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (SYSTEMD / name).read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_retrain_units_run_retrain_to_shadow_daily() -> None:
+    service, timer = (unit_settings(name) for name in RETRAIN_UNITS)
+    assert service["Type"] == ["oneshot"] and service["User"] == ["milter"]
+    assert service["SupplementaryGroups"] == ["milter-feedback"]  # the store's group
+    assert service["ExecStart"] == [
+        f"{INSTALLED_COMMAND} retrain --config /etc/milter/milter.yaml --to shadow"
+    ]
+    assert service["SuccessExitStatus"] == ["3"]  # not enough feedback yet is no failure
+    assert "/var/lib/milter-feedback" in service["ReadWritePaths"][0]  # SQLite readers write -shm
+    assert service["PrivateNetwork"] == ["yes"]
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"]
+    assert timer["WantedBy"] == ["timers.target"]

@@ -1,0 +1,159 @@
+"""Shadow scoring: a candidate beside the live model scores every message, never changes what
+happens to it, and its disagreements are logged and counted; `milter promote` makes it live
+through the daemon's reload. The candidate is a real site model (`milter retrain` on a store
+filled by `milter learn`), the live one the shipped model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import smtplib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MODEL_PATH, RaisingScorer, make_config, running_daemon
+from site_mail import corpus_files, milter, newsletter, site_store
+
+from milter.message import Message
+from milter.metrics import Metrics
+from milter.model import Model, load_model
+from milter.policy import Policy
+from milter.rules import Ruleset, facts_of
+from milter.scan import scan
+from milter.text import message_text
+
+
+@pytest.fixture(scope="module")
+def site_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    root = tmp_path_factory.mktemp("shadow-site")
+    store = site_store(root)
+    done = milter("retrain", "--store", str(store), "--out", str(root / "site.onnx"))
+    assert done.returncode == 0, done.stderr
+    return load_model(root / "site.onnx")
+
+
+def mail() -> list[bytes]:
+    """The site's mail: its newsletter (never taught), spam and list mail."""
+    raws = [newsletter(i) for i in range(1, 60, 2)]
+    raws += [f.read_bytes() for f in corpus_files("spam", "industrypack-devel.lists.sourceforge.net", 20, 60)]
+    raws += [f.read_bytes() for f in corpus_files("ham", "samba-technical.lists.samba.org", 20, 40)]
+    return raws
+
+
+def test_shadow_never_changes_an_action_and_counts_disagreements(
+    site_model: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    rules = Ruleset.load(config.rules)
+    live = load_model(MODEL_PATH)
+    plain, shadowed = Policy(config, live, rules), Policy(config, live, rules, site_model)
+    metrics = Metrics()
+    raws = mail()
+    disagree = 0
+    with caplog.at_level(logging.INFO, logger="milter.scan"):
+        for raw in raws:
+            message = Message(raw)
+            alone = asyncio.run(scan(plain, message, None, None))
+            beside = asyncio.run(scan(shadowed, message, None, metrics))
+            assert beside == alone  # the same decision, score and model: the shadow acts on nothing
+            would = rules.decide(facts_of(message, site_model.score(message_text(raw)).probability))
+            disagree += would.action != alone.action
+    sample = metrics.registry.get_sample_value
+    assert disagree >= 5  # the shipped model junks the newsletter; the site model delivers it
+    assert sample("milter_shadow_disagreements_total") == disagree
+    counted = sum(
+        sample("milter_shadow_messages_total", {"action": a, "live_action": b}) or 0
+        for a in ("deliver", "flag", "spam_folder")
+        for b in ("deliver", "flag", "spam_folder")
+    )
+    assert counted == len(raws)
+    assert sample("milter_shadow_messages_total", {"action": "deliver", "live_action": "spam_folder"})
+    assert sample("milter_shadow_agreement_ratio") == pytest.approx(1 - disagree / len(raws))
+    assert sample("milter_shadow_model_info", {"model_id": site_model.id}) == 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shadow: model")]
+    assert len(lines) == disagree
+    assert f"shadow: model {site_model.id} would have taken deliver" in lines[0]
+    assert f"where {live.id} took spam_folder" in lines[0]
+
+
+def test_a_failing_shadow_changes_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    rules = Ruleset.load(config.rules)
+    live = load_model(MODEL_PATH)
+    metrics = Metrics()
+    for raw in mail()[:10]:
+        message = Message(raw)
+        alone = asyncio.run(scan(Policy(config, live, rules), message, None, None))
+        assert (
+            asyncio.run(scan(Policy(config, live, rules, RaisingScorer()), message, None, metrics)) == alone
+        )
+    assert metrics.registry.get_sample_value("milter_shadow_errors_total") == 10
+    assert (
+        metrics.registry.get_sample_value(
+            "milter_shadow_messages_total", {"action": "deliver", "live_action": "deliver"}
+        )
+        is None
+    )
+
+
+def reload(running: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(running.daemon.reloader.reload(), running.loop).result(60)
+
+
+def test_retrain_to_shadow_then_promote_through_the_daemons_reload(tmp_path: Path) -> None:
+    models, shadow = tmp_path / "model", tmp_path / "shadow"
+    models.mkdir()
+    shadow.mkdir()
+    shutil.copy(MODEL_PATH, models / "spam.onnx")
+    store = site_store(tmp_path)
+    config_file = tmp_path / "milter.yaml"
+    config_file.write_text(f"model: {models}\nshadow_model: {shadow}\nfeedback_store: {store}\n")
+    config = make_config(tmp_path, model=models, shadow_model=shadow)
+    maildir = tmp_path / "Maildir"
+    metrics = Metrics()
+    with running_daemon(config, metrics=metrics) as running:
+        assert running.daemon.policy.shadow is None
+        done = milter("retrain", "--config", str(config_file), "--to", "shadow")
+        assert done.returncode == 0, done.stderr
+        [candidate] = shadow.glob("*.onnx")
+        report = reload(running)
+        assert "shadow" in report.changed
+        site_id = running.daemon.policy.shadow.id
+        assert candidate.name == f"site-{site_id.removeprefix('spam-')}.onnx"
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            client.sendmail("news@northwind-outfitters.example", ["user@example.net"], newsletter(1))
+        assert len(list((maildir / ".Junk" / "new").glob("*"))) == 1  # the live model's action
+        assert metrics.registry.get_sample_value("milter_shadow_disagreements_total") == 1
+
+        done = milter("promote", "--config", str(config_file))
+        assert done.returncode == 0, done.stderr
+        assert f"promoted {site_id}" in done.stdout
+        assert list(shadow.iterdir()) == [] and (models / candidate.name).is_file()
+        report = reload(running)
+        assert {"model", "shadow"} <= report.changed
+        assert running.daemon.policy.model.id == site_id and running.daemon.policy.shadow is None
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            client.sendmail("news@northwind-outfitters.example", ["user@example.net"], newsletter(3))
+        assert len(list((maildir / "new").glob("*"))) == 1  # the site model delivers it
+        assert len(list((maildir / ".Junk" / "new").glob("*"))) == 1
+
+    # Undo: the site model's file removed, the shipped model serves again.
+    (models / candidate.name).unlink()
+    with running_daemon(config) as running:
+        assert running.daemon.policy.model.id == load_model(MODEL_PATH).id
+
+
+def test_promote_refuses_a_bad_file_and_copies_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "model"
+    models.mkdir()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    config_file = tmp_path / "milter.yaml"
+    config_file.write_text(f"model: {models}\n")
+    done = milter("promote", "--config", str(config_file), str(bad))
+    assert done.returncode == 1 and "not a loadable ONNX model" in done.stderr
+    assert list(models.iterdir()) == []
+    done = milter("promote", "--config", str(config_file))
+    assert done.returncode == 2 and "no shadow_model" in done.stderr
