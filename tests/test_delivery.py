@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,7 @@ def test_connections_are_reused_and_a_stale_one_is_replaced(sink_factory: Any) -
                 assert (await tx.add_recipient("b@example.net", [])).ok
                 assert (await tx.send(RAW, Action.DELIVER)).all_ok
             first = len(hop._idle)
-            hop._idle[0].writer.close()  # the next hop dropped the idle connection
-            await asyncio.sleep(0.05)
+            hop._idle[0].writer.close()  # the connection is gone while idle (is_closing at once)
             reply, tx = await hop.begin("a@example.org", [], {})
             assert reply.ok and tx is not None
             await tx.abort()
@@ -134,9 +134,10 @@ def test_idle_connections_are_closed_and_given_back_to_the_next_hop(sink_factory
         async def scenario() -> tuple[bool, bool, int, bool]:
             await send_one()
             (conn,) = hop._idle
-            await asyncio.sleep(0.05)
             kept_while_fresh = not conn.writer.is_closing()
-            await asyncio.sleep(0.4)
+            deadline = time.monotonic() + 30
+            while not conn.writer.is_closing() and time.monotonic() < deadline:  # the reaper's work
+                await asyncio.sleep(0.02)
             closed_when_idle = conn.writer.is_closing()
             left = len(hop._idle)
             await send_one()  # a new connection serves the next message
@@ -225,7 +226,9 @@ def test_a_next_hop_with_chunking_gets_the_message_as_one_bdat_chunk(refused: bo
             assert tx is not None and (await tx.add_recipient("b@example.net", [])).ok
             sent = await tx.send(data, Action.DELIVER)
             await hop.close()
-            await asyncio.sleep(0.05)  # let the server read QUIT
+            deadline = time.monotonic() + 30
+            while server.commands[-1:] != [b"QUIT"] and time.monotonic() < deadline:  # read by the server
+                await asyncio.sleep(0.02)
             return sent
         finally:
             listener.close()

@@ -129,14 +129,29 @@ def test_protocol_name_is_a_config_setting() -> None:
         load_config(None, {"protocol": "lmtp"})
 
 
+# libmilter's published values (include/libmilter/mfdef.h), written out here so that the test
+# checks the wire against the protocol, not the implementation against its own constants.
+SMFIF_ADDHDRS, SMFIF_CHGHDRS, SMFIF_QUARANTINE = 0x01, 0x10, 0x20
+SMFIP_NR_HDR, SMFIP_NOUNKNOWN, SMFIP_NODATA = 0x80, 0x100, 0x200
+SMFIP_NR_CONN, SMFIP_NR_HELO, SMFIP_NR_MAIL, SMFIP_NR_RCPT = 0x1000, 0x2000, 0x4000, 0x8000
+SMFIP_NR_DATA, SMFIP_NR_UNKN, SMFIP_NR_EOH, SMFIP_NR_BODY = 0x10000, 0x20000, 0x40000, 0x80000
+SMFIP_HDR_LEADSPC = 0x100000
+
+
 def test_negotiation_asks_for_no_reply_but_at_the_end(milter_config: Any, serve: Any, client_of: Any) -> None:
     with serve(milter_config()) as running:
         version, actions, steps = client_of(running.port).negotiate()
     assert version == 6
-    assert actions == mp.ACTION_ADD_HEADERS | mp.ACTION_CHANGE_HEADERS | mp.ACTION_QUARANTINE
-    for command, flag in mp.NO_REPLY.items():
-        assert steps & flag, command
-    assert steps & mp.NO_DATA and steps & mp.NO_UNKNOWN and not steps & mp.HEADER_LEADING_SPACE
+    # Add headers, change (remove) headers, quarantine: nothing else (no body or envelope changes).
+    assert actions == SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE
+    # No reply to any step but the end of the message; no DATA or unknown commands; header
+    # values without their leading space (libmilter's default).
+    no_reply = (
+        SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT | SMFIP_NR_HDR | SMFIP_NR_EOH
+        | SMFIP_NR_BODY | SMFIP_NR_DATA | SMFIP_NR_UNKN
+    )  # fmt: skip
+    assert steps == no_reply | SMFIP_NODATA | SMFIP_NOUNKNOWN
+    assert not steps & SMFIP_HDR_LEADSPC
 
 
 def test_each_band_is_marked_and_forged_headers_removed(
@@ -329,12 +344,15 @@ def test_subject_tag_on_spam_only(
 
 
 def test_an_idle_connection_is_closed_after_twice_the_timeout(
-    milter_config: Any, serve: Any, client_of: Any
+    milter_config: Any, serve: Any, client_of: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with serve(milter_config(timeout=0.3)) as running:
+    with serve(milter_config(timeout=0.3)) as running, caplog.at_level(logging.INFO):
         client = client_of(running.port)
-        client.negotiate()
-        client.sock.settimeout(5)
+        # Taken before the last packet is sent: milter's idle clock starts after it reads it, so
+        # the bound below holds however slowly either side runs.
         started = time.monotonic()
+        client.negotiate()
+        client.sock.settimeout(30)
         assert client.sock.recv(100) == b""  # closed by milter, not by the client
-        assert time.monotonic() - started >= 0.5  # the client's own idle time, twice over
+        assert time.monotonic() - started >= 0.6  # the client's own idle time, twice over
+    assert "idle for 0.6 s: closed" in caplog.text

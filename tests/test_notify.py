@@ -143,8 +143,10 @@ def test_watchdog_pings_from_the_event_loop(systemd_path: FakeSystemd) -> None:
         return pings
 
     assert asyncio.run(run()) == [b"WATCHDOG=1"] * 3
-    time.sleep(0.2)  # four intervals: a ping after cancel would have arrived by now
-    assert systemd_path.pending() == 0
+    # The task is cancelled and awaited: nothing can ping any more. A ping sent between the
+    # third read and the cancel may still be queued; a datagram is queued when sent, so no
+    # later one is on its way.
+    assert systemd_path.pending() <= 1
     n.close()
 
 

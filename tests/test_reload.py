@@ -321,6 +321,7 @@ class Live:
     daemon: Daemon
     reloader: Reloader[tuple[Ruleset, Model]]
     metrics: Metrics
+    rules: Path
 
     def failed(self, kind: str) -> float:
         v = self.metrics.registry.get_sample_value("milter_reloads_total", {"kind": kind, "result": "failed"})
@@ -337,10 +338,18 @@ class Live:
                 raise AssertionError("condition not reached")
             await asyncio.sleep(0.02)
 
-    async def settle(self, reloads: int) -> None:
-        """Wait until `reloads` reloads in all have finished, then past one more debounce."""
+    async def settle(self, reloads: int, model: bytes | None = None) -> None:
+        """Wait until `reloads` reloads in all have finished, then make one more, real edit and
+        wait until it is live: the watcher reports events in order, so every event before it
+        has been seen by then (and would have made a reload of its own, or failed one). The
+        edit is to the rules ("settled"), or with `model`, a new model file settled.onnx."""
         await self.until(lambda: self.reloader.reloads >= reloads)
-        await asyncio.sleep(self.reloader.quiet * 2)
+        if model is None:
+            write_by_rename(self.rules, rules_text("settled"))
+            await self.until(lambda: self.daemon.rule_name == "settled")
+        else:
+            write_by_rename(self.rules.parent.parent / "model" / "settled.onnx", model)
+            await self.until(lambda: self.daemon.model_file == "settled.onnx")
 
 
 def run_live(
@@ -349,6 +358,7 @@ def run_live(
     mode: str | None = None,
     notifier: Notifier | None = None,
     max_write_wait: float = 10.0,
+    quiet: float = 0.1,
 ) -> Live:
     async def main() -> Live:
         loader = PolicyLoader(setup.rules, setup.models, pair, mode=mode)
@@ -359,12 +369,12 @@ def run_live(
             daemon.swap,
             metrics=metrics,
             notifier=notifier,
-            quiet=0.1,
-            max_wait=0.5,
+            quiet=quiet,
+            max_wait=max(0.5, 5 * quiet),
             max_write_wait=max_write_wait,
         )
         await reloader.start()
-        live = Live(daemon, reloader, metrics)
+        live = Live(daemon, reloader, metrics, setup.rules)
         try:
             await body(live)
         finally:
@@ -403,7 +413,8 @@ def test_a_file_written_in_pieces_is_read_once_whole(setup: Setup) -> None:
         await live.settle(1)
 
     live = run_live(setup, body)
-    assert live.reloader.reloads == 1
+    assert live.reloader.reloads == 2  # the file written in pieces, and settle's edit
+    assert [rules.rules[0].name for rules, _ in live.daemon.swaps] == ["pieces", "settled"]
     assert live.failed("rules") == 0
 
 
@@ -425,7 +436,10 @@ def test_a_slow_writer_is_waited_for_until_it_closes_the_file(setup: Setup) -> N
         await live.settle(1)
 
     live = run_live(setup, body)
-    assert [[r.name for r in rules] for rules, _ in live.daemon.swaps] == [["slow", "middle", "default"]]
+    assert [[r.name for r in rules] for rules, _ in live.daemon.swaps] == [
+        ["slow", "middle", "default"],
+        ["settled", "default"],
+    ]
     assert live.failed("rules") == 0
 
 
@@ -447,22 +461,36 @@ def test_a_burst_of_events_is_one_reload(setup: Setup) -> None:
         await live.until(lambda: live.daemon.rule_name == "burst9")
         await live.settle(1)
 
-    live = run_live(setup, body)
-    assert live.reloader.reloads == 1
-    assert len(live.daemon.swaps) == 1
+    # A quiet period of 1 s: the ten renames are one burst even when a loaded machine pauses
+    # this test between two of them.
+    live = run_live(setup, body, quiet=1.0)
+    assert live.reloader.reloads == 2  # the burst, and settle's edit
+    assert [rules.rules[0].name for rules, _ in live.daemon.swaps] == ["burst9", "settled"]
 
 
-def test_temporary_and_unrelated_files_are_ignored(setup: Setup, model_bytes: bytes) -> None:
+def test_temporary_and_unrelated_files_are_ignored(
+    setup: Setup, model_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    ignored = (".default.yaml.swp", "default.yaml~", "4913", "other.yaml", "#default.yaml#")
+    ignored_models = ("new.onnx.part", ".new.onnx.swp", "README")
+
     async def body(live: Live) -> None:
-        for name in (".default.yaml.swp", "default.yaml~", "4913", "other.yaml", "#default.yaml#"):
+        for name in ignored:
             write(setup.rules.parent / name, "garbage: [")
-        for name in ("new.onnx.part", ".new.onnx.swp", "README"):
+        for name in ignored_models:
             write(setup.models / name, model_bytes[:100])
-        await asyncio.sleep(live.reloader.max_wait + 0.5)
+        # Then a real edit, which must be picked up: the watcher works, and it reports events
+        # in order, so every event of the files above has been seen (and ignored) by then.
+        write(setup.rules, rules_text("real-edit"))
+        await live.until(lambda: live.daemon.rule_name == "real-edit")
 
-    live = run_live(setup, body)
-    assert live.reloader.reloads == 0
-    assert live.daemon.swaps == []
+    with caplog.at_level(logging.DEBUG, logger="milter.reload"):
+        live = run_live(setup, body)
+    assert live.reloader.reloads == 1
+    assert [rules.rules[0].name for rules, _ in live.daemon.swaps] == ["real-edit"]
+    noted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reload: ")]
+    assert any("default.yaml)" in line for line in noted)  # the real edit was noted ...
+    assert not [line for line in noted if any(name in line for name in (*ignored, *ignored_models))]
 
 
 def test_model_dropped_in_goes_live_and_removal_falls_back(
@@ -553,24 +581,28 @@ def _other_text_version(setup: Setup, model: bytes) -> Path:
 def test_bad_file_is_refused_with_a_clear_line_and_the_old_policy_serves(
     setup: Setup,
     model_bytes: bytes,
+    variants: Callable[[str], bytes],
     caplog: pytest.LogCaptureFixture,
     make: Callable[[Setup, bytes], Path],
     kind: str,
     reason: str,
 ) -> None:
     bad: list[Path] = []
+    before: list[tuple[Ruleset, Model]] = []
 
     async def body(live: Live) -> None:
-        before = live.daemon.policy
+        before.append(live.daemon.policy)
         bad.append(make(setup, model_bytes))
         await live.until(lambda: live.failed(kind) == 1)
-        await live.settle(1)
-        assert live.daemon.policy is before
+        assert live.daemon.policy is before[0]
+        # A valid edit of the other kind goes live beside the refused file, which stays out.
+        await live.settle(1, model=variants("settled") if kind == "rules" else None)
 
     with caplog.at_level(logging.INFO, logger="milter.reload"):
         live = run_live(setup, body, mode="after-queue")
-    assert live.daemon.swaps == []
-    assert live.reloader.reloads == 1
+    [(rules, model)] = live.daemon.swaps  # settle's edit alone
+    assert (rules is before[0][0]) if kind == "rules" else (model is before[0][1])
+    assert live.reloader.reloads == 2 and live.failed(kind) == 1
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith(f"reload: refused {kind} file {bad[0]}")
     assert reason in line
@@ -600,7 +632,6 @@ def test_reload_request_after_a_refusal_says_the_file_is_still_the_refused_one(
     async def body(live: Live) -> None:
         write(bad, "rules: {" if kind == "rules" else "not a model")  # newer than a.onnx: tried first
         await live.until(lambda: live.failed(kind) == 1)
-        await live.settle(1)
         reports.append(await live.reloader.reload())  # SIGHUP, the file unchanged
         if kind == "rules":
             write(bad, rules_text("fixed"))
@@ -631,7 +662,9 @@ def test_reload_request_after_a_refusal_says_the_file_is_still_the_refused_one(
 # --- SIGHUP and systemd -------------------------------------------------------------------------
 
 
-def test_request_reloads_without_events_and_notifies_systemd(setup: Setup, tmp_path: Path) -> None:
+def test_request_reloads_without_events_and_notifies_systemd(
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rl") as d:
@@ -650,10 +683,14 @@ def test_request_reloads_without_events_and_notifies_systemd(setup: Setup, tmp_p
             report = await live.reloader.reload()
             assert report.swapped and report.changed == {"rules"}
             assert live.daemon.rule_name == "hup"
-            await asyncio.sleep(live.reloader.max_wait + 0.3)  # the watcher's own (empty) reload
+            # The watcher's events of that write come too: once the last is noted, one more
+            # reload has taken them (alone, or with this request), and systemd heard it.
+            await live.until(lambda: "reload: rules (closed default.yaml)" in caplog.text)
+            await live.reloader.reload()
 
         try:
-            live = run_live(setup, body, notifier=notifier)
+            with caplog.at_level(logging.DEBUG, logger="milter.reload"):
+                live = run_live(setup, body, notifier=notifier)
         finally:
             notifier.close()
         messages = []

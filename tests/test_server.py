@@ -189,9 +189,15 @@ def test_reload_swaps_the_policy(config_for: Any, serve: Any, tmp_path: Path) ->
         assert e.value.smtp_code == 451
         # A broken file never goes live: the last good policy keeps serving.
         current = running.daemon.policy
+        reloader = running.daemon.reloader
+        done = reloader.reloads
         rules.write_text("rules: [oops\n")
         running.call(running.daemon.reload)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while reloader.reloads == done and time.monotonic() < deadline:  # the reload has run ...
+            time.sleep(0.02)
+        assert reloader.reloads == done + 1
+        assert [r.kind for r in reloader.last.refused] == ["rules"]  # ... and refused the file
         assert running.daemon.policy is current
 
 

@@ -235,10 +235,17 @@ def test_sighup_while_the_workers_start_reaches_them_once_they_are_ready(
     it is ready, so a file changed during start-up is live in all of them."""
     rules, port, log, proc = start_with_rules(sink, tmp_path, {"NOTIFY_SOCKET": str(notify.path)})
     try:
-        wait_log(log, r"worker 1 started", 1)
+        pids = [int(m[1]) for m in wait_log(log, r"worker \d started \(pid (\d+)\)", 2)]
+        # Held where they are (seconds before either can be ready: each still loads the model),
+        # so the SIGHUP surely finds both starting: the path under test.
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         rules.write_text("rules:\n  - {name: changed-at-start, action: flag}\n")
         os.kill(proc.pid, signal.SIGHUP)
-        assert "ready" not in log.read_text()  # still starting: the path under test
+        wait_log(log, r"reload: forwarding SIGHUP to the workers", 1)
+        assert "ready" not in log.read_text()  # no worker was ready when the SIGHUP came
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
         notify.wait_for("READY=1")
         reloads = wait_log(log, r"worker=(\d) reload: (?:now serving|nothing changed)", 2)
         assert {m[1] for m in reloads} == {"0", "1"}

@@ -76,6 +76,12 @@ class _Connection:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             self.close()
             raise RelayError(f"connection lost ({_why(e)})") from None
+        except BaseException:
+            # Cancelled (the client went away, a drain ran out) while a reply was due: that
+            # reply is still on its way, and read later it would pass for the answer to another
+            # command (a 250 for a message the next hop never took). Never reuse the connection.
+            self.close()
+            raise
 
     async def _read_reply(self) -> HopReply:
         lines: list[str] = []
@@ -122,6 +128,9 @@ class _Connection:
         except OSError as e:
             self.close()
             raise RelayError(f"connection lost{during} ({_why(e)})") from None
+        except BaseException:  # cancelled half-way through a command: see reply()
+            self.close()
+            raise
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -283,6 +292,9 @@ class SmtpTransaction:
     async def abort(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
+            return
+        if not conn.alive:  # closed mid-exchange (see _Connection.reply): nothing to reset
+            conn.close()
             return
         try:
             reply = await conn.command(b"RSET")

@@ -62,6 +62,8 @@ DELIVERY_TIMEOUT = 60.0
 
 # Log files of the running programs, by name, for the failure report.
 LOGS: dict[str, Path] = {}
+# The Postfix instances running now (a module's own too): where mail still on its way can be.
+RUNNING_POSTFIX: list[Postfix] = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,8 +450,11 @@ smtpd_client_message_rate_limit = 0
         # `postfix check` and the daemons log what they dislike in the config as warnings.
         warnings = [line for line in self.log_text().splitlines() if "warning:" in line]
         assert not warnings, f"Postfix {self.name} at start:\n" + "\n".join(warnings)
+        RUNNING_POSTFIX.append(self)
 
     def stop(self) -> None:
+        if self in RUNNING_POSTFIX:
+            RUNNING_POSTFIX.remove(self)
         subprocess.run(["postfix", "-c", str(self.config_dir), "stop"], capture_output=True, check=False)
         pid_file = self.root / "queue" / "pid" / "master.pid"
         wait_until(lambda: not _alive(pid_file), START_TIMEOUT, f"Postfix {self.name} to stop")
@@ -738,10 +743,25 @@ def addr(user: str) -> str:
     return f"{user}@{DOMAIN}"
 
 
+def on_its_way(address: str) -> list[str]:
+    """Where mail for `address` still is in a Postfix queue (but the hold queue, which keeps it
+    until an admin releases it): "instance/queue" per message."""
+    return [
+        f"{postfix.name}/{entry['queue_name']}"
+        for postfix in RUNNING_POSTFIX
+        for entry in postfix.queue()
+        if entry["queue_name"] != "hold"
+        and any(r.get("address") == address for r in entry.get("recipients", []))  # type: ignore[attr-defined]
+    ]
+
+
 def one(mail: Installation, user: str) -> Delivered:
-    """The single message delivered to `user`; fails if there are more (a duplicate)."""
+    """The single message delivered to `user`; fails if there are more (a duplicate).
+
+    A duplicate can only come from a Postfix queue (milter answers its client only after the
+    next hop has the message): once no queue holds mail for the user, the mailbox is final."""
     mail.mailbox(user).wait(1)
-    time.sleep(0.2)  # a duplicate would be right behind it
+    wait_until(lambda: not on_its_way(addr(user)), DELIVERY_TIMEOUT, f"no mail for {user} left in a queue")
     got = mail.mailbox(user).messages()
     assert len(got) == 1, f"{user}: expected exactly one message, found {[(d.folder, d.path) for d in got]}"
     return got[0]
