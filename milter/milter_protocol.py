@@ -89,6 +89,17 @@ HEADER_LEADING_SPACE: Final = 0x100000
 WANTED_STEPS: Final = NO_UNKNOWN | NO_DATA | sum(NO_REPLY.values())
 
 
+# The commands that belong to a message, which only MAIL starts.
+_MESSAGE_PARTS: Final = {
+    Command.RCPT: "RCPT",
+    Command.DATA: "DATA",
+    Command.HEADER: "a header",
+    Command.END_OF_HEADERS: "the end of the headers",
+    Command.BODY: "body",
+    Command.END_OF_BODY: "the end of the message",
+}
+
+
 class ProtocolError(Exception):
     """The peer does not speak the milter protocol as expected: the connection is closed."""
 
@@ -208,12 +219,14 @@ class MilterSession:
 
     service: MilterService
     steps: int = 0  # the protocol flags agreed at option negotiation
+    negotiated: bool = False
     macros: dict[str, str] = field(default_factory=dict)
     client_name: str | None = None
     client_address: str | None = None
     helo: str | None = None
     # The message in progress (reset at MAIL, ABORT and end of message):
-    policy: Policy | None = None  # set at MAIL: a message is in progress
+    in_message: bool = False  # from MAIL to the end of the message (or ABORT)
+    policy: Policy | None = None  # the policy of the message, taken at its MAIL
     started: float = 0.0
     mail_from: str = ""
     mail_options: tuple[str, ...] = ()
@@ -221,13 +234,10 @@ class MilterSession:
     inbound: list[tuple[bytes, bytes]] = field(default_factory=list)
     raw: bytearray = field(default_factory=bytearray)
 
-    @property
-    def in_message(self) -> bool:
-        return self.policy is not None
-
     def handle(self, command: bytes, data: bytes) -> list[Reply] | None:
         """Replies to one command (none for most), or None when Postfix said goodbye.
         END_OF_BODY is not handled here: see `end_of_message`."""
+        self._in_order(command)
         match command:
             case Command.OPTION_NEGOTIATION:
                 return [self._negotiate(data)]
@@ -266,6 +276,16 @@ class MilterSession:
                 raise ProtocolError(f"unknown milter command {command!r}")
         return [] if self.steps & NO_REPLY.get(command, 0) else [Reply(CONTINUE)]
 
+    def _in_order(self, command: bytes) -> None:
+        """ProtocolError for a command out of the protocol's order: before option negotiation
+        (the MTA would not know what milter answers), or a part of a message before its MAIL
+        (there is no message it could belong to). The connection is closed; Postfix applies
+        milter_default_action (tempfail) to the message it was on."""
+        if not self.negotiated and command not in (Command.OPTION_NEGOTIATION, Command.QUIT):
+            raise ProtocolError(f"command {command.decode('ascii', 'replace')!r} before option negotiation")
+        if command in _MESSAGE_PARTS and not self.in_message:
+            raise ProtocolError(f"{_MESSAGE_PARTS[command]} before MAIL")
+
     def _negotiate(self, data: bytes) -> Reply:
         if len(data) < 12:
             raise ProtocolError(f"option negotiation of {len(data)} bytes; expected 12")
@@ -273,6 +293,7 @@ class MilterSession:
         if version < 2:
             raise ProtocolError(f"milter protocol version {version}; expected 2 or later (Postfix: 6)")
         self.steps = WANTED_STEPS & offered_steps
+        self.negotiated = True
         if not offered_actions & ACTION_CHANGE_HEADERS:
             log.warning("the MTA does not let milter remove headers: forged X-Spam-* fields stay")
         agreed = struct.pack("!III", VERSION, WANTED_ACTIONS & offered_actions, self.steps)
@@ -298,6 +319,7 @@ class MilterSession:
         self._reset_message()
         args = _strings(data)
         self.policy = self.service.policy  # kept for the whole message, whatever reloads meanwhile
+        self.in_message = True
         self.started = time.perf_counter()
         self.mail_from = _address(args[0]) if args else ""
         self.mail_options = tuple(args[1:])
@@ -319,6 +341,7 @@ class MilterSession:
             self.raw += data[:room]
 
     def _reset_message(self) -> None:
+        self.in_message = False
         self.policy = None
         self.mail_from, self.mail_options = "", ()
         self.rcpts = []
@@ -327,6 +350,7 @@ class MilterSession:
 
     async def end_of_message(self, data: bytes) -> list[Reply]:
         """Decide the message and say so; TEMPFAIL for any fault of milter's own."""
+        self._in_order(Command.END_OF_BODY)
         self._body(data)
         service = self.service
         policy = self.policy or service.policy

@@ -338,6 +338,7 @@ def test_supervisor_kills_a_worker_that_outlives_the_drain_by_the_margin(tmp_pat
             os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(120) == 0
             elapsed = time.monotonic() - started
+            wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), "the hung worker to be gone")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -348,4 +349,3 @@ def test_supervisor_kills_a_worker_that_outlives_the_drain_by_the_margin(tmp_pat
     assert f"worker 1 (pid {pids[1]}) did not stop; killing it" in text
     assert "worker=0 stopped" in text  # the healthy one drained and went on its own
     assert elapsed >= 1.0 + STOP_MARGIN  # not before the drain and the margin had passed
-    wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), "the hung worker to be gone")
