@@ -27,7 +27,7 @@ The latest fifth of each label in the store (by the time taught) is held back: t
 fitted on the rest, then compared with the live model (the one the daemon serves: the config's
 model) on the held-back messages, by the actions the rules would take. It is refused, and
 nothing is written, when:
-  - the store has fewer than 20 messages of either label (exit status 3: not yet);
+  - the store has fewer than 10 messages of either label (exit status 3: not yet);
   - one user among several taught most of the spam, nearly nothing else, and the live model
     calls most of it ham (one user moving everything into Junk);
   - it makes more mistakes on the held-back messages than the live model (or as many, with a
