@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import queue
 import shutil
+import signal
 import smtplib
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODEL_PATH, RaisingScorer, make_config, running_daemon
+from conftest import MODEL_PATH, RULES_PATH, RaisingScorer, free_port, make_config, running_daemon
 from site_mail import corpus_files, milter, newsletter, site_store
 
 from milter.message import Message
@@ -157,3 +165,95 @@ def test_promote_refuses_a_bad_file_and_copies_nothing(tmp_path: Path) -> None:
     assert list(models.iterdir()) == []
     done = milter("promote", "--config", str(config_file))
     assert done.returncode == 2 and "no shadow_model" in done.stderr
+
+
+class Log:
+    """A daemon's standard error, read by a thread: wait for a line, never for a time."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert proc.stderr is not None
+        self.stream = proc.stderr
+        self.reader = threading.Thread(
+            target=lambda: [self.lines.put(line) for line in self.stream], daemon=True
+        )
+        self.reader.start()
+
+    def close(self) -> None:
+        """After the process exited: the reader has met the end of the stream."""
+        self.reader.join(30)
+        self.stream.close()
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} in the daemon's log:\n{''.join(self.seen)}")
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_the_running_daemon_picks_up_the_timers_candidate_by_itself(tmp_path: Path) -> None:
+    """`milter serve` as a real process, watching its directories: `milter retrain --to shadow`
+    (what milter-retrain.service runs) and `milter promote` take effect with no signal sent."""
+    models, shadow, state = tmp_path / "model", tmp_path / "shadow", tmp_path / "lib"
+    for directory in (models, shadow, state):
+        directory.mkdir()
+    shutil.copy(MODEL_PATH, models / "spam.onnx")
+    store = site_store(tmp_path)
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "milter.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nmetrics: 127.0.0.1:{metrics_port}\nmodel: {models}\n"
+        f"shadow_model: {shadow}\nfeedback_store: {store}\nretrain_state: {state / 'retrain.json'}\n"
+        f"rules: {RULES_PATH}\nnext_hop: maildir:{tmp_path / 'Maildir'}\ntext_workers: 0\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "milter", "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    log = Log(proc)
+    maildir = tmp_path / "Maildir"
+    try:
+        log.wait_for("listening on")
+        done = milter("retrain", "--config", str(config), "--to", "shadow")
+        assert done.returncode == 0, done.stderr
+        line = log.wait_for("now serving shadow model")
+        assert "(scores, never acts)" in line
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("news@northwind-outfitters.example", ["user@example.net"], newsletter(1))
+        assert len(list((maildir / ".Junk" / "new").glob("*"))) == 1
+        log.wait_for("shadow: model")  # the disagreement, logged
+        seen = scrape(metrics_port)
+        assert seen["milter_shadow_disagreements_total"] == 1
+        assert seen['milter_shadow_messages_total{action="deliver",live_action="spam_folder"}'] == 1
+        assert seen['milter_retrain_runs_total{result="written"}'] == 1
+        assert seen["milter_retrain_last_passed"] == 1
+
+        done = milter("promote", "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        log.wait_for("now serving model")
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("news@northwind-outfitters.example", ["user@example.net"], newsletter(3))
+        assert len(list((maildir / "new").glob("*"))) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    assert proc.returncode == 0
