@@ -22,6 +22,7 @@ others: it is users' mail), and SQLite gives its -wal and -shm files the databas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -113,6 +114,32 @@ class Feedback:
     taught_at: float
     user: str | None
     raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The store as one read transaction saw it (Store.snapshot); both in the same order."""
+
+    conn: sqlite3.Connection
+    path: Path
+
+    def labels(self) -> list[Feedback]:
+        """Every message without its bytes (raw is b""), oldest taught first, ties by row."""
+        try:
+            rows = self.conn.execute(
+                "SELECT id, label, taught_at, user FROM messages ORDER BY taught_at, id"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise FeedbackError(f"{self.path}: cannot read: {e}") from None
+        return [Feedback(int(i), label, float(when), user, b"") for i, label, when, user in rows]
+
+    def raws(self) -> Iterator[tuple[int, bytes]]:
+        """(id, bytes) of every message, in the order of `labels`, one at a time."""
+        try:
+            for row_id, raw in self.conn.execute("SELECT id, raw FROM messages ORDER BY taught_at, id"):
+                yield int(row_id), bytes(raw)
+        except sqlite3.Error as e:
+            raise FeedbackError(f"{self.path}: cannot read: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,16 +301,22 @@ class Store:
     def messages(self) -> list[Feedback]:
         """Every message in the store, oldest taught first (ties by row), from one snapshot.
         FeedbackError if there is no store yet: reading never creates one."""
+        with self.snapshot() as snapshot:
+            raws = dict(snapshot.raws())
+            return [dataclasses.replace(m, raw=raws[m.id]) for m in snapshot.labels()]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One consistent view of the store, to read in parts (the labels first, then the
+        messages one at a time: retraining never holds the whole store in memory). FeedbackError
+        if there is no store yet: reading never creates one."""
         if not self.path.exists():
             self._check_directory()
             raise FeedbackError(
                 f"{self.path}: no feedback store yet; expected one made by `milter learn` (docs/learning.md)"
             )
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT id, label, taught_at, user, raw FROM messages ORDER BY taught_at, id"
-            ).fetchall()
-        return [Feedback(int(i), label, float(when), user, bytes(raw)) for i, label, when, user, raw in rows]
+            yield Snapshot(conn, self.path)
 
     def close(self) -> None:
         if self._conn is not None:

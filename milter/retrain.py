@@ -343,8 +343,11 @@ def retrain(
     live: Any,  # milter.model.Model: what serves now
     decide: Any,  # Facts -> Decision: the live rules
     config: RetrainConfig | None = None,
+    texts: Sequence[str] | None = None,
 ) -> Outcome:
-    """Fit a site model on `messages` (oldest taught first) and put it through the gate."""
+    """Fit a site model on `messages` (oldest taught first) and put it through the gate.
+    `texts`: their model texts, if made already (then only the held-back messages, by
+    gate.split, need their bytes: the gate decides them by the rules)."""
     from milter import gate
     from milter.model import model_from_bytes
 
@@ -355,7 +358,7 @@ def retrain(
     if refusal is not None:
         report.refusals.append(refusal)
         return Outcome(report, base_id=base.model_id)
-    texts = texts_of(messages)
+    texts = texts_of(messages) if texts is None else texts
     live_all = [s.probability for s in live.score_texts(texts)]
     store_refusals = [r for r in (gate.flipped(messages, live_all), gate.one_user(messages, live_all)) if r]
     if store_refusals:

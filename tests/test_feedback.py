@@ -273,3 +273,31 @@ def test_eight_processes_teaching_at_once_lose_nothing(tmp_path: Path) -> None:
     stats = Store(tmp_path).stats()
     assert (stats.messages, stats.labels["spam"].messages, stats.labels["ham"].messages) == (410, 210, 200)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_snapshot_reads_labels_then_messages_as_one_view(tmp_path: Path) -> None:
+    """Retraining reads the labels, then the messages one at a time: a learn in between (another
+    process's) is not in either, and the two come in the same order."""
+    with Store(tmp_path) as store:
+        for n, when in ((1, 30.0), (2, 10.0), (3, 20.0)):
+            store.learn(message(n), "spam" if n % 2 else "ham", "alice", now=when)
+    with Store(tmp_path) as reader, reader.snapshot() as snapshot:
+        labels = snapshot.labels()
+        with Store(tmp_path) as writer:
+            writer.learn(message(4), "ham", "bob", now=5.0)
+            writer.learn(message(1), "ham", "bob", now=40.0)  # relabelled meanwhile
+        raws = list(snapshot.raws())
+    assert [(m.taught_at, m.label, m.raw) for m in labels] == [
+        (10.0, "ham", b""),
+        (20.0, "spam", b""),
+        (30.0, "spam", b""),
+    ]
+    assert [m.id for m in labels] == [row_id for row_id, _ in raws]
+    assert [raw for _, raw in raws] == [message(2), message(3), message(1)]
+    with Store(tmp_path) as store:
+        assert [(m.label, m.user) for m in store.messages()] == [
+            ("ham", "bob"),
+            ("ham", "alice"),
+            ("spam", "alice"),
+            ("ham", "bob"),
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from milter.errors import ConfigError, MilterError
 
 if TYPE_CHECKING:  # imported where used: `milter --help` loads every command module
     from milter.config import Config
+    from milter.feedback import Feedback, Store
     from milter.retrain import Outcome
 
 DESCRIPTION = """\
@@ -158,10 +160,7 @@ def _retrain(args: argparse.Namespace, config: Config, out: Path | None) -> int:
     from milter.rules import Ruleset, actions_for_mode
 
     directory = args.store if args.store is not None else config.feedback_store
-    with Store(directory) as store:
-        messages = store.messages()
-    excluded = set(args.exclude_user)
-    messages = [m for m in messages if m.user not in excluded]
+    messages, texts = _read(Store(directory), set(args.exclude_user))
     base_path = args.base if args.base is not None else SHIPPED_MODEL
     try:
         base_data = base_path.read_bytes()
@@ -169,7 +168,7 @@ def _retrain(args: argparse.Namespace, config: Config, out: Path | None) -> int:
         return _error(f"{base_path}: cannot read: {e.strerror or e}; expected the base model file")
     rules = Ruleset.load(config.rules, allowed_actions=actions_for_mode(config.mode), mode=config.mode)
     live = select_model(args.live if args.live is not None else config.model)
-    outcome = retrain(messages, base_data, str(base_path), live, rules.decide)
+    outcome = retrain(messages, base_data, str(base_path), live, rules.decide, texts=texts)
     report = outcome.report
     reasons = [r.reason for r in report.refusals]
     texts = [r.text for r in report.refusals]
@@ -189,6 +188,26 @@ def _retrain(args: argparse.Namespace, config: Config, out: Path | None) -> int:
     _record(config, retrain_state, "written", [], [], outcome.model_id, out)
     _show(args, outcome, "written", out, live.id)
     return 0
+
+
+def _read(store: Store, excluded: set[str]) -> tuple[list[Feedback], list[str]]:
+    """The store's messages (those of `excluded` users left out) and their model texts, from
+    one snapshot, a message at a time: only the held-back messages keep their bytes."""
+    from milter import gate
+    from milter.text import message_text
+
+    with store, store.snapshot() as snapshot:
+        messages = [m for m in snapshot.labels() if m.user not in excluded]
+        wanted = {m.id for m in messages}
+        _, held = gate.split(messages)
+        kept = {m.id for m in held}
+        texts, raws = [], {}
+        for row_id, raw in snapshot.raws():
+            if row_id in wanted:
+                texts.append(message_text(raw))
+                if row_id in kept:
+                    raws[row_id] = raw
+    return [dataclasses.replace(m, raw=raws.get(m.id, b"")) for m in messages], texts
 
 
 def install(data: bytes, out: Path, max_seconds_per_message: float) -> None:
