@@ -257,3 +257,21 @@ def test_the_running_daemon_picks_up_the_timers_candidate_by_itself(tmp_path: Pa
         proc.wait(timeout=60)
         log.close()
     assert proc.returncode == 0
+
+
+def test_check_config_shows_the_shadow_model_the_daemon_would_score_with(
+    site_model: Model, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    config = tmp_path / "milter.yaml"
+    config.write_text(f"shadow_model: {shadow}\n")
+    done = milter("check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert f"{shadow}: no shadow model (the daemon scores without one): no .onnx file" in done.stdout
+    (shadow / "broken.onnx").write_bytes(b"not a model")
+    shutil.copy(site_model.path, shadow / "site.onnx")
+    done = milter("check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert f"{shadow / 'site.onnx'}: ok: shadow model {site_model.id}" in done.stdout
+    assert "milter.base_model" in done.stdout

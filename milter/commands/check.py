@@ -18,6 +18,7 @@ from milter.yamlfile import type_name
 
 if TYPE_CHECKING:
     from milter.model import Model  # imported where used: it loads onnxruntime
+    from milter.reload import ModelSelector
 
 DESCRIPTION = """\
 Validate rules files (*.yaml, *.yml) and model files (*.onnx) the way `milter serve` does before
@@ -163,12 +164,17 @@ def check_config(path: Path, config: Config) -> list[Result]:
     result.lines.append(f"{path}: ok: {config.protocol} on {config.listen}, {config.mode} mode")
     result.lines.extend(f"  {key}: {_setting_text(value)}" for key, value in settings.items())
     # The daemon's own loader, built as milter.server.Daemon builds it.
+
+    def make_policy(rules: Ruleset, model: Model, shadow: Model | None = None) -> Policy:
+        return Policy(config, model, rules, shadow)
+
     loader = PolicyLoader(
         config.rules,
         config.model,
-        lambda rules, model: Policy(config, model, rules),
+        make_policy,
         mode=config.mode,
         max_seconds_per_message=config.max_ms_per_message / 1000,
+        shadow_path=config.shadow_model,
     )
     loaded = loader.reload()
     errors = loader.startup_errors(loaded)
@@ -186,7 +192,28 @@ def check_config(path: Path, config: Config) -> list[Result]:
         notes.extend(f"  skipped, as the daemon skips it: {reason}" for reason in skipped)
         model.lines[1:1] = notes  # under the model's first line, before its metadata
         model.info["skipped"] = skipped
-    return [result, rules, model]
+    results = [result, rules, model]
+    if loader.shadow is not None:
+        results.append(
+            _shadow_result(loader.shadow, [r.reason for r in loaded.refused if r.kind == "shadow"])
+        )
+    return results
+
+
+def _shadow_result(selector: ModelSelector, skipped: list[str]) -> Result:
+    """The shadow model the daemon would score with beside the live one; none is no error
+    (the daemon starts without one), so it is said, not failed."""
+    if selector.active is None:
+        result = Result(selector.path, "shadow")
+        found = "; ".join(skipped) if skipped else "no .onnx file"
+        result.lines.append(f"{selector.path}: no shadow model (the daemon scores without one): {found}")
+        result.info["skipped"] = skipped
+        return result
+    result = describe_model_result(Result(selector.active_path or selector.path, "shadow"), selector.active)
+    result.lines[0] = result.lines[0].replace(": ok: model", ": ok: shadow model", 1)
+    result.lines[1:1] = [f"  skipped, as the daemon skips it: {reason}" for reason in skipped]
+    result.info["skipped"] = skipped
+    return result
 
 
 def config_settings(config: Config) -> dict[str, object]:
