@@ -12,8 +12,9 @@ said most recently, which the candidate never saw). The gate then refuses it, wi
 - **one user moving everything into Junk**: with several users in the store, one of them taught
   most of its spam, (nearly) nothing but spam, and the live model calls most of that ham;
 - **worse on held-back feedback**: it makes more mistakes there than the live model does, by
-  the rules' actions (ham in a spam action, spam not), or as many with a log loss higher by
-  more than LOG_LOSS_SLACK;
+  the rules' actions (ham in a spam action, spam not), and either a sign test on the messages
+  the two decide differently says it is no chance or its log loss is higher too; or it makes
+  as many with a log loss higher by more than LOG_LOSS_SLACK;
 - **junks more of the site's ham**: more held-back ham in a spam action than the live model;
 - **a broken teacher**: it moves a built-in message (CANARIES, written here: obvious spam,
   plain personal and work mail) to the other side where the live model has it right: feedback
@@ -47,6 +48,11 @@ POISON_MIN = 20  # messages a user must have taught before the check looks at th
 # As many mistakes and a log loss higher by more than this (nats per message) is worse; less is
 # noise: on held-back mail both models get right, a few thousandths either way mean nothing.
 LOG_LOSS_SLACK = 0.02
+# More mistakes on held-back mail is "worse" when a sign test on the messages the two models
+# decide differently says so at this level (5 lost of 5, 7 of 8, ...), or the log loss is higher
+# too: on a few dozen held-back messages one or two more spam missed is chance, not evidence,
+# and must not keep back a model that takes the site's wanted mail out of Junk.
+SIGNIFICANCE = 0.05
 SURE = 0.99  # the live model is "sure" of a message past this (or below 1 - SURE)
 FLIPPED_SHARE = 1 / 3  # labels flipped: it is sure of the other label for this share of both
 
@@ -156,6 +162,7 @@ class Side:
     ham_junked: int  # held-back ham the rules would put in a spam action
     spam_missed: int  # held-back spam they would not
     log_loss: float
+    wrong: tuple[bool, ...] = ()  # per held-back message: a mistake by the rules' action
 
     @property
     def errors(self) -> int:
@@ -173,22 +180,42 @@ class Side:
 def side(held: Sequence[Feedback], probabilities: Sequence[float], decide: Decide) -> Side:
     ham_junked = spam_missed = 0
     loss = 0.0
+    wrong = []
     for message, p in zip(held, probabilities, strict=True):
         junked = decide(facts_of(Message(message.raw), p)).action in SPAM_ACTIONS
         spam = message.label == "spam"
         ham_junked += not spam and junked
         spam_missed += spam and not junked
+        wrong.append(junked != spam)
         q = min(max(p, 1e-7), 1 - 1e-7)
         loss -= math.log(q if spam else 1 - q)
-    return Side(ham_junked, spam_missed, loss / max(1, len(held)))
+    return Side(ham_junked, spam_missed, loss / max(1, len(held)), tuple(wrong))
+
+
+def sign_test(worse: int, better: int) -> float:
+    """One-sided sign test: the chance of at least `worse` of the `worse + better` messages on
+    which two models disagree going against the candidate if neither model were better."""
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n if n else 1.0
+
+
+def worse(live: Side, candidate: Side) -> bool:
+    """More mistakes than chance allows (the sign test below SIGNIFICANCE), or more mistakes with
+    a higher log loss, or as many with a log loss higher by more than LOG_LOSS_SLACK."""
+    higher_loss = candidate.log_loss > live.log_loss + LOG_LOSS_SLACK
+    if candidate.errors == live.errors:
+        return higher_loss
+    if candidate.errors < live.errors:
+        return False
+    lost = sum(c and not w for w, c in zip(live.wrong, candidate.wrong, strict=True))
+    won = sum(w and not c for w, c in zip(live.wrong, candidate.wrong, strict=True))
+    return higher_loss or sign_test(lost, won) < SIGNIFICANCE
 
 
 def compare(held: Sequence[Feedback], live: Side, candidate: Side) -> list[Refusal]:
     refusals = []
     ham = sum(m.label == "ham" for m in held)
-    if candidate.errors > live.errors or (
-        candidate.errors == live.errors and candidate.log_loss > live.log_loss + LOG_LOSS_SLACK
-    ):
+    if worse(live, candidate):
         refusals.append(
             Refusal(
                 "worse",

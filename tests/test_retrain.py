@@ -261,7 +261,18 @@ def test_worse_and_junking_more_ham_are_refused() -> None:
     live = [0.1] * 10 + [0.5] * 3 + [0.95] * 7
     report = gate.verdict(held, live, candidate, [0.99] * 4 + [0.01] * 4, [0.99] * 4 + [0.01] * 4, decide())
     assert [r.reason for r in report.refusals] == ["junks_more_ham"]
+    # One more spam missed (0.85: flagged) but surer of everything else: chance, not worse.
+    live = [0.2] * 10 + [0.95] * 10
+    candidate = [0.01] * 10 + [0.85] + [0.999] * 9
+    report = gate.verdict(held, live, candidate, [0.99] * 4 + [0.01] * 4, [0.99] * 4 + [0.01] * 4, decide())
+    assert report.passed, report.refusals
+    # Five more missed, none won: a sign test says it is no chance, whatever the log loss.
+    candidate = [0.01] * 10 + [0.85] * 5 + [0.999999] * 5
+    report = gate.verdict(held, live, candidate, [0.99] * 4 + [0.01] * 4, [0.99] * 4 + [0.01] * 4, decide())
+    assert [r.reason for r in report.refusals] == ["worse"]
+    assert gate.sign_test(5, 0) == 1 / 32 and gate.sign_test(4, 0) == 1 / 16 and gate.sign_test(1, 1) == 0.75
     # As good, with a log loss within the slack: passes.
+    live = [0.1] * 10 + [0.5] * 3 + [0.95] * 7
     report = gate.verdict(held, live, live, [0.99] * 4 + [0.01] * 4, [0.99] * 4 + [0.01] * 4, decide())
     assert report.passed and report.figures["held_back"]["candidate"]["errors"] == 3  # type: ignore[index]
 

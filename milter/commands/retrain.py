@@ -32,8 +32,9 @@ nothing is written, when:
   - the store has fewer than 10 messages of either label (exit status 3: not yet);
   - one user among several taught most of the spam, nearly nothing else, and the live model
     calls most of it ham (one user moving everything into Junk);
-  - it makes more mistakes on the held-back messages than the live model (or as many, with a
-    higher log loss), or puts more held-back ham in a spam action;
+  - it makes more mistakes on the held-back messages than the live model (more than chance
+    allows, or with a higher log loss; or as many, with a log loss higher by more than 0.02),
+    or puts more held-back ham in a spam action;
   - it moves a built-in message (obvious spam, plain personal mail) that the live model has
     right to the other side: what feedback with its labels flipped teaches.
 Each reason is printed on standard error, and counted in the file the daemon's metrics read
