@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from milter import __version__
 
 # Order is the order `milter --help` lists them in.
-COMMANDS = ("serve", "score", "train", "evaluate", "check", "rules", "learn", "retrain", "promote")
+COMMANDS = (
+    "serve",
+    "score",
+    "train",
+    "evaluate",
+    "check",
+    "rules",
+    "learn",
+    "retrain",
+    "promote",
+    "console_password",
+)
 
 DESCRIPTION = """\
 milter is a spam filter for Postfix. It runs as an SMTP proxy (after-queue content_filter or

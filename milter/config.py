@@ -105,6 +105,16 @@ class Config:
     # mail to announces Postfix's own $myhostname. An address literal never matches, needs no DNS
     # and passes reject_non_fqdn_helo_hostname on the reinjection listener.
     hostname: str = "[127.0.0.1]"
+    # The operator console (milter.console): off by default. Only a loopback address may go
+    # without a password file (checked in _check_together); with the console on, every
+    # decision is kept in the history database too (milter.history).
+    console: tuple[str, int] | None = None
+    console_password_file: Path | None = None
+    history: Path = Path("history.sqlite3")
+    history_max_rows: int = 100_000
+    # Postfix's config directory for `postqueue -c` (milter protocol: the console shows the
+    # hold queue); None: Postfix's default (/etc/postfix).
+    postfix_config_dir: Path | None = None
 
     @property
     def listen(self) -> str:
@@ -194,6 +204,11 @@ KEYS: dict[str, str] = {
     "text_workers": "a number of processes (0: none), or null for the default (none on 2 cores)",
     "hostname": "a host name",
     "workers": f"a number of processes from 1 to {MAX_WORKERS}, or auto (one per core)",
+    "console": "HOST:PORT for the operator console, or null for none (the default)",
+    "console_password_file": "a path to a file made by `milter console-password`, or null for none",
+    "history": "a path to the console's history database (SQLite)",
+    "history_max_rows": "an integer number of decisions the history keeps (the oldest go first)",
+    "postfix_config_dir": "a path to Postfix's config directory (postqueue -c), or null for the default",
 }
 
 
@@ -254,6 +269,7 @@ def _check_together(config: Config, origins: Mapping[str, Origin]) -> None:
         if mode_at.path is None:
             raise ConfigError(f"--mode after-queue {message}")
         raise ConfigFileError(mode_at.path, f"mode: after-queue {message}", mode_at.line)
+    _check_console(config, origins)
     if config.metrics is not None and config.workers > 1:
         # Each worker serves its own metrics endpoint, on the metrics port plus its index.
         _, port = config.metrics
@@ -263,6 +279,41 @@ def _check_together(config: Config, origins: Mapping[str, Origin]) -> None:
                 f"metrics: {config.workers} workers serve metrics on ports {port} to {last}, past 65535; "
                 "expected a metrics port that leaves room for one port per worker"
             )
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1, `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _check_console(config: Config, origins: Mapping[str, Origin]) -> None:
+    """A console reachable from other machines must have a password (and a readable one)."""
+    if config.console is None:
+        return
+    host, port = config.console
+    at = origins.get("console")
+    where = at.names("console", format_address(host, port)) if at is not None else "console"
+    if at is not None and at.path is not None:
+        where = f"{at.path}:{at.line}: {where}"
+    if config.console_password_file is None:
+        if not is_loopback(host):
+            raise ConfigError(
+                f"{where}: {host} is not a loopback address, and the console has no password; "
+                "expected console_password_file (make one with `milter console-password FILE`) "
+                "or a loopback address such as 127.0.0.1"
+            )
+        return
+    from milter.password import PasswordFileError, read_password_file
+
+    try:
+        read_password_file(config.console_password_file)
+    except PasswordFileError as e:
+        raise ConfigError(f"console_password_file: {e}") from None
 
 
 def _apply_file(config: Config, path: Path, origins: dict[str, Origin]) -> Config:
@@ -291,9 +342,24 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             return replace(config, listen_host=host, listen_port=port)
         case "next_hop":
             return replace(config, next_hop=parse_next_hop(_text(value, expected), base))
+        case "console":
+            if value is None or value is False or value in ("", "off", "none"):
+                return replace(config, console=None)
+            return replace(config, console=parse_address(_text(value, expected)))
+        case "console_password_file" | "postfix_config_dir":
+            if value is None or value is False or value == "":
+                return _set(config, key, None)
+            return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
+        case "history_max_rows":
+            rows = _integer(value, expected)
+            if rows < 100:
+                raise ValueError(f"{rows} is too small; expected {expected} of at least 100")
+            return replace(config, history_max_rows=rows)
         case "shadow_model" if value is None or value is False or value == "":
             return replace(config, shadow_model=None)
-        case "rules" | "model" | "quarantine" | "feedback_store" | "shadow_model" | "retrain_state":
+        case (
+            "rules" | "model" | "quarantine" | "feedback_store" | "shadow_model" | "retrain_state" | "history"
+        ):
             return _set(config, key, _resolve(Path(_text(value, expected)).expanduser(), base))
         case "mode" | "on_error" | "log_format" | "protocol":
             allowed = {"mode": MODES, "on_error": ON_ERROR, "log_format": LOG_FORMATS, "protocol": PROTOCOLS}[

@@ -28,6 +28,7 @@ Series (all prefixed `milter_`):
 
 The retrain series come from the file `milter retrain` keeps (config key retrain_state, see
 milter.retrain_state), read at each scrape: it runs as a process of its own, from a timer.
+- `history_dropped_total`               decisions the console's history dropped (its writer fell behind)
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ class Metrics:
         )
         self.rules = Gauge("milter_rules", "Rules in the active ruleset.", registry=r)
         self.sessions_open = Gauge("milter_sessions_open", "SMTP sessions currently open.", registry=r)
+        self.history_dropped = Counter(
+            "milter_history_dropped",
+            "Decisions the history dropped: its writer fell behind.",
+            registry=r,
+        )
         self._model_lock = threading.Lock()
         self._model_id: str | None = None
         self.shadow_messages = Counter(

@@ -34,7 +34,15 @@ from milter.logs import log_message
 from milter.mark import PREFIX, headers
 from milter.message import MAX_HEADER_BYTES, Envelope, Message
 from milter.metrics import Metrics
-from milter.outcome import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
+from milter.outcome import (
+    INTERNAL_ERROR,
+    POLICY_REJECT,
+    POLICY_TEMPFAIL,
+    Recorder,
+    decided,
+    log_fields,
+    verdict_fields,
+)
 from milter.policy import Policy, Verdict
 from milter.rules import Action
 from milter.scan import scan
@@ -365,8 +373,9 @@ class MilterSession:
             mail_options=self.mail_options,
         )
         fields: dict[str, object] = {}
+        message = Message(raw, envelope)
+        verdict: Verdict | None = None
         try:
-            message = Message(raw, envelope)
             fields = log_fields(message)
             verdict = await scan(policy, message, service.texts, service.metrics)
             fields.update(verdict_fields(verdict))
@@ -379,6 +388,9 @@ class MilterSession:
         if self.started:
             fields["ms"] = round((time.perf_counter() - self.started) * 1000, 1)
         log_message(fields)
+        if service.recorder is not None:
+            held = envelope.queue_id if verdict is not None and verdict.action is Action.QUARANTINE else None
+            service.recorder.record(decided(message, verdict, fields, "milter", held))
         self._reset_message()
         return replies
 
@@ -416,6 +428,7 @@ class MilterService:
     metrics: Metrics | None = None
     texts: TextWorkers | None = None
     sessions: set[MilterConnection] = field(default_factory=set)
+    recorder: Recorder | None = None  # the history (milter.history), when the console is on
     draining: bool = False
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

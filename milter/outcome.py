@@ -8,9 +8,12 @@ imports another.
 
 from __future__ import annotations
 
-from typing import Final
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
 
-from milter.message import Message
+from milter.message import Envelope, Message
 from milter.policy import Verdict
 
 INTERNAL_ERROR: Final = "451 4.3.0 Internal error; try again later"
@@ -45,3 +48,40 @@ def verdict_fields(verdict: Verdict) -> dict[str, object]:
         "model": verdict.model_id,
         "error": verdict.error if verdict.error != "scoring off" else None,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One decided message as the history keeps it: the log line's fields and what a log line
+    leaves out (the recipients, the features, the message itself for teaching).
+
+    Built on the hot path from values at hand, without copying or parsing: the history writer
+    (milter.history) reads the Subject and serializes off the event loop.
+    """
+
+    time: float  # Unix time of the decision
+    fields: Mapping[str, object]  # the log line: log_fields + verdict_fields + reply, ms, ...
+    envelope: Envelope
+    raw: bytes  # the message as received
+    features: tuple[tuple[str, float], ...]  # what pushed the score, strongest first
+    protocol: str  # "smtp" or "milter"
+    quarantine: str | None = None  # where it is held: a quarantine id, or Postfix's queue id
+
+
+class Recorder(Protocol):
+    """Where decisions go besides the log (milter.history.HistoryWriter); must never block."""
+
+    def record(self, decided: Decided) -> None: ...
+
+
+def decided(
+    message: Message,
+    verdict: Verdict | None,
+    fields: Mapping[str, object],
+    protocol: str,
+    quarantine: str | None = None,
+) -> Decided:
+    """The record of one decision (verdict None: the message was never scored, e.g. the next
+    hop went away before DATA; `fields` then say why)."""
+    features = verdict.score.features if verdict is not None and verdict.score is not None else ()
+    return Decided(time.time(), fields, message.envelope, message.raw, features, protocol, quarantine)

@@ -634,8 +634,10 @@ class Reloader(Generic[T]):
         watch: bool = True,
         retire_delays: tuple[float, ...] = RETIRE_DELAYS,
         max_write_wait: float = MAX_WRITE_WAIT,
+        on_report: Callable[[ReloadReport], None] | None = None,
     ) -> None:
         self.loader = loader
+        self.on_report = on_report  # told of every reload's outcome (the console's history)
         self._swap = swap
         self.metrics = metrics
         self.notifier = notifier
@@ -906,6 +908,11 @@ class Reloader(Generic[T]):
             self.metrics.reload_done("all", ok=ok)
 
     def _announce(self, report: ReloadReport) -> None:
+        if self.on_report is not None:
+            try:
+                self.on_report(report)
+            except Exception:  # the console's bookkeeping must never break a reload
+                log.exception("reload: reporting the outcome failed")
         if self.notifier is None:
             return
         note = ""

@@ -24,14 +24,15 @@ from typing import Any, Protocol
 from milter import signals
 from milter.config import Config
 from milter.delivery import next_hop_from_url
-from milter.delivery.maildir import MaildirHop
 from milter.errors import MilterError
+from milter.history import HistoryError, HistoryWriter
 from milter.metrics import Metrics, start_metrics_server
 from milter.milter_protocol import MilterService
 from milter.model import Model
 from milter.notify import Notifier, status_text
 from milter.policy import Policy
-from milter.reload import PolicyLoader, Reloader, rule_count
+from milter.quarantine import Quarantine
+from milter.reload import PolicyLoader, Reloader, ReloadReport, rule_count
 from milter.rules import Ruleset
 from milter.smtp import Filter, smtp_factory
 from milter.workers import TextWorkers, default_workers
@@ -58,8 +59,15 @@ class Daemon:
         notifier: Notifier | None = None,
         watch: bool = True,
         reuse_port: bool = False,
+        worker: int | None = None,
     ) -> None:
         self.config = config
+        # With the console on (config.console), every decision also goes to the history; the
+        # console itself is served here unless this is one of several workers (`worker` set):
+        # then the supervisor serves it, one for all of them.
+        self.worker = worker
+        self.history: HistoryWriter | None = None
+        self.console: Any = None
         # SO_REUSEPORT: several worker processes (milter.supervisor) listen on one port and the
         # kernel spreads connections over them.
         self.reuse_port = reuse_port
@@ -108,10 +116,25 @@ class Daemon:
         texts = TextWorkers(workers) if workers > 0 and config.scoring else None
         if texts is not None:
             await texts.start()
+        if config.console is not None:
+            history = HistoryWriter(
+                config.history,
+                worker=self.worker or 0,
+                protocol=config.protocol,
+                max_rows=config.history_max_rows,
+                on_drop=self.metrics.history_dropped.inc if self.metrics is not None else None,
+            )
+            try:
+                await loop.run_in_executor(None, history.start)
+            except HistoryError as e:
+                if texts is not None:
+                    await texts.close()
+                raise MilterError(str(e)) from None
+            self.history = history
         reuse_port, backlog = self.reuse_port or None, max(128, config.max_sessions)
         try:
             if config.protocol == "milter":
-                service = MilterService(config, policy, self.metrics, texts)
+                service = MilterService(config, policy, self.metrics, texts, recorder=self.history)
                 self.filter = service
                 next_hop = "none (milter protocol: Postfix queues the mail itself)"
                 self._server = await asyncio.start_server(
@@ -123,7 +146,15 @@ class Daemon:
                     config.next_hop, timeout=config.next_hop_timeout, hostname=config.hostname
                 )
                 next_hop = str(hop)
-                self.filter = Filter(config, policy, hop, MaildirHop(config.quarantine), self.metrics, texts)
+                self.filter = Filter(
+                    config,
+                    policy,
+                    hop,
+                    Quarantine(config.quarantine),
+                    self.metrics,
+                    texts,
+                    recorder=self.history,
+                )
                 self._server = await loop.create_server(
                     smtp_factory(self.filter, config, loop), config.listen_host, config.listen_port,
                     reuse_address=True, reuse_port=reuse_port, backlog=backlog,
@@ -131,9 +162,16 @@ class Daemon:
         except OSError:
             if texts is not None:
                 await texts.close()
+            if self.history is not None:
+                await loop.run_in_executor(None, self.history.close)
             raise
         self.reloader = Reloader(
-            self.loader, self._swap, metrics=self.metrics, notifier=self.notifier, watch=self.watch
+            self.loader,
+            self._swap,
+            metrics=self.metrics,
+            notifier=self.notifier,
+            watch=self.watch,
+            on_report=self._reported if self.history is not None else None,
         )
         await self.reloader.start()
         if self._reload_requested:  # the files may have changed after the loader read them
@@ -142,6 +180,17 @@ class Daemon:
         count = rule_count(rules) if rules is not None else 0
         if self.metrics is not None:
             self.metrics.policy_active(model_id, self.loader.models.load_seconds, count)
+        if self.history is not None:
+            now = time.time()
+            self.history.status(
+                model_id=model_id,
+                model_loaded=now,
+                model_load_seconds=self.loader.models.load_seconds,
+                rules=count,
+                rules_loaded=now,
+            )
+        if config.console is not None and self.worker is None:
+            await self._start_console()
         log.info(
             "listening on %s (%s), next hop %s, mode %s, model %s, %d rules (ready in %.2f s)",
             config.listen if config.listen_port else f"{config.listen_host}:{self.port}",
@@ -153,6 +202,35 @@ class Daemon:
             time.perf_counter() - started,
         )
         self.notifier.ready(status_text(model_id, count))
+
+    async def _start_console(self) -> None:
+        from milter.console import Console
+
+        console = Console(self.config)
+        try:
+            await console.start()
+        except (OSError, MilterError):
+            await self.stop()
+            raise
+        self.console = console
+
+    def _reported(self, report: ReloadReport) -> None:
+        """A reload's outcome, for the console: what serves now, and what was refused."""
+        assert self.history is not None
+        now = time.time()
+        if report.swapped and "model" in report.changed:
+            self.history.status(
+                model_id=report.model_id, model_loaded=now, model_load_seconds=self.loader.models.load_seconds
+            )
+        if report.swapped and "rules" in report.changed:
+            self.history.status(rules=report.rule_count, rules_loaded=now)
+        if report.swapped:
+            self.history.event("reload", f"now serving {', '.join(sorted(report.changed))}: model "
+                               f"{report.model_id}, {report.rule_count} rules")  # fmt: skip
+        for refusal in report.refused:
+            self.history.event("refused", refusal.log_line())
+        if report.error is not None:
+            self.history.event("error", f"reload failed: {report.error}")
 
     def _swap(self, policy: Policy) -> None:
         """Called on the loop by the Reloader with each new policy: one reference, swapped."""
@@ -208,11 +286,22 @@ class Daemon:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
         if self.reloader is not None:
             await self.reloader.stop()
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
+        if self.history is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.history.close)
+            self.history = None
         log.info("stopped")
 
 
 async def serve(
-    config: Config, *, watch: bool = True, notifier: Notifier | None = None, reuse_port: bool = False
+    config: Config,
+    *,
+    watch: bool = True,
+    notifier: Notifier | None = None,
+    reuse_port: bool = False,
+    worker: int | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit code.
 
@@ -222,7 +311,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     metrics = Metrics(retrain_state=config.retrain_state) if config.metrics is not None else None
     notifier = notifier if notifier is not None else Notifier()
-    daemon = Daemon(config, metrics=metrics, notifier=notifier, watch=watch, reuse_port=reuse_port)
+    daemon = Daemon(
+        config, metrics=metrics, notifier=notifier, watch=watch, reuse_port=reuse_port, worker=worker
+    )
     metrics_server = None
     # Signals are handled from before start-up's end (the READY notification), so whoever
     # heard READY may signal at once: a supervisor forwarding SIGHUP must not kill a worker.
@@ -256,7 +347,12 @@ async def serve(
 
 
 def run(
-    config: Config, *, watch: bool = True, notifier: Notifier | None = None, reuse_port: bool = False
+    config: Config,
+    *,
+    watch: bool = True,
+    notifier: Notifier | None = None,
+    reuse_port: bool = False,
+    worker: int | None = None,
 ) -> int:
     """`serve` on uvloop when it is installed (faster sockets), else asyncio's own loop."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
@@ -268,4 +364,4 @@ def run(
         factory = None
     runner_args: dict[str, Any] = {"loop_factory": factory} if factory is not None else {}
     with asyncio.Runner(**runner_args) as runner:
-        return runner.run(serve(config, watch=watch, notifier=notifier, reuse_port=reuse_port))
+        return runner.run(serve(config, watch=watch, notifier=notifier, reuse_port=reuse_port, worker=worker))

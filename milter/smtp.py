@@ -40,15 +40,23 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from milter.config import Config
 from milter.delivery import HopReply, NextHop, Sent, Transaction
-from milter.delivery.maildir import MaildirHop
 from milter.errors import RelayError
 from milter.logs import log_message
 from milter.mark import mark
 from milter.message import Envelope as MessageEnvelope
 from milter.message import Message
 from milter.metrics import Metrics
-from milter.outcome import INTERNAL_ERROR, POLICY_REJECT, POLICY_TEMPFAIL, log_fields, verdict_fields
+from milter.outcome import (
+    INTERNAL_ERROR,
+    POLICY_REJECT,
+    POLICY_TEMPFAIL,
+    Recorder,
+    decided,
+    log_fields,
+    verdict_fields,
+)
 from milter.policy import Policy, Verdict
+from milter.quarantine import Quarantine, held_envelope
 from milter.rules import Action
 from milter.scan import scan
 from milter.workers import TextWorkers
@@ -149,6 +157,9 @@ class FilterSession(Session):
         self.policy: Policy | None = None
         self.started = 0.0
         self.dsn: list[str] = []  # the DSN parameters of the MAIL or RCPT being handled
+        # What the next hop was given at MAIL and RCPT: kept with a quarantined message, for its release.
+        self.mail_params: list[str] = []
+        self.rcpt_params: list[tuple[str, list[str]]] = []
 
 
 @dataclass
@@ -158,9 +169,10 @@ class Filter:
     config: Config
     policy: Policy  # swapped whole on reload; each transaction keeps the one it started with
     hop: NextHop
-    quarantine: MaildirHop
+    quarantine: Quarantine
     metrics: Metrics | None = None
     texts: TextWorkers | None = None  # message->text in other processes (None: in the daemon)
+    recorder: Recorder | None = None  # the history (milter.history), when the console is on
     sessions: set[FilterSMTP] = field(default_factory=set)
     draining: bool = False
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -194,6 +206,7 @@ class Filter:
         if transaction is None:
             return relayed(reply)
         session.transaction = transaction
+        session.mail_params, session.rcpt_params = [*options, *session.dsn], []
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return OK_MAIL
@@ -211,6 +224,7 @@ class Filter:
             session.transaction = None
             return NEXT_HOP_DOWN
         if reply.ok:
+            session.rcpt_params.append((address, [*options, *session.dsn]))
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
         return relayed(reply)
@@ -224,15 +238,18 @@ class Filter:
         raw: bytes = envelope.original_content or b""
         message = Message(raw, message_envelope(server, session, envelope))
         fields: dict[str, object] = log_fields(message)
+        verdict: Verdict | None = None
+        held: str | None = None
         if transaction is None:
             fields.update(reply=NEXT_HOP_DOWN, error="next hop lost before DATA")
             finish_log(fields, session)
+            self._record(message, None, fields)
             return NEXT_HOP_DOWN
         try:
             verdict = await scan(policy, message, self.texts, self.metrics)
             fields.update(verdict_fields(verdict))
             relay_started = time.perf_counter()
-            reply, hop_reply = await self._route(transaction, raw, verdict)
+            reply, hop_reply, held = await self._route(transaction, message, verdict, session)
             if self.metrics is not None:
                 self.metrics.message_relayed(time.perf_counter() - relay_started)
         except RelayError as e:
@@ -242,25 +259,44 @@ class Filter:
             await transaction.abort()  # a no-op once the message was sent
         reply_line = reply.split("\r\n")[-1]
         fields.update(reply=reply_line, next_hop=hop_reply if hop_reply != reply_line else None)
+        if held is not None:
+            fields["quarantine"] = held
         finish_log(fields, session)
+        self._record(message, verdict, fields, held)
         return reply
 
-    async def _route(self, transaction: Transaction, raw: bytes, verdict: Verdict) -> tuple[str, str | None]:
-        """The reply to the client for `verdict`, and the next hop's reply (for the log)."""
+    def _record(
+        self, message: Message, verdict: Verdict | None, fields: dict[str, object], held: str | None = None
+    ) -> None:
+        if self.recorder is not None:
+            self.recorder.record(decided(message, verdict, fields, "smtp", held))
+
+    async def _route(
+        self, transaction: Transaction, message: Message, verdict: Verdict, session: FilterSession
+    ) -> tuple[str, str | None, str | None]:
+        """The reply to the client for `verdict`, the next hop's reply (for the log), and the
+        quarantine id of a quarantined message."""
         action, rule = verdict.action, verdict.decision.rule
         if action is Action.TEMPFAIL:
-            return POLICY_TEMPFAIL.format(rule=rule), None
+            return POLICY_TEMPFAIL.format(rule=rule), None, None
         if action is Action.REJECT:
             # Only a before-queue ruleset can hold `reject` (Ruleset.load checks the mode).
-            return POLICY_REJECT.format(rule=rule), None
+            return POLICY_REJECT.format(rule=rule), None, None
         if action is Action.DISCARD:
-            return OK_DISCARDED.format(rule=rule), None
-        marked = mark(raw, verdict, self.config.subject_tag)
+            return OK_DISCARDED.format(rule=rule), None, None
+        marked = mark(message.raw, verdict, self.config.subject_tag)
         if action is Action.QUARANTINE:
-            path = await self.quarantine.store(marked, Action.DELIVER)
-            return OK_QUARANTINED.format(rule=rule), f"quarantined as {path}"
+            envelope = held_envelope(
+                message.envelope.mail_from,
+                session.mail_params,
+                session.rcpt_params,
+                session.xforward,
+                verdict,
+            )
+            held = await self.quarantine.store(marked, envelope)
+            return OK_QUARANTINED.format(rule=rule), f"quarantined as {held}", held
         sent = await transaction.send(marked, action)
-        return data_reply(sent), "; ".join(str(r) for r in sent.replies)
+        return data_reply(sent), "; ".join(str(r) for r in sent.replies), None
 
     # -- faults and lifecycle ----------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ Logs: every line of a worker carries `worker=N` (its index, 0 to N-1, which stay
 across restarts): first on plain lines, as a field of each message line (text and JSON). The
 supervisor logs which pid each index has. Metrics: each worker serves its own endpoint, on the
 metrics port plus its index; the supervisor serves none (docs/scaling.md).
+
+The console (`console: HOST:PORT`): one, served by the supervisor; every worker writes its
+decisions, status and reloads to the one history database it reads (milter.history).
 """
 
 from __future__ import annotations
@@ -161,7 +164,6 @@ class Supervisor:
 
     async def run(self) -> int:
         """The supervisor's life; its exit code (1: could not start, 0: stopped by a signal)."""
-        loop = asyncio.get_running_loop()
         try:
             self.validate()  # on this thread: nothing else runs yet, and its memory is given back
         except (MilterError, OSError) as e:
@@ -169,6 +171,25 @@ class Supervisor:
             self.notifier.close()
             return 1
         release_memory()
+        console = None
+        if self.config.console is not None:
+            from milter.console import Console
+
+            console = Console(self.config)
+            try:
+                await console.start()
+            except (MilterError, OSError) as e:
+                log.error("cannot start: %s", e)
+                self.notifier.close()
+                return 1
+        try:
+            return await self._serve()
+        finally:
+            if console is not None:
+                await console.stop()
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
         self._open_socket()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -513,7 +534,9 @@ def worker_main() -> int:
     environ = {"NOTIFY_SOCKET": spec.notify}
     if spec.watchdog_usec is not None:
         environ["WATCHDOG_USEC"] = str(spec.watchdog_usec)
-    return run_server(spec.config, watch=spec.watch, notifier=Notifier(environ), reuse_port=True)
+    return run_server(
+        spec.config, watch=spec.watch, notifier=Notifier(environ), reuse_port=True, worker=spec.index
+    )
 
 
 if __name__ == "__main__":

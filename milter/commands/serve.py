@@ -69,10 +69,20 @@ workers (--workers N, N > 1):
   none per worker. Each worker keeps its own next-hop connections open: let the next hop
   take N times as many (Postfix's reinjection listener: maxproc N x that of milter-scan).
 
+console (--console HOST:PORT, config key console):
+  A web console served by the daemon (by the supervisor with --workers: one for all workers):
+  throughput and actions over time, latency, the model and rules serving, the history of
+  decisions with the features behind each score, the quarantine (view, release, delete; in
+  milter mode Postfix's hold queue, read-only) and teaching (the feedback store of milter
+  learn), and a JSON API under /api/. With it on, every decision is also kept in the history
+  database (config key history, default ./history.sqlite3, the newest history_max_rows). A
+  loopback address may go without a password; any other needs console_password_file (made
+  by `milter console-password FILE`), else milter serve exits 2. See docs/console.md.
+
 exit status:
   0  stopped by a signal
   1  could not start (rules or model unusable, port in use)
-  2  configuration error
+  2  configuration error (also: a console on a non-loopback address without a password)
 
 examples:
   milter serve
@@ -80,6 +90,7 @@ examples:
   milter serve --config /etc/milter/milter.yaml --log-format json
   milter serve --workers auto --next-hop smtp://127.0.0.1:10026
   milter serve --protocol milter --listen 127.0.0.1:10025   (smtpd_milters = inet:127.0.0.1:10025)
+  milter serve --console 127.0.0.1:8025                     (then open http://127.0.0.1:8025/)
   swaks --server 127.0.0.1:10025 --to me@example.com --body 'hello'
 """
 
@@ -135,6 +146,17 @@ def register(sub: Any) -> None:
         help="one line per message as key=value text (default) or JSON; no timestamps under systemd",
     )
     add("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (off by default)")
+    add(
+        "--console",
+        metavar="HOST:PORT",
+        help="serve the operator console there (off by default; docs/console.md); an address "
+        "other than loopback needs console_password_file",
+    )
+    add(
+        "--console-password-file",
+        metavar="PATH",
+        help="the console's users and password hashes, made by `milter console-password PATH`",
+    )
     add("--subject-tag", metavar="TAG", help="prefix the Subject of spam, e.g. '[SPAM]' (off: breaks DKIM)")
     add(
         "--hostname",
@@ -192,6 +214,8 @@ OVERRIDES = (
     "scoring",
     "text_workers",
     "workers",
+    "console",
+    "console_password_file",
 )
 
 
