@@ -112,6 +112,7 @@ class Config:
     console_password_file: Path | None = None
     history: Path = Path("history.sqlite3")
     history_max_rows: int = 100_000
+    history_messages: int = 2_000  # the newest decisions whose message is kept too (to teach); 0: none
     # Postfix's config directory for `postqueue -c` (milter protocol: the console shows the
     # hold queue); None: Postfix's default (/etc/postfix).
     postfix_config_dir: Path | None = None
@@ -208,6 +209,7 @@ KEYS: dict[str, str] = {
     "console_password_file": "a path to a file made by `milter console-password`, or null for none",
     "history": "a path to the console's history database (SQLite)",
     "history_max_rows": "an integer number of decisions the history keeps (the oldest go first)",
+    "history_messages": "an integer number of the newest messages kept whole for teaching (0: none)",
     "postfix_config_dir": "a path to Postfix's config directory (postqueue -c), or null for the default",
 }
 
@@ -355,6 +357,11 @@ def _apply(config: Config, key: str, value: object, base: Path | None) -> Config
             if rows < 100:
                 raise ValueError(f"{rows} is too small; expected {expected} of at least 100")
             return replace(config, history_max_rows=rows)
+        case "history_messages":
+            kept = _integer(value, expected)
+            if kept < 0:
+                raise ValueError(f"{kept} is negative; expected {expected}")
+            return replace(config, history_messages=kept)
         case "shadow_model" if value is None or value is False or value == "":
             return replace(config, shadow_model=None)
         case (

@@ -122,6 +122,7 @@ class Daemon:
                 worker=self.worker or 0,
                 protocol=config.protocol,
                 max_rows=config.history_max_rows,
+                raw_rows=config.history_messages,
                 on_drop=self.metrics.history_dropped.inc if self.metrics is not None else None,
             )
             try:

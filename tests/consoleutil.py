@@ -30,7 +30,9 @@ def hold_rules(tmp_path: Path) -> Path:
     return path
 
 
-def message(subject: str, body: str = "Hi Bob,\r\n\r\nsee you on Friday.\r\n\r\nAlice\r\n", mid: str = "") -> bytes:
+def message(
+    subject: str, body: str = "Hi Bob,\r\n\r\nsee you on Friday.\r\n\r\nAlice\r\n", mid: str = ""
+) -> bytes:
     mid = mid or f"<{abs(hash(subject))}.{time.monotonic_ns()}@example.org>"
     return (
         f"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: {subject}\r\n"
@@ -56,9 +58,7 @@ class Api:
     def __init__(self, base: str) -> None:
         self.base = base.rstrip("/")
         self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect()
-        )
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
 
     def request(
         self,
@@ -106,7 +106,9 @@ class Api:
         status, page, _ = self.request("GET", "/login")
         assert status == 200, (status, page)
         token = page.split('name="csrf_token" value="')[1].split('"')[0]
-        status, _, _ = self.request("POST", "/login", form={"csrf_token": token, "user": user, "password": password})
+        status, _, _ = self.request(
+            "POST", "/login", form={"csrf_token": token, "user": user, "password": password}
+        )
         return status
 
 

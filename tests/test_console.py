@@ -117,16 +117,13 @@ def test_console_password_writes_a_salted_scrypt_hash_only(tmp_path: Path) -> No
 # --- the history ---------------------------------------------------------------------------------
 
 
-def test_a_message_appears_in_the_history_with_its_score(
-    config_for: Any, tmp_path: Path, sink: Sink
-) -> None:
+def test_a_message_appears_in_the_history_with_its_score(config_for: Any, tmp_path: Path, sink: Sink) -> None:
     config = console_config(config_for, tmp_path, sink)
     spammy = message("cheap pills", "Click here for your special offer. Buy viagra online. Cheap pills.\r\n")
     with console_daemon(config) as api:
         send(config.listen_port, message("lunch on friday?", mid="<lunch@example.org>"))
         send(config.listen_port, spammy, ("carol@example.net", "dave@example.net"))
-        entries = wait_for(lambda: len(api.get("/api/history?limit=10")) == 2 and api.get("/api/history?limit=10"),
-                           "two decisions in the history")  # fmt: skip
+        entries = wait_for(lambda: len(got := api.get("/api/history?limit=10")) == 2 and got, "two decisions")
         newest, lunch = entries
         for entry in entries:
             assert {"message_id", "action", "probability", "rule", "time"} <= entry.keys()
@@ -136,13 +133,18 @@ def test_a_message_appears_in_the_history_with_its_score(
         assert 0 <= lunch["probability"] < newest["probability"] <= 1
         assert lunch["time"].endswith("Z") and lunch["sender"] == "alice@example.org"
         assert [e["subject"] for e in api.get("/api/history?subject=PILLS")] == ["cheap pills"]
-        assert [e["subject"] for e in api.get(f"/api/history?action={lunch['action']}")][-1] == "lunch on friday?"
+        assert [e["subject"] for e in api.get(f"/api/history?action={lunch['action']}")][
+            -1
+        ] == "lunch on friday?"
         assert api.get("/api/history?sender=nobody@") == []
         assert len(api.get("/api/history?limit=1")) == 1
         assert api.get(f"/api/history?since={lunch['timestamp'] + 3600}") == []
         stats = api.get("/api/stats")
         assert stats["last_hour"]["messages"] == 2 and sum(stats["per_minute"]["messages"]) == 2
-        assert stats["latency_ms"]["p50"] is not None and stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"]
+        assert (
+            stats["latency_ms"]["p50"] is not None
+            and stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"]
+        )
         assert stats["model"]["id"] == newest["model"] and stats["rules"]["count"] == 4
         assert stats["workers"] == {**stats["workers"], "configured": 1, "up": 1}
 
@@ -183,7 +185,10 @@ def test_quarantined_message_is_viewed_released_once_with_its_envelope(
              mail_options=["RET=HDRS", "ENVID=held-1"], rcpt_options=["NOTIFY=FAILURE"])  # fmt: skip
         assert sink.received == []  # quarantined, not delivered
         (held,) = api.get("/api/quarantine")
-        assert held["sender"] == "alice@example.org" and held["recipients"] == ["bob@example.net", "eve@example.net"]
+        assert held["sender"] == "alice@example.org" and held["recipients"] == [
+            "bob@example.net",
+            "eve@example.net",
+        ]
         assert held["rule"] == "hold-for-review" and held["subject"] == "hold: <script>alert(1)</script>"
         shown = api.get(f"/api/quarantine/{held['id']}")
         assert ["Message-ID", "<held-1@example.org>"] in shown["headers"]
@@ -191,7 +196,9 @@ def test_quarantined_message_is_viewed_released_once_with_its_envelope(
         # No CSRF token, or a wrong one: refused, nothing released.
         status, body, _ = api.request("POST", f"/api/quarantine/{held['id']}/release")
         assert status == 403 and "CSRF" in body["error"]
-        status, _, _ = api.request("POST", f"/api/quarantine/{held['id']}/release", headers={"X-CSRF-Token": "x"})
+        status, _, _ = api.request(
+            "POST", f"/api/quarantine/{held['id']}/release", headers={"X-CSRF-Token": "x"}
+        )
         assert status == 403 and sink.received == [] and held_ids(api) == [held["id"]]
         status, result = api.post(f"/api/quarantine/{held['id']}/release")
         assert status == 200 and result["released"] is True and result["by"] == "console@127.0.0.1"
@@ -211,7 +218,7 @@ def test_quarantined_message_is_viewed_released_once_with_its_envelope(
         assert held_ids(api) == []
         status, _ = api.post(f"/api/quarantine/{held['id']}/release")
         assert status == 404 and len(sink.received) == 1
-        (entry,) = api.get("/api/history?action=quarantine")
+        (entry,) = wait_for(lambda: api.get("/api/history?action=quarantine"), "the decision in the history")
         assert entry["quarantine"] == held["id"] and entry["status"] == "released"
         (action,) = [a for a in api.get("/api/actions") if a["action"] == "release"]
         assert action["user"] == "console@127.0.0.1" and action["result"].startswith("released: 250")
@@ -224,7 +231,7 @@ def test_deleted_message_is_gone(config_for: Any, tmp_path: Path, sink: Sink) ->
     with console_daemon(config) as api:
         send(config.listen_port, message("hold this one"))
         (held,) = held_ids(api)
-        status, form_page, _ = api.request("POST", f"/quarantine/{held}/delete", form={"csrf_token": "wrong"})
+        status, _, _ = api.request("POST", f"/quarantine/{held}/delete", form={"csrf_token": "wrong"})
         assert status == 403 and held_ids(api) == [held]
         status, result = api.post(f"/api/quarantine/{held}/delete")
         assert status == 200 and result == {"id": held, "deleted": True, "by": "console@127.0.0.1"}
@@ -289,7 +296,9 @@ def test_teach_puts_history_and_quarantined_messages_in_the_feedback_store(
     with console_daemon(config) as api:
         send(config.listen_port, message("a newsletter", mid="<news@example.org>"))
         send(config.listen_port, message("hold: invoice", mid="<invoice@example.org>"))
-        entries = wait_for(lambda: len(api.get("/api/history")) == 2 and api.get("/api/history"), "two decisions")
+        entries = wait_for(
+            lambda: len(api.get("/api/history")) == 2 and api.get("/api/history"), "two decisions"
+        )
         news = next(e for e in entries if e["message_id"] == "<news@example.org>")
         status, taught = api.post(f"/api/history/{news['id']}/teach", {"label": "spam"})
         assert status == 200 and taught["outcome"] == "learned"
@@ -317,7 +326,9 @@ def test_login_required_with_a_password_and_rate_limited(config_for: Any, tmp_pa
     write_password_file(passwords, "admin", PASSWORD)
     # Bound to every address, not loopback: the password is what lets anyone in.
     port = free_port()
-    config = console_config(config_for, tmp_path, sink, console=("0.0.0.0", port), console_password_file=passwords)
+    config = console_config(
+        config_for, tmp_path, sink, console=("0.0.0.0", port), console_password_file=passwords
+    )
     with console_daemon(config) as api:
         for path in ("/api/history", "/api/stats", "/api/quarantine", "/api/csrf"):
             status, body, _ = api.request("GET", path)
@@ -345,13 +356,103 @@ def test_login_required_with_a_password_and_rate_limited(config_for: Any, tmp_pa
         assert [a["result"] for a in logins].count("failed") == 6 and logins[-1]["result"] == "failed"
 
 
-def test_without_a_password_only_an_address_names_the_console(config_for: Any, tmp_path: Path, sink: Sink) -> None:
+def test_without_a_password_only_an_address_names_the_console(
+    config_for: Any, tmp_path: Path, sink: Sink
+) -> None:
     config = console_config(config_for, tmp_path, sink)
     with console_daemon(config) as api:
-        status, body, _ = api.request("GET", "/api/stats", headers={"Host": f"rebound.example:{config.console[1]}"})  # type: ignore[index]
-        assert status == 421
-        status, body, _ = api.request("GET", "/api/stats", headers={"Host": f"localhost:{config.console[1]}"})  # type: ignore[index]
+        assert config.console is not None
+        port = config.console[1]
+        assert api.request("GET", "/api/stats", headers={"Host": f"rebound.example:{port}"})[0] == 421
+        status, _, _ = api.request("GET", "/api/stats", headers={"Host": f"localhost:{port}"})
         assert status == 200
-        status, page, headers = api.request("GET", "/")
+        status, _page, headers = api.request("GET", "/")
         assert status == 200 and "script-src" not in headers["Content-Security-Policy"]
         assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+# --- one console for the whole daemon: --workers N, and the milter protocol ---------------------
+
+
+def test_one_console_shows_every_worker_and_releases_through_it(tmp_path: Path) -> None:
+    import signal
+
+    port, console_port = free_port(), free_port()
+    config = tmp_path / "milter.yaml"
+    config.write_text(
+        f"history: {tmp_path / 'history.sqlite3'}\nquarantine: {tmp_path / 'quarantine'}\n"
+        f"feedback_store: {tmp_path}\nrules: {hold_rules(tmp_path)}\nmodel: {MODEL_PATH}\n"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "milter", "serve", "--config", str(config), "--workers", "2", "--no-watch",
+             "--listen", f"127.0.0.1:{port}", "--next-hop", f"maildir:{tmp_path / 'Maildir'}",
+             "--console", f"127.0.0.1:{console_port}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    try:
+        api = Api(f"http://127.0.0.1:{console_port}")
+
+        def both_up() -> bool:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                return bool(api.get("/api/stats")["workers"]["up"] == 2)
+            return False
+
+        wait_for(both_up, "two workers up in the console", 60)
+        # One connection per message: the kernel spreads connections over the two workers.
+        for i in range(20):
+            send(port, message(f"{'hold: ' if i == 0 else ''}note {i}"))
+        entries = wait_for(
+            lambda: len(api.get("/api/history")) == 20 and api.get("/api/history"), "20 decisions"
+        )
+        assert {e["worker"] for e in entries} == {0, 1}  # 2 x 0.5**20 that it is not so
+        stats = api.get("/api/stats")
+        assert stats["workers"]["configured"] == 2 and stats["last_hour"]["messages"] == 20
+        assert sorted(w["worker"] for w in stats["workers"]["list"]) == [0, 1]
+        (held,) = held_ids(api)
+        status, result = api.post(f"/api/quarantine/{held}/release")
+        assert status == 200 and result["released"]
+        delivered = [p.read_bytes() for p in (tmp_path / "Maildir" / "new").iterdir()]
+        assert sum(b"Subject: hold: note 0" in d for d in delivered) == 1
+        assert len(delivered) + len(list((tmp_path / "Maildir" / "cur").iterdir())) == 20
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    conn = connect(tmp_path / "history.sqlite3")
+    assert [row[0] for row in conn.execute("SELECT state FROM workers")] == ["stopped", "stopped"]
+
+
+def test_milter_protocol_decisions_reach_the_history(config_for: Any, tmp_path: Path, sink: Sink) -> None:
+    from test_milter_protocol import Client
+
+    config = console_config(
+        config_for, tmp_path, sink, protocol="milter", mode="before-queue",
+        postfix_config_dir=tmp_path / "no-postfix-here",
+    )  # fmt: skip
+    with console_daemon(config) as api:
+        client = Client(config.listen_port)
+        try:
+            client.negotiate()
+            held_headers = [(b"Subject", b"hold: in the milter"), (b"Message-ID", b"<m1@example.org>")]
+            client.message(held_headers, b"x\r\n", queue_id="4HOLD1")
+            assert (b"q", b"milter rule hold-for-review\0") in client.replies_until_final()
+            client.message([(b"Subject", b"hello"), (b"Message-ID", b"<m2@example.org>")], b"hi\r\n")
+            client.replies_until_final()
+        finally:
+            client.close()
+        entries = wait_for(
+            lambda: len(api.get("/api/history")) == 2 and api.get("/api/history"), "two decisions"
+        )
+        hello, held = entries
+        assert held["protocol"] == "milter" and held["message_id"] == "<m1@example.org>"
+        assert (
+            held["action"] == "quarantine" and held["quarantine"] == "4HOLD1" and held["queue_id"] == "4HOLD1"
+        )
+        assert hello["action"] == "deliver" and hello["features"]
+        # The hold queue is Postfix's: read through postqueue (here there is no Postfix: said so).
+        status, body, _ = api.request("GET", "/api/quarantine")
+        assert status == 503 and "postqueue" in body["error"]
+        status, body = api.post("/api/quarantine/4HOLD1/release")
+        assert status == 409 and "postsuper -H" in body["error"]

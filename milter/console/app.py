@@ -79,8 +79,6 @@ class State:
                 self.history.log_action, "recovery", None, "release", result.id,
                 ("released: " if result.ok else "failed: ") + result.reply,
             )  # fmt: skip
-            if result.ok:
-                await self.db(self.history.set_status, result.id, "released")
 
 
 STATE = web.AppKey("console", State)
@@ -655,7 +653,6 @@ async def release(request: web.Request) -> web.StreamResponse:
     await state.db(state.history.log_action, who, address, "release", held_id, outcome)
     if not result.ok:
         return _done(request, {"id": held_id, "released": False, "error": result.reply}, 502, "")
-    await state.db(state.history.set_status, held_id, "released")
     body = {
         "id": held_id,
         "released": True,
@@ -677,7 +674,6 @@ async def delete(request: web.Request) -> web.StreamResponse:
         return _done(request, {"error": f"no message {held_id[:80]!r} in the quarantine"}, 404, "")
     log.info("console: %s (from %s) deleted %s from the quarantine", who, address, held_id)
     await state.db(state.history.log_action, who, address, "delete", held_id, "deleted")
-    await state.db(state.history.set_status, held_id, "deleted")
     return _done(request, {"id": held_id, "deleted": True, "by": who}, 200, "/quarantine?done=deleted")
 
 
