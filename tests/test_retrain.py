@@ -322,3 +322,42 @@ def test_the_daemons_metrics_read_the_runs_at_each_scrape(tmp_path: Path) -> Non
     assert sample("milter_retrain_last_passed") == 1
     state.write_text("{half a file")  # never raises at a scrape
     assert sample("milter_retrain_runs_total", {"result": "written"}) == 0
+
+
+def test_a_live_site_model_is_judged_on_feedback_it_never_saw(site: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(site / "store", store)
+    first = tmp_path / "first.onnx"
+    assert milter("retrain", "--store", str(store), "--out", str(first)).returncode == 0
+    # More feedback since: the first site model was fitted on part of what is held back now.
+    learn(store, "ham", write(tmp_path / "more", [newsletter(i) for i in range(100, 105)]))
+    learn(store, "spam", corpus_files("spam", "industrypack-devel.lists.sourceforge.net", 5, skip=100))
+    done = milter(
+        "retrain",
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "second.onnx"),
+        "--live",
+        str(first),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    gate_figures = json.loads(done.stdout)["gate"]
+    assert gate_figures["compared_on"] == "held back, newer than the live model's feedback"
+    assert gate_figures["live_model"] == load_model(first).id
+    since = json.loads(load_model(first).metadata[META_FEEDBACK])["trained_until"]
+    # Held back now: the last 13 of the 65 ham (8 list messages the first model held back,
+    # taught after its last fitted message, and the 5 new) and 9 of the 45 spam, of which the
+    # first model had 4 held back but taught before its last fitted one: left out, to be safe.
+    assert (gate_figures["held_back"]["ham"], gate_figures["held_back"]["spam"]) == (13, 5)
+    assert since < json.loads(load_model(tmp_path / "second.onnx").metadata[META_FEEDBACK])["trained_until"]
+
+
+def test_a_model_directory_it_may_not_write_is_an_error_not_a_traceback(site: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    done = milter("retrain", "--store", str(site / "store"), "--out", str(blocked / "site.onnx"))
+    assert done.returncode == 2 and "cannot write the model" in done.stderr and "Traceback" not in done.stderr

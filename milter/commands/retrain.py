@@ -137,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         return _retrain(args, config, out)
     except MilterError as e:
         return _error(str(e))
+    except OSError as e:  # writing the model: its directory, permissions, a full disk
+        where = e.filename if e.filename is not None else (out or "the model directory")
+        return _error(f"{where}: cannot write the model: {e.strerror or e}")
 
 
 def destination(args: argparse.Namespace, config: Config) -> Path | None:
