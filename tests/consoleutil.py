@@ -57,6 +57,7 @@ class Api:
 
     def __init__(self, base: str) -> None:
         self.base = base.rstrip("/")
+        self.running: Any = None  # the daemon behind it, when a test started one in process
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
 

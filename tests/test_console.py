@@ -33,9 +33,12 @@ PASSWORD = "correct horse battery"
 
 @contextlib.contextmanager
 def console_daemon(config: Config) -> Iterator[Api]:
-    with running_daemon(config):
+    """The daemon with its console; the Api's `running` is the daemon (conftest.Running)."""
+    with running_daemon(config) as running:
         assert config.console is not None
-        yield Api(f"http://127.0.0.1:{config.console[1]}")
+        api = Api(f"http://127.0.0.1:{config.console[1]}")
+        api.running = running
+        yield api
 
 
 def console_config(config_for: Any, tmp_path: Path, sink: Sink, **changes: Any) -> Config:
@@ -147,6 +150,24 @@ def test_a_message_appears_in_the_history_with_its_score(config_for: Any, tmp_pa
         )
         assert stats["model"]["id"] == newest["model"] and stats["rules"]["count"] == 4
         assert stats["workers"] == {**stats["workers"], "configured": 1, "up": 1}
+
+
+def test_reloads_and_refusals_reach_the_overview(config_for: Any, tmp_path: Path, sink: Sink) -> None:
+    config = console_config(config_for, tmp_path, sink)
+    with console_daemon(config) as api:
+        running = api.running
+        assert config.rules.read_text().startswith("rules:")
+        config.rules.write_text("rules:\n  - {name: broken, action: explode}\n")
+        running.call(running.daemon.reload)
+        events = wait_for(lambda: api.get("/api/stats")["events"], "the refusal in the overview")
+        (refused,) = events
+        assert refused["kind"] == "refused" and "explode" in refused["text"] and refused["worker"] == 0
+        config.rules.write_text("rules:\n  - {name: everything, action: deliver}\n")
+        running.call(running.daemon.reload)
+        stats = wait_for(lambda: (s := api.get("/api/stats"))["rules"]["count"] == 1 and s, "the reload")
+        assert stats["events"][0]["kind"] == "reload" and "rules" in stats["events"][0]["text"]
+        status, _, headers = api.request("GET", "/api/history")
+        assert status == 200 and headers["X-CSRF-Token"] == api.csrf()
 
 
 def test_history_keeps_max_rows_and_drops_rather_than_waits(tmp_path: Path) -> None:

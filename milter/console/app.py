@@ -184,6 +184,11 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
         _secure(e.headers)
         raise
     _secure(response.headers)
+    csrf = request.get(CSRF)
+    if csrf and _is_api(request) and request.method == "GET":
+        # Scripts find the token on any API answer too; another site's page cannot read
+        # response headers (no CORS), so this tells nobody who could not GET /api/csrf.
+        response.headers[CSRF_HEADER] = csrf
     return response
 
 
@@ -515,7 +520,7 @@ def held_json(held: Held) -> dict[str, Any]:
         "size": held.size,
         "sender": env.mail_from if env else None,
         "recipients": [address for address, _ in env.recipients] if env else [],
-        "probability": env.probability if env else None,
+        "probability": round(env.probability, 4) if env and env.probability is not None else None,
         "rule": env.rule if env else None,
         "model": env.model_id if env else None,
         "subject": held.header("Subject"),
