@@ -20,7 +20,7 @@ import pytest
 from conftest import Sink, free_port
 from consoleutil import message, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -193,7 +193,9 @@ class _Attacker(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         page = (
-            f'<html><body><form id="f" method="post" action="{self.target}">'
+            # As such a page would: it posts the form itself, as soon as it is loaded.
+            '<html><body onload="document.forms[0].submit()">'
+            f'<form id="f" method="post" action="{self.target}">'
             '<input type="hidden" name="label" value="spam"><button id="go">win a prize</button>'
             "</form></body></html>"
         ).encode()
@@ -230,9 +232,10 @@ def test_a_post_without_the_csrf_token_is_refused(
         for action in ("release", "delete"):
             with attacker_site(f"{api.base}/quarantine/{held}/{action}") as page:
                 browser.get(page)
-                click(browser, browser.find_element(By.ID, "go"))
-                body = browser.find_element(By.TAG_NAME, "body").text
-                assert "missing or wrong CSRF token" in body
+                WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(
+                    lambda d: "missing or wrong CSRF token" in d.find_element(By.TAG_NAME, "body").text
+                )
+                assert browser.current_url == f"{api.base}/quarantine/{held}/{action}"
         assert held_ids(api) == [held] and sink.received == []
 
 
