@@ -145,10 +145,9 @@ def connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
         if version not in (0, SCHEMA_VERSION):
             raise HistoryError(f"{path}: schema version {version}; expected {SCHEMA_VERSION}")
         if version == 0:
-            conn.execute("BEGIN IMMEDIATE")
+            # Several workers may create it at once: every statement is IF NOT EXISTS, so
+            # whichever runs second changes nothing.
             conn.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
-            if conn.in_transaction:
-                conn.execute("COMMIT")
     except sqlite3.Error as e:
         conn.close()
         raise HistoryError(f"{path}: cannot use: {e}; expected a milter history database") from None

@@ -85,6 +85,22 @@ def test_console_off_loopback_without_password_refuses_to_start(tmp_path: Path, 
     assert "console_password_file" in result.stderr and "milter console-password" in result.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_console_port_in_use_is_a_start_failure(tmp_path: Path, workers: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve_cli(
+            "--listen", f"127.0.0.1:{free_port()}", "--console", f"127.0.0.1:{port}", "--workers", workers,
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot start: [Errno 98] console on 127.0.0.1:{port}: " in result.stderr
+
+
 def test_console_with_a_broken_password_file_refuses_to_start(tmp_path: Path) -> None:
     bad = tmp_path / "console.passwd"
     bad.write_text("admin:plaintext-password\n")

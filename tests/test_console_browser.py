@@ -93,8 +93,12 @@ def click(driver: WebDriver, element: Any) -> None:
 def shot(driver: WebDriver, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(max(int(height), 600), 2400))
+        # The whole page: the window is its height plus what the window itself takes.
+        height, frame = driver.execute_script(
+            "return [Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),"
+            " window.outerHeight - window.innerHeight]"
+        )
+        driver.set_window_size(1280, min(max(int(height), 600), 2400) + int(frame))
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
         driver.set_window_size(1280, 1000)
 

@@ -67,10 +67,11 @@ class Console:
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=64)
         try:
             await site.start()
-        except OSError:
+        except OSError as e:
             await runner.cleanup()
             history.close()
-            raise
+            where = format_address(self.host, self.port)
+            raise OSError(e.errno, f"console on {where}: {e.strerror or e}") from None
         self._runner = runner
         log.info(
             "console on %s (%s)",
