@@ -12,7 +12,7 @@ import http.server
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,11 @@ import pytest
 from conftest import Sink, free_port
 from consoleutil import message, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -74,6 +78,10 @@ def browser() -> Iterator[WebDriver]:
         "--window-size=1280,1000", "--no-first-run", "--disable-extensions", "--lang=en-US",
     ):  # fmt: skip
         options.add_argument(argument)
+    # No password manager: its bubbles and autofill change pages the tests are clicking in.
+    options.add_experimental_option(
+        "prefs", {"credentials_enable_service": False, "profile.password_manager_enabled": False}
+    )
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     driver.set_page_load_timeout(30)
     try:
@@ -82,10 +90,21 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def click(driver: WebDriver, element: Any) -> None:
-    """Click something that loads a page, and wait until the new page is there."""
+def click(driver: WebDriver, find: Callable[[], Any]) -> None:
+    """Click what `find()` finds, a thing that loads a page, and wait until the new page is
+    there. Found again if chromium says the node left the document between finding and
+    clicking (seen once in some runs, on a page that had finished loading)."""
     page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
+    for attempt in range(3):
+        try:
+            find().click()
+            break
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
+        except WebDriverException as e:
+            if attempt == 2 or "does not belong to the document" not in str(e):
+                raise
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
@@ -136,7 +155,7 @@ def test_overview_history_and_teach(browser: WebDriver, config_for: Any, tmp_pat
         assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == 2
         assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")  # the bars of the last minute
         shot(browser, "overview")
-        click(browser, browser.find_element(By.ID, "nav-history"))
+        click(browser, lambda: browser.find_element(By.ID, "nav-history"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#history tr.entry")
         assert len(rows) == 2
         won = next(r for r in rows if "you have won" in r.text)
@@ -144,14 +163,14 @@ def test_overview_history_and_teach(browser: WebDriver, config_for: Any, tmp_pat
         assert won.find_element(By.CSS_SELECTOR, ".features").text  # what pushed the score
         shot(browser, "history")
         browser.find_element(By.ID, "filter-subject").send_keys("LUNCH")
-        click(browser, browser.find_element(By.ID, "filter"))
+        click(browser, lambda: browser.find_element(By.ID, "filter"))
         (row,) = browser.find_elements(By.CSS_SELECTOR, "#history tr.entry")
         assert "lunch on friday?" in row.text
-        click(browser, row.find_element(By.TAG_NAME, "a"))
+        click(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#history tr.entry a"))
         assert browser.find_element(By.ID, "probability").text == f"{entries[1]['probability']:.3f}"
         assert browser.find_elements(By.CSS_SELECTOR, "#features tr td code")
         shot(browser, "entry")
-        click(browser, browser.find_element(By.ID, "teach-ham"))
+        click(browser, lambda: browser.find_element(By.ID, "teach-ham"))
         assert "as ham" in browser.find_element(By.ID, "notice").text
     assert (config.feedback_store / "feedback.sqlite3").exists()
 
@@ -167,14 +186,15 @@ def test_quarantine_view_release_once_and_delete(
         browser.get(api.base + "/quarantine")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#quarantine tr.held")) == 2
         shot(browser, "quarantine")
-        invoice = next(r for r in browser.find_elements(By.CSS_SELECTOR, "tr.held") if "invoice" in r.text)
-        click(browser, invoice.find_element(By.CSS_SELECTOR, "a.view"))
+        click(
+            browser, lambda: browser.find_element(By.XPATH, "//tr[@class='held'][contains(., 'invoice')]//a")
+        )
         held_page = browser.current_url
         headers = browser.find_element(By.ID, "headers").text
         assert "Message-ID <invoice@example.org>" in headers
         assert "see you on Friday." in browser.find_element(By.CSS_SELECTOR, "pre.body").text
         shot(browser, "quarantined-message")
-        click(browser, browser.find_element(By.ID, "release"))
+        click(browser, lambda: browser.find_element(By.ID, "release"))
         assert browser.current_url.endswith("/quarantine?done=released")
         assert "Released" in browser.find_element(By.ID, "notice").text
         (got,) = sink.received  # arrived, once
@@ -185,7 +205,7 @@ def test_quarantine_view_release_once_and_delete(
         assert "no message" in browser.find_element(By.TAG_NAME, "body").text
         assert len(sink.received) == 1
         browser.get(api.base + "/quarantine")
-        click(browser, browser.find_element(By.CSS_SELECTOR, "#quarantine tr.held button.delete"))
+        click(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#quarantine tr.held button.delete"))
         assert browser.find_element(By.ID, "empty").text == "The quarantine is empty."
         assert held_ids(api) == [] and len(sink.received) == 1
 
@@ -260,13 +280,13 @@ def test_login_is_required_off_loopback(
         assert browser.current_url == api.base + "/login"
         shot(browser, "login")
         browser.find_element(By.ID, "password").send_keys("not the password")
-        click(browser, browser.find_element(By.ID, "login"))
+        click(browser, lambda: browser.find_element(By.ID, "login"))
         assert browser.find_element(By.ID, "login-failed").text == "Wrong user name or password."
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
-        click(browser, browser.find_element(By.ID, "login"))
+        click(browser, lambda: browser.find_element(By.ID, "login"))
         assert browser.current_url == api.base + "/" and browser.title.startswith("Overview")
         assert "admin" in browser.find_element(By.CSS_SELECTOR, ".who").text
-        click(browser, browser.find_element(By.CSS_SELECTOR, ".who button"))  # log out
+        click(browser, lambda: browser.find_element(By.CSS_SELECTOR, ".who button"))  # log out
         browser.get(api.base + "/quarantine")
         assert browser.current_url == api.base + "/login"
 
