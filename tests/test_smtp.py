@@ -529,7 +529,7 @@ def test_silent_next_hop_times_out_to_451(config_for: Any, serve: Any) -> None:
 
 
 def test_slow_next_hop_at_data_is_451(config_for: Any, serve: Any, sink_factory: Any) -> None:
-    with sink_factory(data_delay=2.0) as sink:
+    with sink_factory(data_delay=10.0) as sink:
         config = config_for(next_hop=NextHop("smtp", "127.0.0.1", sink.port), next_hop_timeout=0.5)
         with serve(config) as running, smtp(running.port) as client:
             with pytest.raises(smtplib.SMTPDataError) as e:
