@@ -437,7 +437,7 @@ class MilterProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "milter", "serve", *self.args],
                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent,
             )  # fmt: skip
 
     async def ready(self, since: int) -> None:
@@ -493,6 +493,14 @@ class MilterProcess:
                 os.killpg(self.proc.pid, 0)
                 await asyncio.sleep(0.05)
         return self.proc.returncode
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the campaign dies (PR_SET_PDEATHSIG), however it dies, so no
+    milter is left behind holding its port (its workers follow it the same way)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def tail(path: Path, lines: int = 40) -> str:
