@@ -14,11 +14,12 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from milter.files import write_atomically
 
 RESULTS = ("written", "refused", "not_enough_feedback")
 REASONS = ("not_enough_feedback", "labels_flipped", "one_user", "worse", "junks_more_ham", "broken_teacher")
@@ -89,14 +90,5 @@ def record(
             "model_id": model_id,
             "out": str(out) if out is not None else None,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(state, handle, sort_keys=True)
-                handle.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, (json.dumps(state, sort_keys=True) + "\n").encode())
     return state

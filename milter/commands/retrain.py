@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,21 +215,10 @@ def _read(store: Store, excluded: set[str]) -> tuple[list[Feedback], list[str]]:
 def install(data: bytes, out: Path, max_seconds_per_message: float) -> None:
     """Write `data` beside `out` under a temporary name (which the reload watcher ignores),
     check it as the daemon checks a model, and rename it into place."""
+    from milter.files import write_atomically
     from milter.model import load_model, validate_model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        validate_model(load_model(tmp), max_seconds_per_message)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(out, data, check=lambda tmp: validate_model(load_model(tmp), max_seconds_per_message))
 
 
 def _record(

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"milter train: {exc}", file=sys.stderr)
         return 2
-    from milter.training.export import write_atomically
+    from milter.files import write_atomically
 
     write_atomically(args.out, result.model_bytes)
     print(

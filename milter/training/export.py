@@ -14,10 +14,7 @@ the first version, which gathered twice per token and sorted |contribution| for 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -127,19 +124,3 @@ def build_graph(
     helper.set_model_props(model, dict(metadata))
     onnx.checker.check_model(model)
     return model
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
