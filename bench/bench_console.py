@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_pipeline import corpus_messages, cpu_seconds, crlf, free_port, load, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SINK = r"""
@@ -39,75 +38,6 @@ class H:
 c = Controller(H(), hostname="127.0.0.1", port=int(sys.argv[1]), data_size_limit=0); c.start()
 signal.sigwait({signal.SIGTERM, signal.SIGINT}); c.stop()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def crlf(message: bytes) -> bytes:
-    out = []
-    for line in message.replace(b"\r\n", b"\n").split(b"\n"):
-        while len(line) > 998:
-            out.append(line[:998])
-            line = b" " + line[998:]
-        out.append(line)
-    return b"\r\n".join(out)
-
-
-def corpus(dirs: list[str], n: int) -> list[bytes]:
-    files: list[Path] = []
-    for d in dirs:
-        for sub in ("ham", "spam"):
-            if (Path(d) / sub).is_dir():
-                files += sorted((Path(d) / sub).iterdir())
-    random.Random(7).shuffle(files)
-    return [crlf(f.read_bytes()) for f in files[:n]]
-
-
-async def load(port: int, msgs: list[bytes], conc: int, per_conn: int) -> tuple[float, list[float], int]:
-    import aiosmtplib
-
-    queue = list(range(len(msgs)))
-    latencies: list[float] = []
-    fails = 0
-
-    async def worker() -> None:
-        nonlocal fails
-        while queue:
-            batch = [queue.pop() for _ in range(min(per_conn, len(queue)))]
-            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60)
-            try:
-                await client.connect()
-                for i in batch:
-                    started = time.perf_counter()
-                    try:
-                        await client.sendmail("sender@example.org", ["user@example.com"], msgs[i])
-                        latencies.append(time.perf_counter() - started)
-                    except aiosmtplib.SMTPException:
-                        fails += 1
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                fails += len(batch)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conc)))
-    return time.perf_counter() - started, sorted(latencies), fails
 
 
 def measure(
@@ -154,12 +84,6 @@ def measure(
     return rate, cpu_ms
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     default_corpus = os.environ.get("MILTER_CORPUS", str(ROOT / ".cache" / "corpus"))
     parser = argparse.ArgumentParser(
@@ -171,7 +95,7 @@ def main() -> None:
     parser.add_argument("--per-conn", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    msgs = corpus(args.mail, args.n)
+    msgs = [crlf(m) for m in corpus_messages(args.mail, args.n)]
     if not msgs:
         raise SystemExit(f"no messages under {args.mail} (ham/ and spam/ folders expected)")
     sink_port = free_port()
