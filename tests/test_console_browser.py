@@ -28,7 +28,6 @@ from selenium.common.exceptions import (
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from test_console import PASSWORD, console_config, console_daemon, held_ids, send
 
@@ -105,8 +104,22 @@ def click(driver: WebDriver, find: Callable[[], Any]) -> None:
         except WebDriverException as e:
             if attempt == 2 or "does not belong to the document" not in str(e):
                 raise
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20).until(lambda _: _left_document(page))
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def _left_document(element: Any) -> bool:
+    """Whether `element` is gone from the page: selenium's staleness_of, but chromium may say so
+    with "does not belong to the document" rather than a stale-element error (seen in CI)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
+    return False
 
 
 def shot(driver: WebDriver, name: str) -> None:
