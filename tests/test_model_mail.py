@@ -121,11 +121,16 @@ def test_the_same_text_left_visible_is_read(model: Model) -> None:
     assert probability(model, raw) < probability(model, html_only(SPAM_HTML.format(hidden="")))
 
 
-def note(body: str, sender: str = "jan@example.org", subject: str = "", extra: str = "") -> bytes:
+def note(
+    body: str, sender: str = "jan@example.org", subject: str = "", extra: str = "", msgid_host: str = ""
+) -> bytes:
+    """A note as a mail program writes it: the Message-ID at the sender's domain (Thunderbird,
+    Apple Mail, mutt, Postfix's sendmail) unless `msgid_host` names the provider's host."""
+    host = msgid_host or sender.partition("@")[2].split()[0]
     head = f"From: {sender}\r\nTo: bob@example.net\r\n"
     if subject:
         head += f"Subject: {subject}\r\n"
-    head += "Date: Tue, 01 Dec 2026 10:00:00 +0100\r\nMessage-ID: <20261201090000.A1@example.org>\r\n"
+    head += f"Date: Tue, 01 Dec 2026 10:00:00 +0100\r\nMessage-ID: <20261201090000.A1@{host}>\r\n"
     head += extra + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
     head += "Content-Transfer-Encoding: 8bit\r\n\r\n"
     return (head + body.replace("\n", "\r\n") + "\r\n").encode()
@@ -135,10 +140,12 @@ SHORT_NOTES = {
     "english one line": note("See you at 7 tonight.", subject="tonight"),
     "english no subject": note("Can you call me when you're back?"),
     "english two lines": note("Hi Tom,\nthe keys are under the mat. Back on Sunday.", subject="keys"),
-    # Not here: German. "Hallo Bernd, schöne Grüße aus Hamburg, wir sehen uns am Samstag!" scores
-    # 0.92 and "Kannst du mich heute Abend anrufen?" 0.56 with spam-eb07b3dd: all German mail in
-    # the training corpora is spam, and a note whose words the model does not know scores its
-    # prior (0.63). docs/model.md, "Limits"; issue 11 stays open for it.
+    "german": note(
+        "Hallo Bernd,\nschöne Grüße aus Hamburg, wir sehen uns am Samstag!",
+        sender="anna@example.de",
+        subject="Samstag",
+    ),
+    "german no subject": note("Kannst du mich heute Abend anrufen?", sender="jan@example.de"),
     "french": note("Salut Marie,\non se voit demain à midi devant la gare ? Bisous", subject="demain"),
     "spanish": note("Hola Carlos,\n¿quedamos el viernes para cenar? Un abrazo.", subject="viernes"),
     "japanese": note("田中さん、\n明日の会議は十時からです。よろしくお願いします。", subject="明日の会議"),

@@ -68,8 +68,11 @@ def test_retrain_needs_no_corpus_and_fixes_the_sites_newsletters(site: Path, tmp
     assert "gate: passed" in done.stdout
     before = actions(SHIPPED_MODEL, site / "untaught")
     after = actions(out, site / "untaught")
-    assert before.count("spam_folder") >= 10  # the shipped model junks the site's newsletter
+    # The shipped model junks or flags the site's newsletter; the site's model delivers it.
+    misfiled = [action for action in before if action != "deliver"]
+    assert len(misfiled) >= 10, before
     assert after.count("spam_folder") == 0, after
+    assert after.count("deliver") >= len(after) - len(misfiled) // 4, (before, after)
     # The site's spam it was never taught is still junked.
     spam = tmp_path / "spam"
     spam.mkdir()

@@ -25,7 +25,16 @@ from milter.training.corpus import (
     time_split,
 )
 from milter.training.synthetic import make_message, write_corpus
-from milter.training.train import DATE_WORDS, LANGUAGE_WORDS, Tokens, TrainConfig, train, vocabulary_of
+from milter.training.train import (
+    DATE_WORDS,
+    FUNCTION_WORDS,
+    LANGUAGE_WORDS,
+    REGISTER_WORDS,
+    Tokens,
+    TrainConfig,
+    train,
+    vocabulary_of,
+)
 
 
 def test_reads_a_directory_of_files_in_a_stable_order(tmp_path: Path) -> None:
@@ -163,8 +172,12 @@ def test_the_tokenizer_leaves_out_excluded_words_and_families() -> None:
     text = "april mailer:outlook may meeting on friday mailerdaemon subj:april 12"
     assert tokens(text) == ["may", "meeting", "on", "mailerdaemon", "subj:april", "12"]
     assert Tokens()(text) == text.split()
-    assert set(TrainConfig().exclude_words) == set(DATE_WORDS + LANGUAGE_WORDS)
+    assert set(TrainConfig().exclude_words) == set(DATE_WORDS + LANGUAGE_WORDS + REGISTER_WORDS)
     assert not {"the", "on", "me", "am", "per"} & set(LANGUAGE_WORDS)  # English words stay
+    # English function words and "!" go from the body and the subject; content words stay.
+    assert {"you", "we", "your", "!", "the"} <= set(FUNCTION_WORDS) and len(FUNCTION_WORDS) == 319
+    assert {"subj:you", "subj:!", "you", "!"} <= set(REGISTER_WORDS)
+    assert not {"free", "click", "money", "subj:free", "thanks", "lunch"} & set(REGISTER_WORDS)
     assert {"april", "friday", "dec"} <= set(DATE_WORDS) and "may" not in DATE_WORDS
 
 
@@ -203,7 +216,7 @@ def test_train_command_options_for_refit_and_exclusions(
     params = json.loads(load_model(out).metadata["milter.params"])
     assert params["refit"] is True and params["C"] == 100.0
     assert params["exclude_prefixes"] == ["mailer:"] and set(params["exclude_words"]) == set(
-        DATE_WORDS + LANGUAGE_WORDS
+        DATE_WORDS + LANGUAGE_WORDS + REGISTER_WORDS
     )
     assert params["augment"] == ["outlook", "gmail", "service", "short"]
     figures = json.loads(capsys.readouterr().out)["figures"]

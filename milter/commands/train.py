@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="WORD",
         help="leave these tokens out of the vocabulary; none with no WORD (default: month and "
         "weekday names, which say when a collection was gathered, and the commonest words of six "
-        "European languages, which say which language a message is in: not what is spam)",
+        "European languages, which say which language a message is in, and English function "
+        "words and '!', in the body and the subject, which say the register: not what is spam)",
     )
     parser.add_argument(
         "--augment",
@@ -134,7 +135,7 @@ def _recorded_arguments(argv: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from milter.training.train import DATE_WORDS, LANGUAGE_WORDS, TrainConfig, train
+    from milter.training.train import TrainConfig, train
 
     config = TrainConfig(
         max_features=args.max_features,
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_ham_weight=args.calibration_ham_weight,
         refit=args.refit,
         exclude_prefixes=tuple(args.exclude_prefix),
-        exclude_words=DATE_WORDS + LANGUAGE_WORDS if args.exclude_word is None else tuple(args.exclude_word),
+        exclude_words=TrainConfig.exclude_words if args.exclude_word is None else tuple(args.exclude_word),
         augment=tuple(args.augment),
         calibrate_on=tuple(args.calibrate_on),
         seed=args.seed,
