@@ -12,6 +12,11 @@ message->text of every message and of its rewrapped copies is cached under .cach
 by the code that makes it, so that trying training settings does not redo it.
 
     bench/bench_sources.py [--corpus DIR] [--jobs N] [--compare yardstick bogofilter] [--out FILE]
+        [--hard-ham] [--calibration-ham-weights W ...]
+
+--hard-ham leaves SpamAssassin's hard_ham folder (commercial mail people wanted: the corpora's
+nearest to newsletters) out as one more source. --calibration-ham-weights reads the model
+calibrated with each of those weights from the same fits, one more table each.
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ sys.path.insert(0, str(ROOT))
 from milter.training import metrics  # noqa: E402
 from milter.training.corpus import HAM, SPAM, LabelledMessage, load_labelled  # noqa: E402
 from milter.training.evaluate import yardstick_text  # noqa: E402
-from milter.training.holdout import HeldOut, leave_one_source_out  # noqa: E402
+from milter.training.holdout import HeldOut, leave_one_source_out, weight_key  # noqa: E402
 from milter.training.train import Rewrapped, TrainConfig, fit_calibrated, texts_of  # noqa: E402
 
 # The code whose output the text cache holds.
 TEXT_CODE = ("milter/text.py", "milter/visible.py", "milter/signals.py", "milter/training/reencode.py")
 SHORT_BODY = 200  # characters: what "short personal mail" means in the figures
+HARD_HAM = "spamassassin/hard_ham"  # the source --hard-ham leaves out
+
+
+def source_of(message: LabelledMessage) -> str:
+    """The message's group, but SpamAssassin's hard_ham folder is a source of its own."""
+    return HARD_HAM if Path(message.source).name.startswith("hard_ham") else message.group
 
 
 def corpus_paths(corpus: Path) -> tuple[list[Path], list[Path]]:
@@ -132,6 +143,10 @@ def main() -> int:
     parser.add_argument("--calibration-ham-weight", type=float, default=TrainConfig.calibration_ham_weight)
     parser.add_argument("--C", type=float, default=TrainConfig.C, dest="C")
     parser.add_argument("--exclude-prefix", nargs="*", default=list(TrainConfig.exclude_prefixes))
+    parser.add_argument("--hard-ham", action="store_true", help="leave out SpamAssassin's hard_ham too")
+    parser.add_argument(
+        "--calibration-ham-weights", nargs="*", type=float, default=[], help="more tables, one per weight"
+    )
     args = parser.parse_args()
     config = TrainConfig(
         jobs=args.jobs,
@@ -149,6 +164,8 @@ def main() -> int:
     modern = sorted({m.group for m in messages if "/modern/" in m.group})
     if args.sources:
         modern = [g for g in modern if Path(g).name in args.sources]
+    if args.hard_ham:
+        modern.append(HARD_HAM)
     held = leave_one_source_out(
         messages,
         texts,
@@ -158,10 +175,13 @@ def main() -> int:
         args.compare,
         args.jobs,
         lambda line: print("#", line, flush=True),
+        source_of=source_of if args.hard_ham else lambda m: m.group,
+        calibration_ham_weights=args.calibration_ham_weights,
     )
     out: dict[str, object] = {"leave_one_source_out": {}, "time_split": {}}
     print("\n## Leave one source out\n")
-    for system in ["milter", *args.compare]:
+    weighted = [weight_key(w) for w in args.calibration_ham_weights]
+    for system in ["milter", *weighted, *args.compare]:
         print(f"\n### {system}\n\n{HEADER}")
         for h in held:
             if system in h.probabilities:
@@ -199,10 +219,12 @@ def main() -> int:
 def _pooled(messages: Sequence[LabelledMessage], held: Sequence[HeldOut]) -> str:
     by_group: dict[str, list[int]] = {}
     for i, m in enumerate(messages):
-        by_group.setdefault(m.group, []).append(i)
+        by_group.setdefault(source_of(m), []).append(i)
     ix: list[int] = []
     ps: list[np.ndarray] = []
     for h in held:
+        if h.source == HARD_HAM:  # the modern corpus's short ham, as before --hard-ham
+            continue
         ix.extend(by_group[h.source])
         ps.append(h.probabilities["milter"])
     return short_ham(messages, ix, np.concatenate(ps)) if ps else "-"

@@ -173,6 +173,7 @@ def test_the_tokenizer_leaves_out_excluded_words_and_families() -> None:
     assert tokens(text) == ["may", "meeting", "on", "mailerdaemon", "subj:april", "12"]
     assert Tokens()(text) == text.split()
     assert set(TrainConfig().exclude_words) == set(DATE_WORDS + LANGUAGE_WORDS + REGISTER_WORDS)
+    assert len(TrainConfig().exclude_words) == len(set(TrainConfig().exclude_words))
     assert not {"the", "on", "me", "am", "per"} & set(LANGUAGE_WORDS)  # English words stay
     # English function words and "!" go from the body and the subject; content words stay.
     assert {"you", "we", "your", "!", "the"} <= set(FUNCTION_WORDS) and len(FUNCTION_WORDS) == 319
@@ -414,6 +415,42 @@ def test_leave_one_source_out_never_trains_on_the_source_it_scores(tmp_path: Pat
             [texts[i] for i, m in enumerate(messages) if m.group == h.source]
         )
         assert np.allclose(h.probabilities["milter"], expected)
+
+
+def test_leave_one_source_out_reads_other_calibration_weights_and_sources_from_the_same_fits(
+    tmp_path: Path,
+) -> None:
+    from milter.training.holdout import leave_one_source_out, weight_key
+    from milter.training.train import fit_calibrated, platt
+
+    ham, spam = sourced_corpus(tmp_path, {"list-a": (60, 40), "list-b": (60, 40), "dead-list": (0, 60)})
+    messages = list(load_labelled([ham], [spam]))
+    texts = [message_text(m.raw) for m in messages]
+    config = TrainConfig(augment=(), min_df=1)
+
+    # A source drawn across groups: the first 20 ham of list-a, as --hard-ham draws hard_ham.
+    first = {m.source for m in messages if m.group.endswith("/list-a") and m.label == HAM}
+    first = set(sorted(first)[:20])
+
+    def source_of(m: LabelledMessage) -> str:
+        return "picked" if m.source in first else m.group
+
+    [held] = leave_one_source_out(
+        messages, texts, {}, config, ["picked"], source_of=source_of, calibration_ham_weights=(1.0, 3.0)
+    )
+    assert held.labels.tolist() == [HAM] * 20
+    assert weight_key(3.0) == "milter@3"
+    assert set(held.probabilities) == {"milter", "milter@1", "milter@3"}
+    others = [i for i, m in enumerate(messages) if m.source not in first]
+    fitted = fit_calibrated([messages[i] for i in others], [texts[i] for i in others], config)
+    mine = [texts[i] for i, m in enumerate(messages) if m.source in first]
+    assert np.allclose(held.probabilities["milter"], fitted.fitted.probabilities(mine))
+    # The weight the config names gives the model itself; another weight, the other Platt fit.
+    assert fitted.recalibrated(config.calibration_ham_weight).platt == fitted.fitted.platt
+    assert fitted.recalibrated(3.0).platt == platt(fitted.cal_decision, fitted.cal_labels, 3.0)
+    assert np.allclose(held.probabilities["milter@3"], fitted.recalibrated(3.0).probabilities(mine))
+    # More ham weight in the calibration: every ham scores lower.
+    assert held.probabilities["milter@3"].mean() < held.probabilities["milter@1"].mean()
 
 
 def test_calibration_on_one_collection_uses_only_its_mail(tmp_path: Path) -> None:

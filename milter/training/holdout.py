@@ -5,6 +5,11 @@ are on both sides. Here, for each source (a group of milter.training.corpus: one
 one folder), a model is trained exactly as `milter train` trains (fit_calibrated) on all the
 *other* mail, and that source's mail is scored with it. The comparison systems (the word TF-IDF
 yardstick, bogofilter) are trained on the same mail the model's weights were fitted on.
+
+A source is a message group by default; `source_of` can draw other lines (the SpamAssassin
+corpus's hard_ham folder, its commercial mail, is a source of its own in bench/bench_sources.py).
+Other calibration ham weights can be read from the same fits (`calibration_ham_weights`): the
+weights do not depend on it, only the Platt fit does.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ class HeldOut:
 
     source: str
     labels: np.ndarray
-    probabilities: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray]  # "milter", "milter@<weight>", the comparisons
+
+
+def weight_key(ham_weight: float) -> str:
+    """The probabilities' key for the model calibrated with another calibration ham weight."""
+    return f"milter@{ham_weight:g}"
+
+
+def group_source(message: LabelledMessage) -> str:
+    return message.group
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,8 @@ class _Job:
     rewrapped: Mapping[str, Sequence[str]]
     config: TrainConfig
     compare: tuple[str, ...]
+    source_of: Callable[[LabelledMessage], str]
+    calibration_ham_weights: tuple[float, ...]
 
 
 _job: _Job | None = None  # what forked workers read (inherited, not pickled)
@@ -44,8 +60,8 @@ _job: _Job | None = None  # what forked workers read (inherited, not pickled)
 def _hold_out(source: str) -> HeldOut:
     assert _job is not None
     job = _job
-    keep = [i for i, m in enumerate(job.messages) if m.group != source]
-    held = [i for i, m in enumerate(job.messages) if m.group == source]
+    keep = [i for i, m in enumerate(job.messages) if job.source_of(m) != source]
+    held = [i for i, m in enumerate(job.messages) if job.source_of(m) == source]
     fitted = fit_calibrated(
         [job.messages[i] for i in keep],
         [job.texts[i] for i in keep],
@@ -53,7 +69,10 @@ def _hold_out(source: str) -> HeldOut:
         rewrapped={style: [texts[i] for i in keep] for style, texts in job.rewrapped.items()},
     )
     labels = np.array([job.messages[i].label for i in held], dtype=np.int64)
-    scores = {"milter": fitted.fitted.probabilities([job.texts[i] for i in held])}
+    held_texts = [job.texts[i] for i in held]
+    scores = {"milter": fitted.fitted.probabilities(held_texts)}
+    for weight in job.calibration_ham_weights:
+        scores[weight_key(weight)] = fitted.recalibrated(weight).probabilities(held_texts)
     # The comparison systems learn from the mail the model's final weights were fitted on.
     train_raws = [job.messages[keep[j]].raw for j in fitted.fit_ix]
     train_labels = np.array([job.messages[keep[j]].label for j in fitted.fit_ix], dtype=np.int64)
@@ -77,13 +96,16 @@ def leave_one_source_out(
     compare: Sequence[str] = (),
     jobs: int = 1,
     log: Callable[[str], None] = lambda _: None,
+    source_of: Callable[[LabelledMessage], str] = group_source,
+    calibration_ham_weights: Sequence[float] = (),
 ) -> list[HeldOut]:
-    """For each of `sources` (message groups), the scores of its mail by systems trained without it."""
+    """For each of `sources` (values of `source_of`: message groups by default), the scores of its
+    mail by systems trained without it."""
     global _job
     unknown = set(compare) - {"yardstick", "bogofilter", "bogofilter-noheaders"}
     if unknown:
         raise ValueError(f"unknown comparison(s) {sorted(unknown)}")
-    _job = _Job(messages, texts, rewrapped, config, tuple(compare))
+    _job = _Job(messages, texts, rewrapped, config, tuple(compare), source_of, tuple(calibration_ham_weights))
     try:
         results: list[HeldOut] = []
         if jobs > 1:

@@ -97,7 +97,8 @@ class TrainConfig:
     # by spammers; today it is a business mail client): left out, a model trained on TREC scored
     # SpamAssassin's mail better ((1-AUC) 1.64 % vs 1.73 %) and the other way round no worse.
     exclude_prefixes: tuple[str, ...] = ("mailer:",)
-    exclude_words: tuple[str, ...] = DATE_WORDS + LANGUAGE_WORDS + REGISTER_WORDS
+    # Once each: a model records them (the language words and the function words share "de", "un").
+    exclude_words: tuple[str, ...] = tuple(dict.fromkeys(DATE_WORDS + LANGUAGE_WORDS + REGISTER_WORDS))
     # Every fitting message is also fitted rewrapped as today's mail programs send it (see
     # milter.training.reencode): the corpora's wrapping (plain ASCII ham, HTML and base64 spam)
     # is of its era; fitted on the originals alone, 120 of 1,091 calibration-slice ham
@@ -356,6 +357,15 @@ class Fit:
     cal_ix: list[int]
     val_ix: list[int]
     fit_ix: list[int]  # what the final weights were fitted on
+    # The calibration fit's input: the first fit's decisions on the calibration mail and its
+    # labels, so that other calibration weights can be tried without fitting again.
+    cal_decision: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cal_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def recalibrated(self, ham_weight: float) -> FittedModel:
+        """The same weights calibrated with another calibration ham weight."""
+        platt_ab = platt(self.cal_decision, self.cal_labels, ham_weight)
+        return FittedModel(self.fitted.vectorizer, self.fitted.classifier, platt_ab)
 
 
 def fit_calibrated(
@@ -390,16 +400,15 @@ def fit_calibrated(
     platt_ix = [i for i in cal_ix if in_collections(messages[i].group, config.calibrate_on)]
     if len(set(labels[platt_ix].tolist())) < 2:
         raise ValueError(f"the calibration slice of {', '.join(config.calibrate_on)} needs both ham and spam")
-    fitted.platt = platt(
-        fitted.decision([texts[i] for i in platt_ix]), labels[platt_ix], config.calibration_ham_weight
-    )
+    cal_decision = fitted.decision([texts[i] for i in platt_ix])
+    fitted.platt = platt(cal_decision, labels[platt_ix], config.calibration_ham_weight)
     fit_ix = train_ix
     if config.refit:
         fit_ix = train_ix + cal_ix
         log(f"fitting again on training + calibration mail: {len(fit_ix)}")
         vectorizer, classifier = fit(*fitting(fit_ix))
         fitted = FittedModel(vectorizer, classifier, fitted.platt)
-    return Fit(fitted, train_ix, cal_ix, val_ix, fit_ix)
+    return Fit(fitted, train_ix, cal_ix, val_ix, fit_ix, cal_decision, labels[platt_ix])
 
 
 def train_on(
