@@ -28,6 +28,7 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,8 @@ def main() -> int:
         C=args.C,
         exclude_prefixes=tuple(args.exclude_prefix),
     )
-    print(f"# {config}")
+    shown = {k: v for k, v in asdict(config).items() if k != "exclude_words"}
+    print(f"# {shown}, exclude_words: {len(config.exclude_words)} words")
     started = time.time()
     messages = list(load_labelled(*corpus_paths(args.corpus)))
     print(f"# {len(messages)} messages, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)

@@ -73,6 +73,8 @@ OK_DISCARDED = "250 2.0.0 Ok: discarded by rule {rule}"
 OK_QUARANTINED = "250 2.0.0 Ok: quarantined by rule {rule}"
 NEXT_HOP_DOWN = "451 4.4.1 Next hop unavailable, try again later"
 NEXT_HOP_FAILED = "451 4.4.2 Next hop failed while taking the message, try again later"
+# The quarantine (a local Maildir) refused the message: a local fault, not the next hop's.
+QUARANTINE_FAILED = "451 4.3.0 Quarantine could not keep the message, try again later"
 PARTIAL_DELIVERY = "451 4.3.0 Next hop took the message for some recipients only; try again later"
 TOO_BIG = "552 5.3.4 Message too big for system (limit {limit} bytes)"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
@@ -145,6 +147,10 @@ def reply_text(code: int, text: str) -> str:
 
 def relayed(reply: HopReply) -> str:
     return reply_text(reply.code, reply.text)
+
+
+class QuarantineFailed(Exception):
+    """The quarantine could not keep a message (its Maildir refused it)."""
 
 
 class FilterSession(Session):
@@ -252,6 +258,9 @@ class Filter:
             reply, hop_reply, held = await self._route(transaction, message, verdict, session)
             if self.metrics is not None:
                 self.metrics.message_relayed(time.perf_counter() - relay_started)
+        except QuarantineFailed as e:
+            log.warning("quarantine failed: %s", e)
+            reply, hop_reply = QUARANTINE_FAILED, None
         except RelayError as e:
             log.warning("next hop failed: %s", e)
             reply, hop_reply = NEXT_HOP_FAILED, str(e)
@@ -293,7 +302,10 @@ class Filter:
                 session.xforward,
                 verdict,
             )
-            held = await self.quarantine.store(marked, envelope)
+            try:
+                held = await self.quarantine.store(marked, envelope)
+            except RelayError as e:
+                raise QuarantineFailed(str(e)) from e
             return OK_QUARANTINED.format(rule=rule), f"quarantined as {held}", held
         sent = await transaction.send(marked, action)
         return data_reply(sent), "; ".join(str(r) for r in sent.replies), None

@@ -198,7 +198,11 @@ def test_quarantine_store_failing_is_451_and_nothing_relayed(
         with serve(config) as running, smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
             with pytest.raises(smtplib.SMTPDataError) as e, caplog.at_level(logging.WARNING):
                 client.sendmail("alice@example.org", ["bob@example.net"], message(1))
-            assert e.value.smtp_code == 451
+            # Its own text: the fault is the quarantine's, not the next hop's.
+            assert (
+                e.value.smtp_code == 451
+                and e.value.smtp_error == b"4.3.0 Quarantine could not keep the message, try again later"
+            )
             wait_for(lambda: hop.verbs()[-1:] == [b"RSET"], "the next hop's transaction to end")
     assert hop.stored == [] and b"DATA" not in hop.verbs()
     assert f"cannot write to Maildir {blocker / 'quarantine'}" in caplog.text
