@@ -28,9 +28,9 @@ from typing import Final
 
 from milter import signals
 from milter.signals import registrable
-from milter.visible import MAX_HTML_CHARS, visible_text
+from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "3"
+TEXT_VERSION: Final[str] = "4"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -48,6 +48,10 @@ _WORD: Final = re.compile(r"[^\W_]+|[$€£!]")
 # The same words for Latin-1 text: characters that cannot be part of a word become spaces
 # ([^\W_] is what str.isalnum accepts; "!", "$" and "£" are spaced apart as words of their own).
 _LATIN1_WORD_BYTES: Final = bytes(c if chr(c).isalnum() or chr(c) in "!$£" else 32 for c in range(256))
+# Characters no reader sees (zero-width spaces and joiners, soft hyphen, BOM, ...): they go before
+# words are split, or "Pay<U+200B>Pal" would be two words a filter does not know and a reader reads
+# as one (milter.signals.invisible_tokens says they were there).
+_INVISIBLE: Final = re.compile(f"[{re.escape(INVISIBLE_CHARS)}]+")
 # A character beyond Latin-1 that can be (part of) a word.
 _WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
@@ -213,10 +217,15 @@ def _split_words(text: str) -> list[str]:
     return spaced.translate(_LATIN1_WORD_BYTES).decode("latin-1").split()
 
 
+def _seen(text: str) -> str:
+    """`text` without the characters no reader sees (_INVISIBLE)."""
+    return text if text.isascii() else _INVISIBLE.sub("", text)
+
+
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     """Append about `limit` normalised word tokens of `text` (lowercased) to `out`."""
     # Words average under 8 characters; scanning a bounded prefix keeps the cost bounded.
-    words = _split_words(text[: limit * 16].lower())[:limit]
+    words = _split_words(_seen(text[: limit * 16]).lower())[:limit]
     # Numbers of 4+ digits, long words and scripts without spaces become other tokens, at the end.
     # One pass finds them; the others are then told apart by set lookups, not by the test again.
     odd = [w for w in words if len(w) > 3 and (len(w) > MAX_TOKEN_CHARS or w.isdigit())]
@@ -476,7 +485,8 @@ def _extract(raw: bytes) -> str:
     parts = _walk(raw[:MAX_RAW_BYTES])
     message = next(parts)
 
-    subject = message.header("subject") or ""
+    raw_subject = message.header("subject") or ""
+    subject = _seen(raw_subject)
     list_id = message.header("list-id")
     if list_id is not None:
         subject = _without_list_tag(subject, list_id)
@@ -495,7 +505,7 @@ def _extract(raw: bytes) -> str:
         head.append("from:list")
         from_domain = ""
     else:
-        name, address = sender
+        name, address = _seen(sender[0]), sender[1]
         from_domain = _address_tokens("from", name, address, head)
         head.extend(signals.sender_tokens(name, address, subject))
     if reply_to is not None:
@@ -562,6 +572,7 @@ def _extract(raw: bytes) -> str:
     _url_tokens(text_hosts, urls, seen)
     head.extend(signals.link_tokens([*anchors, *((host, "") for host in text_hosts)], from_domain))
     head.extend(signals.body_tokens(body_text))
+    head.extend(signals.invisible_tokens(raw_subject, body_text))
     if len(seen) > 50:
         urls.append("url:many")
     if seen and from_domain:

@@ -109,9 +109,9 @@ _CSS_SPACE: Final = " \t\n\r\f"
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Characters a reader does not see: zero-width spaces and joiners, direction marks, soft hyphen,
 # the combining grapheme joiner (&#847;) that preheader spacers repeat, the BOM.
-_UNSEEN: Final = dict.fromkeys(
-    [0xAD, 0x34F, 0x61C, 0x180E, *range(0x200B, 0x2010), *range(0x2060, 0x2065), 0xFEFF]
-)
+_UNSEEN_POINTS: Final = (0xAD, 0x34F, 0x61C, 0x180E, *range(0x200B, 0x2010), *range(0x2060, 0x2065), 0xFEFF)
+_UNSEEN: Final = dict.fromkeys(_UNSEEN_POINTS)
+INVISIBLE_CHARS: Final = "".join(map(chr, _UNSEEN_POINTS))  # the same, as a string (milter.text)
 
 # Interpreted properties: a value of 1 is the hiding one (display:none, opacity:0, ...), 0 any
 # other; colours are 0xRRGGBBAA.

@@ -10,6 +10,7 @@ Two promises of the model, checked on the real model/spam.onnx:
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 
 import pytest
@@ -110,6 +111,41 @@ def test_hidden_ham_text_does_not_rescue_spam(
     tokens = message_text(poisoned_raw).split()
     assert any(token.startswith("hidden:") for token in tokens), tokens
     assert "lunch" not in tokens and "birthday" not in tokens
+
+
+# Characters no reader sees, put between the letters of every word of the subject and the text:
+# the reader reads the same words, a filter that splits words on them reads fragments it does not
+# know (with the model before message->text version 4, 45 % of junked modern spam left Junk so).
+INVISIBLE = {"zero-width-space": "\u200b", "soft-hyphen": "\u00ad", "word-joiner": "\u2060", "bom": "\ufeff"}
+
+
+def split_words(text: str, char: str) -> str:
+    """Every word of `text` (outside HTML tags and entities) with `char` between its letters."""
+    return re.sub(r"(?<=[A-Za-z])(?=[A-Za-z])(?![^<]*>)(?![^&;]*;)", char, text)
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("char", sorted(INVISIBLE))
+def test_invisible_characters_inside_words_do_not_rescue_spam(model: Model, char: str, wrapping: str) -> None:
+    wrap = WRAPPINGS[wrapping]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    obfuscated = split_words(SPAM_HTML.format(hidden=""), INVISIBLE[char])
+    subject = b"Subject: URGENT: your account is suspended, verify now"
+    raw = wrap(obfuscated).replace(
+        subject,
+        b"Subject: =?utf-8?b?"
+        + base64.b64encode(split_words(subject[9:].decode(), INVISIBLE[char]).encode())
+        + b"?=",
+    )
+    shown = re.sub(r"<[^>]*>", " ", obfuscated).lower()
+    assert "verify" not in shown and "account" not in shown  # every word the reader sees is split
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    # The same words as the clean message, and a token that says a word was split.
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens == {
+        "sig:invisible-in-word"
+    }
 
 
 def test_the_same_text_left_visible_is_read(model: Model) -> None:

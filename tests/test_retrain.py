@@ -22,7 +22,7 @@ from milter.model import load_model
 from milter.paths import SHIPPED_MODEL
 from milter.retrain import META_BASE, META_FEEDBACK, META_GATE, Fitted, model_bytes, read_linear
 from milter.rules import Ruleset
-from milter.text import message_text
+from milter.text import TEXT_VERSION, message_text
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_the_shipped_weights_read_back_give_the_shipped_model() -> None:
     unchanged = Fitted(list(base.terms), base.idf, base.coef, base.intercept, 0, 0, 0)
     from milter.model import model_from_bytes
 
-    rebuilt = model_from_bytes(model_bytes(unchanged, base, {"milter.text_version": "3"}), "rebuilt")
+    rebuilt = model_from_bytes(model_bytes(unchanged, base, {"milter.text_version": TEXT_VERSION}), "rebuilt")
     texts = [
         message_text(f.read_bytes()) for f in corpus_files("spam", "osst-users.lists.sourceforge.net", 50)
     ]

@@ -712,3 +712,22 @@ def test_the_plain_alternative_of_html_is_not_read_as_words() -> None:
     # Without an HTML alternative the plain part is what the reader sees.
     raw = alternative(letter, "").replace(b"text/html", b"text/plain")
     assert "ordinary3" in tokens(raw)
+
+
+def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal() -> None:
+    def text(subject: str, body: str) -> list[str]:
+        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        return tokens(f"{head}\r\n\r\n{body}\r\n".encode())
+
+    plain = text("your account", "Your PayPal account is locked.")
+    assert "paypal" in plain and "sig:invisible-in-word" not in plain
+    for char in ("\u200b", "\u00ad", "\u2060", "\ufeff", "\u034f"):
+        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}{char}ount is loc{char}ked.")
+        assert set(split) == {*plain, "sig:invisible-in-word"}, char
+    # Where they belong: Persian's zero-width non-joiner, an emoji's joiner, a preheader spacer
+    # between words (\u200c and \u034f between spaces): the words are the same, no signal.
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "I want": mi + ZWNJ + khaham
+    for body in (persian, "family 👨\u200d👩\u200d👧 photo", "Hello \u200c\u034f \u200c\u034f there"):
+        found = text("hello", body)
+        assert "sig:invisible-in-word" not in found, body
+    assert persian.replace("\u200c", "") in text("hello", persian)
