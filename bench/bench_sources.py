@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from milter.training import metrics  # noqa: E402
 from milter.training.corpus import HAM, SPAM, LabelledMessage, load_labelled  # noqa: E402
 from milter.training.evaluate import yardstick_text  # noqa: E402
-from milter.training.holdout import HeldOut, leave_one_source_out, weight_key  # noqa: E402
+from milter.training.holdout import HeldOut, group_source, leave_one_source_out, weight_key  # noqa: E402
 from milter.training.train import Rewrapped, TrainConfig, fit_calibrated, texts_of  # noqa: E402
 
 # The code whose output the text cache holds.
@@ -177,7 +177,7 @@ def main() -> int:
         args.compare,
         args.jobs,
         lambda line: print("#", line, flush=True),
-        source_of=source_of if args.hard_ham else lambda m: m.group,
+        source_of=source_of if args.hard_ham else group_source,
         calibration_ham_weights=args.calibration_ham_weights,
     )
     out: dict[str, object] = {"leave_one_source_out": {}, "time_split": {}}

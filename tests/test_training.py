@@ -25,16 +25,8 @@ from milter.training.corpus import (
     time_split,
 )
 from milter.training.synthetic import make_message, write_corpus
-from milter.training.train import (
-    DATE_WORDS,
-    FUNCTION_WORDS,
-    LANGUAGE_WORDS,
-    REGISTER_WORDS,
-    Tokens,
-    TrainConfig,
-    train,
-    vocabulary_of,
-)
+from milter.training.train import Tokens, TrainConfig, train, vocabulary_of
+from milter.words import DATE_WORDS, FUNCTION_WORDS, LANGUAGE_WORDS, REGISTER_WORDS
 
 
 def test_reads_a_directory_of_files_in_a_stable_order(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from milter.text import TEXT_VERSION, message_text
 from milter.training import metrics
 from milter.training.corpus import HAM, SPAM, LabelledMessage, load_labelled, received_time, time_split
 from milter.training.reencode import STYLES, reencode
-from milter.words import DATE_WORDS, FUNCTION_WORDS, LANGUAGE_WORDS, REGISTER_WORDS  # noqa: F401 (for callers)
+from milter.words import DATE_WORDS, LANGUAGE_WORDS, REGISTER_WORDS
 
 DEFAULT_THRESHOLDS: tuple[tuple[str, float], ...] = (("spam", 0.9), ("suspicious", 0.5))  # rules/default.yaml
 
