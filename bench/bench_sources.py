@@ -143,6 +143,7 @@ def main() -> int:
     parser.add_argument("--calibrate-on", nargs="*", default=[], help="as milter train --calibrate-on")
     parser.add_argument("--calibration-ham-weight", type=float, default=TrainConfig.calibration_ham_weight)
     parser.add_argument("--C", type=float, default=TrainConfig.C, dest="C")
+    parser.add_argument("--source-balance", type=float, default=TrainConfig.source_balance)
     parser.add_argument("--exclude-prefix", nargs="*", default=list(TrainConfig.exclude_prefixes))
     parser.add_argument("--hard-ham", action="store_true", help="leave out SpamAssassin's hard_ham too")
     parser.add_argument(
@@ -154,6 +155,7 @@ def main() -> int:
         calibrate_on=tuple(args.calibrate_on),
         calibration_ham_weight=args.calibration_ham_weight,
         C=args.C,
+        source_balance=args.source_balance,
         exclude_prefixes=tuple(args.exclude_prefix),
     )
     shown = {k: v for k, v in asdict(config).items() if k != "exclude_words"}

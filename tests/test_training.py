@@ -458,3 +458,50 @@ def test_calibration_on_one_collection_uses_only_its_mail(tmp_path: Path) -> Non
     assert everywhere.fitted.platt != on_new.fitted.platt
     with pytest.raises(ValueError, match="calibration slice of nowhere"):
         fit_calibrated(messages, texts, TrainConfig(augment=(), calibrate_on=("nowhere",)))
+
+
+def test_source_weights_weigh_each_source_of_each_kind_alike_above_a_floor() -> None:
+    from milter.training.train import SOURCE_FLOOR, source_weights
+
+    keys = [("big", HAM)] * 400 + [("list", SPAM)] * 200 + [("tiny", SPAM)] * 2
+    assert source_weights(keys, 0.0) is None
+    weights = source_weights(keys, 1.0)
+    assert weights is not None and weights.mean() == pytest.approx(1.0)
+    big, small, tiny = weights[0], weights[400], weights[-1]
+    # Each message of a source weighs 1 / its size: the sources weigh alike in all...
+    assert 400 * big == pytest.approx(200 * small)
+    # ...but a source of two weighs as if it had SOURCE_FLOOR messages, not as a whole list.
+    assert tiny == pytest.approx(small * 200 / SOURCE_FLOOR)
+    half = source_weights(keys, 0.5)
+    assert half is not None and half[0] / half[400] == pytest.approx((200 / 400) ** 0.5)
+
+
+def test_a_balanced_fit_lets_a_small_source_teach_its_own_words(tmp_path: Path) -> None:
+    from milter.training.train import fit_calibrated
+
+    ham, spam = sourced_corpus(tmp_path, {"big": (300, 300), "small": (0, 100)})
+    for path in spam.glob("small.*.eml"):
+        path.write_bytes(b"Reply-To: <offers@smallsource.example>\n" + path.read_bytes())
+    messages = list(load_labelled([ham], [spam]))
+    texts = [message_text(m.raw) for m in messages]
+    marker = "replytodom:smallsource.example"
+
+    def weight_of(balance: float) -> float:
+        fitted = fit_calibrated(
+            messages, texts, TrainConfig(augment=(), min_df=1, source_balance=balance)
+        ).fitted
+        column = fitted.vectorizer.vocabulary_[marker]  # type: ignore[attr-defined]
+        return float(fitted.classifier.coef_[0][column])  # type: ignore[attr-defined]
+
+    # The small source's 100 spam weigh as much as the big source's 300 once balanced.
+    assert weight_of(1.0) > weight_of(0.0) > 0
+
+
+def test_train_command_records_the_source_balance(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path / "corpus", ham=40, spam=40)
+    out = tmp_path / "m.onnx"
+    argv = ["train", "--ham", str(ham), "--spam", str(spam), "--out", str(out), "--quiet", "--min-df", "1"]
+    assert main([*argv, "--source-balance", "0.5"]) == 0
+    params = json.loads(load_model(out).metadata["milter.params"])
+    assert params["source_balance"] == 0.5
+    assert "sources weighed alike (^-0.5)" in load_model(out).metadata["milter.model_kind"]

@@ -66,6 +66,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="weight of ham when calibrating: >1 makes probabilities err towards ham (default: %(default)s)",
     )
     parser.add_argument(
+        "--source-balance",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="weigh the sources alike: a message of a source (a --ham/--spam path's collection, or "
+        "a modern corpus file's <source>) with n messages of its kind weighs max(n, 100)^-ALPHA, "
+        "so that one big collection does not teach what its own mail looks like; 0 weighs every "
+        "message alike (default: %(default)s)",
+    )
+    parser.add_argument(
         "--exclude-prefix",
         nargs="*",
         default=["mailer:"],
@@ -148,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_words=TrainConfig.exclude_words if args.exclude_word is None else tuple(args.exclude_word),
         augment=tuple(args.augment),
         calibrate_on=tuple(args.calibrate_on),
+        source_balance=args.source_balance,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,
