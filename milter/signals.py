@@ -32,7 +32,10 @@ Tokens:
   (``http://paypal.com@evil.ru/``), to a port other than 80 and 443;
 - ``sig:link-brand-host``: a link host whose subdomain labels name a brand the registrable
   domain does not belong to (``paypal.com.secure-login.ru``);
-- ``sig:link-javascript``, ``sig:link-data-uri``: ``javascript:`` and non-image ``data:`` links.
+- ``sig:link-javascript``, ``sig:link-data-uri``: ``javascript:`` and non-image ``data:`` links;
+- ``sig:recipient-in-subject``: the subject holds one of the To addresses ("jane@example.org,
+  your mailbox is full": Rspamd's TO_IN_SUBJECT). People do not write their correspondent's
+  address into a subject; phishing puts the victim's there to look addressed to them.
 
 Choices:
 
@@ -71,6 +74,7 @@ from typing import Final, NamedTuple
 from publicsuffixlist import PublicSuffixList
 
 MAX_INPUT_CHARS: Final = 2048  # of a host, URL, display name or subject looked at
+MAX_RECIPIENTS: Final = 16  # addresses of a To field looked at
 MAX_LINKS: Final = 100  # links looked at per message
 MAX_WORDS: Final = 40  # display-name and subject words looked at
 MAX_BODY_CHARS: Final = 96 * 1024
@@ -143,6 +147,9 @@ _COMMON_TLDS: Final = _names(
 )
 _MARKS: Final = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _EMBEDDED_ADDRESS: Final = re.compile(r"[\w.+-]*@[\w.-]+")
+# An address in lowercased text, of ASCII characters only: a subject runs Chinese words into one
+# ("资料大全jane@example.org"), which \w would take for the address's first letters.
+_ASCII_ADDRESS: Final = re.compile(r"[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+")
 _DIGIT_LEET: Final = str.maketrans("013457", "oleast")
 # A loose key that look-alike spellings of a brand share with it, cheap enough for every word:
 # digits as the letters they stand for, i and | as l, rn as m.
@@ -541,6 +548,18 @@ def invisible_tokens(subject: str, body: str) -> list[str]:
     for text in (subject, body[:MAX_BODY_CHARS]):
         if not text.isascii() and _INVISIBLE_IN_WORD.search(text) is not None:
             return ["sig:invisible-in-word"]
+    return []
+
+
+def recipient_tokens(to: str, subject: str) -> list[str]:
+    """``sig:recipient-in-subject`` when the subject holds one of the addresses of the To field."""
+    if "@" not in subject or "@" not in to:
+        return []
+    shown = {found.strip(".") for found in _ASCII_ADDRESS.findall(subject[:MAX_INPUT_CHARS].lower())}
+    for found in itertools.islice(_ASCII_ADDRESS.finditer(to[:MAX_INPUT_CHARS].lower()), MAX_RECIPIENTS):
+        address = found.group().strip(".")
+        if "@" in address[1:-1] and address in shown:
+            return ["sig:recipient-in-subject"]
     return []
 
 

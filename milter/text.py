@@ -7,8 +7,9 @@ and looks tokens up, so all string work happens here, once, in Python, with capp
 
 What is deliberately left out, because it leaks the label inside the training corpora and means
 nothing on other mail: Received headers (relay hosts), recipients (To/Cc; TREC has one recipient
-domain), the obfuscated ``spamassassin.taint.org`` domain, and mailing-list footers (they mark ham
-in the public corpora and nowhere else).
+domain: only whether the subject holds a To address is a token), the obfuscated
+``spamassassin.taint.org`` domain, and mailing-list footers (they mark ham in the public corpora
+and nowhere else).
 
 Bump TEXT_VERSION whenever the tokens produced for a message change: a model records the version
 it was trained on and the loader refuses a model whose version this code does not produce.
@@ -30,7 +31,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "4"
+TEXT_VERSION: Final[str] = "5"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -60,7 +61,7 @@ _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterlo
 _URL_HTTP: Final = re.compile(r"https?://([a-z0-9][a-z0-9.-]{0,252})")
 _URL_WWW: Final = re.compile(r"www\.([a-z0-9][a-z0-9.-]{0,252})")
 _WANTED_FIELD: Final = (
-    rb"(subject|from|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
+    rb"(subject|from|to|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
     rb"|content-disposition|list-id|x-original-from)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
 )
 # The fields after the first start after a newline: a pattern that begins with a literal lets the
@@ -497,6 +498,7 @@ def _extract(raw: bytes) -> str:
             head.append("subj:all-caps")
     else:
         head.append("subj:none")
+    head.extend(signals.recipient_tokens(message.header("to") or "", subject))
 
     sender, reply_to = _author(
         message.header("from") or "", message.header("reply-to"), message.header("x-original-from"), list_id

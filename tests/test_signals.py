@@ -14,6 +14,7 @@ from milter.signals import (
     body_tokens,
     is_mixed_script,
     link_tokens,
+    recipient_tokens,
     registrable,
     same_registrable,
     sender_tokens,
@@ -257,6 +258,38 @@ def test_body_tokens() -> None:
     assert body_tokens("Latency went from 10μs to 12μs.") == []
 
 
+# -- recipient ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("to", "subject"),
+    [
+        ("jane@example.org", "jane@example.org, your mailbox is full"),
+        ('"Jane Doe" <Jane.Doe@Example.org>', "Password for JANE.DOE@EXAMPLE.ORG expires today."),
+        ("a@x.example, jane@example.org", "[Reminder] - jane@example.org"),
+        # Chinese runs its words into the address; Latin letters would not.
+        ("<jane@example.org>", "全新21套公司管理资料大全jane@example.org"),
+    ],
+)
+def test_the_recipients_address_in_the_subject(to: str, subject: str) -> None:
+    assert recipient_tokens(to, subject) == ["sig:recipient-in-subject"]
+
+
+@pytest.mark.parametrize(
+    ("to", "subject"),
+    [
+        ("jane@example.org", "mail for jane"),
+        ("jane@example.org", "write to bob@example.org about it"),
+        ("jane@example.org", "maryjane@example.org.uk moved"),
+        ("undisclosed-recipients:;", "a@b"),
+        ("", "jane@example.org"),
+        ("jane@example.org", ""),
+    ],
+)
+def test_no_recipient_signal_without_the_address(to: str, subject: str) -> None:
+    assert recipient_tokens(to, subject) == []
+
+
 # -- links ---------------------------------------------------------------------------------------
 
 
@@ -346,7 +379,7 @@ def test_link_tokens_are_unique_and_sorted() -> None:
 @given(st.text(max_size=300), st.text(max_size=300), st.text(max_size=300))
 def test_never_raises_and_tokens_are_clean(name: str, address: str, subject: str) -> None:
     tokens = sender_tokens(name, address, subject) + link_tokens([(name, subject), (address, "")], address)
-    tokens += body_tokens(subject)
+    tokens += body_tokens(subject) + recipient_tokens(address, subject)
     for token in tokens:
         assert token.startswith("sig:")
         assert token == token.lower()

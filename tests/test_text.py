@@ -731,3 +731,16 @@ def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal()
         found = text("hello", body)
         assert "sig:invisible-in-word" not in found, body
     assert persian.replace("\u200c", "") in text("hello", persian)
+
+
+def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
+    def text(to: str, subject: str) -> list[str]:
+        head = f"From: Desk <desk@example.net>\r\nTo: {to}\r\nSubject: {subject}"
+        return tokens(f"{head}\r\n\r\nYour mailbox is almost full.\r\n".encode())
+
+    found = text("Jane <jane@example.org>", "jane@example.org: mailbox quota")
+    assert "sig:recipient-in-subject" in found
+    assert "sig:recipient-in-subject" not in text("Jane <jane@example.org>", "mailbox quota")
+    # The To field gives no other token: recipients say which corpus a message is from.
+    other = text("bob@example.com", "jane@example.org: mailbox quota")
+    assert set(found) - {"sig:recipient-in-subject"} == set(other)
