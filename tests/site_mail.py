@@ -30,7 +30,7 @@ def newsletter(i: int) -> bytes:
         "List-Unsubscribe: <https://northwind-outfitters.example/unsub>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
         f"<html><body><h1>SALE! {pct}% OFF</h1><p>Limited time offer: save {pct}% on {a} and {b}. "
-        "FREE shipping on orders over $50! Shop now before it's gone.</p>"
+        "FREE shipping on orders over $50! Click here to claim your discount. Shop now before it's gone.</p>"
         f"<p><a href='https://click.northwind-outfitters.example/c/{i}'>SHOP NOW</a></p>"
         "<p>You receive this because you subscribed. "
         "<a href='https://northwind-outfitters.example/unsub'>Unsubscribe</a></p></body></html>\r\n"
