@@ -501,7 +501,39 @@ def test_train_command_records_the_source_balance(tmp_path: Path) -> None:
     ham, spam = write_corpus(tmp_path / "corpus", ham=40, spam=40)
     out = tmp_path / "m.onnx"
     argv = ["train", "--ham", str(ham), "--spam", str(spam), "--out", str(out), "--quiet", "--min-df", "1"]
-    assert main([*argv, "--source-balance", "0.5"]) == 0
+    assert main([*argv, "--source-balance", "0.5", "--min-sources", "1"]) == 0
     params = json.loads(load_model(out).metadata["milter.params"])
-    assert params["source_balance"] == 0.5
+    assert params["source_balance"] == 0.5 and params["min_sources"] == 1
     assert "sources weighed alike (^-0.5)" in load_model(out).metadata["milter.model_kind"]
+
+
+def test_min_sources_keeps_only_terms_more_than_one_source_uses() -> None:
+    tokens = Tokens()
+    texts = ["shared onlya", "shared onlya", "shared onlyb", "shared"]
+    sources = ["a", "a", "b", "c"]
+    everything = vocabulary_of(texts, 4, tokens, min_df=1, max_features=100)
+    assert set(everything) == {"shared", "onlya", "onlyb"}
+    # "onlya" is in two messages, but both are of one source: it says which source, not spam.
+    assert set(vocabulary_of(texts, 4, tokens, 1, 100, sources, min_sources=2)) == {"shared"}
+    assert set(vocabulary_of(texts, 4, tokens, 1, 100, sources, min_sources=3)) == {"shared"}
+    assert set(vocabulary_of(texts, 4, tokens, 1, 100, sources, min_sources=4)) == set()
+
+
+def test_a_model_trained_with_min_sources_knows_no_word_of_one_source_alone(tmp_path: Path) -> None:
+    from milter.training.train import fit_calibrated
+
+    ham, spam = sourced_corpus(tmp_path, {"list-a": (40, 40), "list-b": (40, 40)})
+    for path in spam.glob("list-a.*.eml"):
+        path.write_bytes(b"Reply-To: <offers@onlya.example>\n" + path.read_bytes())
+    messages = list(load_labelled([ham], [spam]))
+    texts = [message_text(m.raw) for m in messages]
+    for augment in ((), ("gmail",)):  # the vocabulary is built either way
+        config = TrainConfig(augment=augment, min_df=1, min_sources=2)
+        rewrapped = {"gmail": texts} if augment else None
+        vocabulary = fit_calibrated(
+            messages, texts, config, rewrapped=rewrapped
+        ).fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
+        assert "replytodom:onlya.example" not in vocabulary
+        assert "mime:text/plain" in vocabulary
+    plain = fit_calibrated(messages, texts, TrainConfig(augment=(), min_df=1)).fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
+    assert "replytodom:onlya.example" in plain

@@ -76,6 +76,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "message alike (default: %(default)s)",
     )
     parser.add_argument(
+        "--min-sources",
+        type=int,
+        default=1,
+        metavar="N",
+        help="leave out of the vocabulary the terms that fewer than N sources' mail has (a source as "
+        "for --source-balance): a word of one list or one collection alone says where a message "
+        "comes from, not whether it is spam (default: %(default)s)",
+    )
+    parser.add_argument(
         "--exclude-prefix",
         nargs="*",
         default=["mailer:"],
@@ -159,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         augment=tuple(args.augment),
         calibrate_on=tuple(args.calibrate_on),
         source_balance=args.source_balance,
+        min_sources=args.min_sources,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

@@ -69,6 +69,10 @@ class TrainConfig:
     # 15,000 spam otherwise outweigh the modern lists' few hundred, and what the model learns
     # is what one big source's mail looks like rather than what spam from any source shares.
     source_balance: float = 0.0
+    # A term must occur in the mail of this many sources (message groups) to be in the
+    # vocabulary: a word only one list or one collection uses says which source a message is
+    # from, which mail from elsewhere does not share.
+    min_sources: int = 1
     seed: int = 0
     calibration_fraction: float = 0.1
     validation_fraction: float = 0.1
@@ -148,19 +152,34 @@ class Tokens:
 
 
 def vocabulary_of(
-    texts: Sequence[str], messages: int, tokens: Callable[[str], list[str]], min_df: int, max_features: int
+    texts: Sequence[str],
+    messages: int,
+    tokens: Callable[[str], list[str]],
+    min_df: int,
+    max_features: int,
+    sources: Sequence[str] | None = None,
+    min_sources: int = 1,
 ) -> dict[str, int]:
     """The terms in at least `min_df` of `messages` messages, the `max_features` most frequent,
     where texts[j] is a version of message j % messages (the original, then its rewrappings): a
     term counts once per message however many of its versions have it, so that copies do not
-    let a term seen in one message pass min_df."""
+    let a term seen in one message pass min_df. With `sources` (one per message), a term must
+    also be in the messages of at least `min_sources` of them."""
     seen_in: Counter[str] = Counter()
+    sources_of: dict[str, set[str]] = {}
     for i in range(messages):
         terms: set[str] = set()
         for text in texts[i::messages]:
             terms.update(tokens(text))
         seen_in.update(terms)
-    kept = [term for term, count in seen_in.items() if count >= min_df]
+        if sources is not None and min_sources > 1:
+            for term in terms:
+                sources_of.setdefault(term, set()).add(sources[i])
+    kept = [
+        term
+        for term, count in seen_in.items()
+        if count >= min_df and (not sources_of or len(sources_of[term]) >= min_sources)
+    ]
     if len(kept) > max_features:
         kept = sorted(kept, key=lambda term: (-seen_in[term], term))[:max_features]
     return {term: column for column, term in enumerate(sorted(kept))}
@@ -173,11 +192,13 @@ def fit(
     messages: int | None = None,
     terms: Sequence[str] | None = None,
     sample_weight: np.ndarray | None = None,
+    sources: Sequence[str] | None = None,
 ) -> tuple[object, object]:
     """Fit the vectorizer and classifier; with `messages`, texts are versions of that many
     messages (see vocabulary_of) and min_df counts messages, not versions; with `terms`, the
     vocabulary is exactly those terms (e.g. the ones an L1 model kept); `sample_weight`, one per
-    text, weighs them in the classifier's fit."""
+    text, weighs them in the classifier's fit; `sources`, one per message, are what
+    config.min_sources counts."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -185,8 +206,16 @@ def fit(
     vocabulary = None
     if terms is not None:
         vocabulary = {term: column for column, term in enumerate(sorted(terms))}
-    elif messages is not None and messages != len(texts):
-        vocabulary = vocabulary_of(texts, messages, tokens, config.min_df, config.max_features)
+    elif (messages is not None and messages != len(texts)) or (sources and config.min_sources > 1):
+        vocabulary = vocabulary_of(
+            texts,
+            len(texts) if messages is None else messages,
+            tokens,
+            config.min_df,
+            config.max_features,
+            sources,
+            config.min_sources,
+        )
     vectorizer = TfidfVectorizer(
         tokenizer=tokens,
         token_pattern=None,
@@ -361,18 +390,20 @@ def fit_calibrated(
         raise ValueError(f"no rewrapped texts for augment style(s) {', '.join(missing)}")
     labels = np.array([m.label for m in messages], dtype=np.int64)
 
-    def fitting(ix: Sequence[int]) -> tuple[list[str], np.ndarray, TrainConfig, int, None, np.ndarray | None]:
+    def fitted_on(ix: Sequence[int]) -> tuple[object, object]:
         weights = source_weights([(messages[i].group, messages[i].label) for i in ix], config.source_balance)
         if weights is not None:  # the rewrapped copies weigh as their original
             weights = np.tile(weights, 1 + len(config.augment))
-        return (*fitting_set(ix, texts, rewrapped, labels, config.augment), config, len(ix), None, weights)
+        chosen, chosen_labels = fitting_set(ix, texts, rewrapped, labels, config.augment)
+        sources = [messages[i].group for i in ix]
+        return fit(chosen, chosen_labels, config, len(ix), sample_weight=weights, sources=sources)
 
     train_ix, cal_ix, val_ix = time_split(messages, config.calibration_fraction, config.validation_fraction)
     for name, ix in (("training", train_ix), ("calibration", cal_ix)):
         if len(set(labels[ix].tolist())) < 2:
             raise ValueError(f"the {name} slice needs both ham and spam; give more mail of both kinds")
     log(f"split by time: train {len(train_ix)}, calibrate {len(cal_ix)}, validate {len(val_ix)}")
-    vectorizer, classifier = fit(*fitting(train_ix))
+    vectorizer, classifier = fitted_on(train_ix)
     fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
     platt_ix = [i for i in cal_ix if in_collections(messages[i].group, config.calibrate_on)]
     if len(set(labels[platt_ix].tolist())) < 2:
@@ -383,7 +414,7 @@ def fit_calibrated(
     if config.refit:
         fit_ix = train_ix + cal_ix
         log(f"fitting again on training + calibration mail: {len(fit_ix)}")
-        vectorizer, classifier = fit(*fitting(fit_ix))
+        vectorizer, classifier = fitted_on(fit_ix)
         fitted = FittedModel(vectorizer, classifier, fitted.platt)
     return Fit(fitted, train_ix, cal_ix, val_ix, fit_ix, cal_decision, labels[platt_ix])
 
@@ -430,6 +461,7 @@ def train_on(
             + (", refitted on training + calibration mail" if config.refit else "")
             + (f", each also fitted rewrapped ({', '.join(config.augment)})" if config.augment else "")
             + (f", sources weighed alike (^-{config.source_balance:g})" if config.source_balance else "")
+            + (f", terms of >= {config.min_sources} sources" if config.min_sources > 1 else "")
         ),
         "milter.params": json.dumps(asdict(config) | {"jobs": None}, sort_keys=True),
         "milter.counts": json.dumps(
