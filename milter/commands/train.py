@@ -32,6 +32,9 @@ example:
   milter train --ham corpus/spamassassin/ham corpus/trec07p-early/ham \\
                --spam corpus/spamassassin/spam corpus/trec07p-early/spam \\
                --out model/spam.onnx --seed 0
+
+The shipped model's own command (the modern corpus, --source-balance, the exclusions) is in
+docs/model.md, "How to reproduce it".
 """
 
 
@@ -71,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.0,
         metavar="ALPHA",
         help="weigh the sources alike: a message of a source (a --ham/--spam path's collection, or "
-        "a modern corpus file's <source>) with n messages of its kind weighs max(n, 100)^-ALPHA, "
-        "so that one big collection does not teach what its own mail looks like; 0 weighs every "
-        "message alike (default: %(default)s)",
+        "the <source> of files named <source>.<n>.eml) with n messages of its kind weighs "
+        "max(n, 100)^-ALPHA, so that one big collection does not teach what its own mail looks "
+        "like; 0 weighs every message alike (default: %(default)s)",
     )
     parser.add_argument(
         "--min-sources",
