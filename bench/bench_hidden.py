@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Hidden ham text in real spam: how much of the spam the model junks stays junked.
+
+The outside check hides a block of ordinary personal text in junked spam, by the CSS tricks of
+today's spam, and asks that >= 95 % of it stays junked. Here the same is done to corpus mail: a
+seeded sample of the modern corpus's spam with an HTML part that the model junks (p >= 0.9); in
+each HTML part a block of ham text (the first words of a modern ham message of the corpus,
+drawn at random for each spam) is put after <body> inside an element hidden by one trick at a
+time, the part re-encoded (base64, UTF-8), the rest of the message as it was. A plain
+alternative is left alone (as the spammer leaves it). The same block shown (no trick) is the
+control: visible ham text may move the score, hidden must not.
+
+Prints, per trick, how many stay junked and the median and largest drop of p, as a markdown
+table (docs/model.md keeps it).
+
+    bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import email.policy
+import random
+import re
+import statistics
+import sys
+from email.message import Message as EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from milter.model import load_model  # noqa: E402
+from milter.text import message_text  # noqa: E402
+
+TRICKS = {
+    "shown (control)": "",
+    "display-none": "display:none",
+    "offscreen": "position:absolute;left:-9999px;top:-9999px",
+    "zero-box": "width:0;height:0;overflow:hidden",
+    "font-size-0": "font-size:0px",
+    "white-on-white": "color:#ffffff;background-color:#ffffff",
+    "visibility": "visibility:hidden",
+    "opacity": "opacity:0",
+    "mso-hide": "mso-hide:all;display:none",
+}
+_BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|[.,?!]")
+
+
+def html_parts(message: EmailMessage) -> list[EmailMessage]:
+    return [part for part in message.walk() if part.get_content_type() == "text/html"]
+
+
+def ham_block(raw: bytes, words: int) -> str:
+    text = message_text(raw)
+    body = [t for t in text.split() if ":" not in t and not t.startswith("num") and t.isalpha()]
+    return " ".join(body[:words])
+
+
+def with_hidden(message: EmailMessage, block: str, style: str) -> bytes:
+    # A copy per trick: the parse is cheap next to scoring, and the parts are changed in place.
+    copy = email.message_from_bytes(
+        message.as_bytes(policy=email.policy.compat32), policy=email.policy.compat32
+    )
+    element = f"<div style='{style}'>{block}</div>" if style else f"<div>{block}</div>"
+    for part in html_parts(copy):
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        html = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+        found = _BODY.search(html)
+        html = html[: found.end()] + element + html[found.end() :] if found else element + html
+        del part["Content-Transfer-Encoding"]
+        part.set_payload(html, charset="utf-8")  # base64 for utf-8
+    return copy.as_bytes(policy=email.policy.compat32)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=ROOT / ".cache/corpus")
+    parser.add_argument("--model", type=Path, default=ROOT / "model/spam.onnx")
+    parser.add_argument("--sample", type=int, default=600, help="junked spam with HTML to attack")
+    parser.add_argument("--words", type=int, default=120, help="words of ham text hidden")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    model = load_model(args.model)
+
+    def p(raw: bytes) -> float:
+        return model.score_texts([message_text(raw)])[0].probability
+
+    rng = random.Random(args.seed)
+    spam = sorted((args.corpus / "modern/spam").glob("*.eml"))
+    ham = sorted((args.corpus / "modern/ham").glob("*.eml"))
+    rng.shuffle(spam)
+    chosen: list[tuple[EmailMessage, float, str]] = []
+    for path in spam:
+        if len(chosen) == args.sample:
+            break
+        raw = path.read_bytes()
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        if not html_parts(message):
+            continue
+        before = p(raw)
+        if before < 0.9:
+            continue
+        block = ham_block(rng.choice(ham).read_bytes(), args.words)
+        chosen.append((message, before, block))
+    print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {args.words} words of ham each\n")
+    print("| trick | stay junked (p >= 0.9) | median change of p | largest drop |")
+    print("|---|---|---|---|")
+    for trick, style in TRICKS.items():
+        changes = []
+        kept = 0
+        for message, before, block in chosen:
+            after = p(with_hidden(message, block, style))
+            kept += after >= 0.9
+            changes.append(after - before)
+        share = 100 * kept / len(chosen)
+        print(
+            f"| {trick} | {kept} of {len(chosen)} ({share:.1f} %) | {statistics.median(changes):+.3f} "
+            f"| {-min(changes):.3f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
