@@ -33,18 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from milter.model import load_model  # noqa: E402
 from milter.text import message_text  # noqa: E402
+from milter.training.synthetic import HIDING_STYLES  # noqa: E402
 
-TRICKS = {
-    "shown (control)": "",
-    "display-none": "display:none",
-    "offscreen": "position:absolute;left:-9999px;top:-9999px",
-    "zero-box": "width:0;height:0;overflow:hidden",
-    "font-size-0": "font-size:0px",
-    "white-on-white": "color:#ffffff;background-color:#ffffff",
-    "visibility": "visibility:hidden",
-    "opacity": "opacity:0",
-    "mso-hide": "mso-hide:all;display:none",
-}
+TRICKS = {"shown (control)": "", **HIDING_STYLES}
 _BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|[.,?!]")
 

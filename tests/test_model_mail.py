@@ -17,6 +17,7 @@ import pytest
 
 from milter.model import Model
 from milter.text import message_text
+from milter.training.synthetic import HIDING_STYLES
 
 HAM_TEXT = (
     "Hi Bob, are we still on for lunch on Friday? I can book the usual place for half past twelve. "
@@ -63,17 +64,8 @@ def with_plain(html: str) -> bytes:
     )
 
 
-# Each trick: (inline style, the same as a <style> rule's declarations).
-TRICKS = {
-    "display-none": "display:none",
-    "offscreen": "position:absolute;left:-9999px;top:-9999px",
-    "zero-box": "width:0;height:0;overflow:hidden",
-    "font-size-0": "font-size:0px",
-    "white-on-white": "color:#ffffff;background-color:#ffffff",
-    "visibility": "visibility:hidden",
-    "opacity": "opacity:0",
-    "mso-hide": "mso-hide:all;display:none",
-}
+# Each trick: an inline style, the same as a <style> rule's declarations.
+TRICKS = HIDING_STYLES
 
 
 def inline(style: str) -> str:
