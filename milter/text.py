@@ -31,7 +31,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "5"
+TEXT_VERSION: Final[str] = "6"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -68,6 +68,11 @@ _WANTED_FIELD: Final = (
 # regex engine jump from line to line in C instead of trying a match at every byte.
 _FIRST_WANTED_HEADER: Final = re.compile(_WANTED_FIELD, re.IGNORECASE)
 _NEXT_WANTED_HEADER: Final = re.compile(rb"\n" + _WANTED_FIELD, re.IGNORECASE)
+# A line that is neither a header field ("Name:"), nor a continuation, nor an mbox "From " line:
+# where a header block lacks its empty line, the body starts there, as mail clients and Python's
+# email package read it (a generator that drops the empty line would otherwise hide the body).
+_NOT_HEADER_LINE: Final = re.compile(rb"\n(?![ \t]|[!-9;-~]+[ \t]*:|>?From )")
+_NOT_HEADER_START: Final = re.compile(rb"(?![ \t]|[!-9;-~]+[ \t]*:|>?From )")
 _FOLD: Final = re.compile(rb"[ \t]*\r?\n[ \t]*")
 _PARAM: Final = re.compile(r'([\w.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 _FILENAME: Final = re.compile(r'filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)
@@ -312,6 +317,13 @@ def _parse_head(raw: bytes, start: int, depth: int) -> _Part:
     stop = start + MAX_HEAD_BYTES
     head_end, body_start = _head_end(raw, start, stop) or (min(len(raw), stop),) * 2
     at_line_start = start == 0 or raw[start - 1] == 0x0A
+    if at_line_start and _NOT_HEADER_START.match(raw, start, head_end):  # no header at all
+        head_end = body_start = start
+    else:
+        stray = _NOT_HEADER_LINE.search(raw, start, head_end)
+        if stray is not None:
+            newline = stray.start()
+            head_end, body_start = (newline - 1 if raw[newline - 1] == 0x0D else newline), newline + 1
     first = _FIRST_WANTED_HEADER.match(raw, start, head_end) if at_line_start else None
     later = _NEXT_WANTED_HEADER.finditer(raw, start, head_end)
     headers: dict[str, bytes] = {}

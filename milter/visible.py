@@ -50,7 +50,10 @@ Decisions:
 - Zero boxes need ``overflow:hidden``: a ``height:0`` box with visible overflow shows its text.
   Sizes of 1px or less count as zero (the "screen-reader only" box is 1px by 1px); a font size
   of 1px or less counts as ``font-size-0``; opacity 0.1 or less as ``opacity``; a ``left``,
-  ``top`` or ``text-indent`` of -500px or less (or -100% or less) as ``offscreen``.
+  ``top`` or ``text-indent`` of -500px or less (or -100% or less) as ``offscreen``, and so a
+  ``margin-left`` or ``margin-top`` of -500px or less (it moves the box without positioning); a
+  ``transform`` (or ``scale``) with a scale factor of 0.01 or less, or a matrix with no area, as
+  ``zero-box``.
 - Text hidden by an inherited property (``visibility``, ``font-size``, ``text-indent``, colour)
   is taken out text node by text node, since a descendant may set it back (``font-size:0`` on a
   row of inline-block columns that set their own size is common in legitimate mail); text hidden
@@ -118,6 +121,7 @@ INVISIBLE_CHARS: Final = "".join(map(chr, _UNSEEN_POINTS))  # the same, as a str
 _HIDING_PROPS: Final = frozenset(
     {"display", "visibility", "opacity", "font-size", "left", "top", "text-indent"}
     | {"width", "height", "max-width", "max-height", "clip", "clip-path", "mso-hide"}
+    | {"transform", "margin-left", "margin-top"}
 )
 # Properties that hide only together with others.
 _GROUPS: Final = (
@@ -129,7 +133,7 @@ _COLOUR_PROPS: Final = frozenset({"color", "bg", "bg-image"})
 # Substrings one of which a declaration list holds if it sets any property read here.
 _PROPERTY_MARKS: Final = (
     "display", "visib", "opacity", "font", "position", "left", "top", "indent", "width", "height",
-    "overflow", "mso-hide", "clip", "color", "background",
+    "overflow", "mso-hide", "clip", "color", "background", "margin", "transform", "scale",
 )  # fmt: skip
 _SKIPPED_PSEUDO: Final = (
     ":hover", ":focus", ":active", ":visited", ":before", ":after", ":first-l", ":selection",
@@ -616,10 +620,14 @@ def _box_reasons(own: dict[str, int]) -> list[str]:
     if own.get("opacity") == 1:
         reasons.append("opacity")
     positioned = own.get("position") == 1
-    if positioned and (own.get("left") == 1 or own.get("top") == 1):
+    if (positioned and (own.get("left") == 1 or own.get("top") == 1)) or 1 in (
+        own.get("margin-left"),
+        own.get("margin-top"),
+    ):
         reasons.append("offscreen")
-    if own.get("overflow") == 1 and 1 in (
-        own.get(side) for side in ("width", "height", "max-width", "max-height")
+    if own.get("transform") == 1 or (
+        own.get("overflow") == 1
+        and 1 in (own.get(side) for side in ("width", "height", "max-width", "max-height"))
     ):
         reasons.append("zero-box")
     if own.get("clip-path") == 1 or (positioned and own.get("clip") == 1):
@@ -799,6 +807,22 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
     if name in ("left", "top", "text-indent"):
         offset = _px(value, 10.0)  # a percentage of a screen of 1,000px
         return [] if offset is None else [(name, int(offset <= -500))]
+    if name in ("margin-left", "margin-top"):
+        offset = _px(value, 10.0)
+        return [] if offset is None else [(name, int(offset <= -500))]
+    if name == "margin":
+        # One to four lengths: top, right, bottom, left (CSS's shorthand order).
+        sides = value.split()
+        if not 1 <= len(sides) <= 4:
+            return []
+        top, left = _px(sides[0], 10.0), _px(sides[{1: 0, 2: 1, 3: 1, 4: 3}[len(sides)]], 10.0)
+        return [
+            (side, int(offset <= -500))
+            for side, offset in (("margin-top", top), ("margin-left", left))
+            if offset is not None
+        ]
+    if name in ("transform", "-webkit-transform", "-ms-transform", "scale"):
+        return [("transform", int(_flattened(value, name == "scale")))]
     if name in ("width", "height", "max-width", "max-height"):
         size = _px(value, 10.0)
         return [] if size is None else [(name, int(0 <= size <= 1))]
@@ -827,6 +851,26 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
     if name == "background":
         return _background(value)
     return []
+
+
+_TRANSFORM: Final = re.compile(r"(scale3d|scalex|scaley|scale|matrix)\(([^()]*)\)")
+
+
+def _flattened(value: str, bare: bool) -> bool:
+    """Whether a transform (or the `scale` property, `bare`) shrinks a box to nothing: a scale
+    factor of 0.01 or less, or a matrix with no area."""
+    calls = [("scale", value)] if bare else _TRANSFORM.findall(value)
+    for function, args in calls:
+        values = [_number(word) for word in args.replace(",", " ").split()]
+        numbers = [n for n in values if n is not None]
+        if not numbers or len(numbers) != len(values):
+            continue
+        if function == "matrix":
+            if len(numbers) == 6 and abs(numbers[0] * numbers[3] - numbers[1] * numbers[2]) <= 1e-4:
+                return True
+        elif (function != "scale3d" or len(numbers) == 3) and min(abs(n) for n in numbers[:2]) <= 0.01:
+            return True
+    return False
 
 
 # An unreadable background colour: painted, but in a colour this module cannot tell; like an image.

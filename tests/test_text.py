@@ -248,6 +248,34 @@ def test_binary_junk_and_truncated_mime() -> None:
         check_text(message_text(raw))
 
 
+def test_a_header_block_without_its_empty_line_ends_at_the_first_line_that_is_no_field() -> None:
+    # As a generator that drops the empty line writes it (a shipping notice of the corpus): mail
+    # clients and Python's email package show the body; a parser that took it all for headers
+    # read none of it.
+    raw = (
+        b"From: FedEx <TrackingUpdates@fedex.com>\n"
+        b"Subject: Your package is out for delivery\n"
+        b"Content-Type: multipart/mixed;\n"
+        b'\tboundary="----=_Part_1"\n'
+        b"------=_Part_1\n"
+        b"Content-Type: text/html; charset=UTF-8\n"
+        b"\n"
+        b"<html><body><p>Scheduled delivery: Tuesday afternoon</p></body></html>\n"
+        b"------=_Part_1\n"
+        b"A part with no header at all, its first line already text\n"
+        b"------=_Part_1--\n"
+    )
+    words = tokens(raw)
+    assert {"scheduled", "tuesday", "afternoon", "first", "already"} <= set(words)
+    assert "body:empty" not in words and "mime:multipart/mixed" in words
+    assert "subj:delivery" in words and "fromdom:fedex.com" in words
+    # The same with CRLF line ends, and a Subject on a stray line is body text, not a header.
+    crlf = raw.replace(b"\n", b"\r\n")
+    assert set(tokens(crlf)) == set(words)
+    stray = b"From: a@example.org\r\nSome words first\r\nSubject: not a header\r\n\r\nbody\r\n"
+    assert "subj:header" not in tokens(stray) and "header" in tokens(stray)
+
+
 HEADER_NAMES = st.sampled_from(
     ["Subject", "From", "Reply-To", "Content-Type", "Content-Transfer-Encoding", "X-Mailer", "To", "X-Junk"]
 )
@@ -472,11 +500,26 @@ SLOW_WANTED_HEADER = re.compile(
 )
 
 
+def is_head_line(line: bytes) -> bool:
+    return line[:1] in (b" ", b"\t") or re.match(rb"[!-9;-~]+[ \t]*:|>?From ", line) is not None
+
+
 def slow_head(raw: bytes, start: int) -> tuple[dict[str, bytes], bytes]:
     if raw.startswith(b"\n", start) or raw.startswith(b"\r\n", start):
         return {}, raw[raw.index(b"\n", start) + 1 :]
     end = SLOW_HEAD_END.search(raw, start, start + MAX_HEAD_BYTES)
     head_end, body_start = (end.start(), end.end()) if end else (min(len(raw), start + MAX_HEAD_BYTES),) * 2
+    # A line that is no field, continuation or mbox "From " line ends a head that lacks its empty line.
+    newline = raw.find(b"\n", start, head_end)
+    if (start == 0 or raw[start - 1] == 0x0A) and not is_head_line(raw[start:head_end]):
+        head_end = body_start = start
+        newline = -1
+    while newline >= 0:
+        line = raw[newline + 1 : head_end]
+        if not is_head_line(line):
+            head_end, body_start = newline - (raw[newline - 1] == 0x0D), newline + 1
+            break
+        newline = raw.find(b"\n", newline + 1, head_end)
     headers: dict[str, bytes] = {}
     for match in SLOW_WANTED_HEADER.finditer(raw, start, head_end):
         name = match.group(1).decode("ascii").lower()
@@ -501,6 +544,9 @@ HEAD_PIECES = st.sampled_from(
             b"Subjects: no",
             b" Subject: folded",
             b"\xff",
+            b"From x",
+            b">From y",
+            b"--boundary",
         ),
     ]
 )

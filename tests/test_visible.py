@@ -113,6 +113,14 @@ INLINE = [
     ("position:absolute;left:-9999px", "hidden:offscreen"),
     ("position:fixed; top:-5000px", "hidden:offscreen"),
     ("text-indent:-9999px", "hidden:offscreen"),
+    ("margin-left:-9999px", "hidden:offscreen"),
+    ("margin:0 0 0 -9999px", "hidden:offscreen"),
+    ("margin:-5000px 0", "hidden:offscreen"),
+    ("transform:scale(0)", "hidden:zero-box"),
+    ("transform:translate(2px, 0) scaleY(0)", "hidden:zero-box"),
+    ("-webkit-transform:scale(0.001, 1)", "hidden:zero-box"),
+    ("transform:matrix(0, 0, 0, 0, 10, 10)", "hidden:zero-box"),
+    ("scale:0", "hidden:zero-box"),
     ("max-height:0;overflow:hidden", "hidden:zero-box"),
     ("width:0;height:0;overflow:hidden", "hidden:zero-box"),
     ("height:1px;overflow:hidden", "hidden:zero-box"),
@@ -378,8 +386,10 @@ def test_ordinary_styles_hide_nothing() -> None:
     markup = (
         '<table width="600" style="width:600px;border-collapse:collapse"><tr>'
         '<td style="font-family:Arial,Helvetica,sans-serif;font-size:14px;line-height:20px;color:#333333;'
-        'padding:10px;display:block;height:0;max-height:none;text-indent:0">'
-        f'{SECRET}</td><td style="position:absolute;left:10px;top:-20px;opacity:0.9">after</td></tr></table>'
+        "padding:10px;display:block;height:0;max-height:none;text-indent:0;margin:-20px auto 0;"
+        'transform:scale(1.02) rotate(2deg)">'
+        f'{SECRET}</td><td style="position:absolute;left:10px;top:-20px;opacity:0.9;margin-left:-40px;'
+        'transform:matrix(1, 0, 0, 1, 0, 0)">after</td></tr></table>'
     )
     result = visible_text(markup)
     assert result.text.split() == [*SECRET.split(), "after"]
