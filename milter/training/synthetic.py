@@ -24,6 +24,9 @@ HIDING_STYLES: dict[str, str] = {
     "visibility": "visibility:hidden",
     "opacity": "opacity:0",
     "mso-hide": "mso-hide:all;display:none",
+    # Moved or shrunk out of sight without `position` (message->text version 6).
+    "negative-margin": "margin-left:-9999px",
+    "zero-scale": "transform:scale(0)",
 }
 
 HAM_WORDS = [
