@@ -28,11 +28,15 @@ then go through the same parser, and only rules whose text mentions a property r
 
 Decisions:
 
-- ``@media`` rules apply only when the query is a bare media type that includes screens (``all``,
-  ``screen``, ``only screen``); those with conditions (mobile widths, ``prefers-color-scheme``,
-  mso ones) are ignored: most readers read at desktop width in light mode, and hiding a column at
-  phone width is what every responsive newsletter does. Other at-rules (``@supports``,
-  ``@font-face``, ...) are ignored.
+- ``@media`` rules apply when their query matches one reader: a desktop client's reading pane,
+  800px wide on a 1280x800 screen, in light mode, with a mouse (Media Queries levels 3 and 4:
+  types, ``and``/``or``/``not``/``only``, ``min-``/``max-`` and range features). Most readers
+  read so, and hiding a column at phone width (``max-width: 600px``) is what every responsive
+  newsletter does; a query every screen matches (``min-width: 1px``) hides from everyone. A query
+  this cannot read (brackets in brackets, an unknown feature such as Outlook's
+  ``-ms-high-contrast``) does not match. ``@supports`` rules apply unless their condition says
+  ``not`` (what they ask for is taken as supported). Other at-rules (``@font-face``, ...) are
+  ignored, and so are at-rules inside at-rules.
 - ``mso-hide:all`` hides only from Outlook for Windows; every other client shows the text, so
   the text is kept (and not counted in `hidden_chars`); the ``hidden:mso-hide`` token says it
   was there, with text, unless another property hides the same element, in which case it is
@@ -53,7 +57,8 @@ Decisions:
   ``top`` or ``text-indent`` of -500px or less (or -100% or less) as ``offscreen``, and so a
   ``margin-left`` or ``margin-top`` of -500px or less (it moves the box without positioning); a
   ``transform`` (or ``scale``) with a scale factor of 0.01 or less, or a matrix with no area, as
-  ``zero-box``.
+  ``zero-box``; ``content-visibility: hidden`` (the box stays, nothing in it is drawn) as
+  ``display-none``.
 - Text hidden by an inherited property (``visibility``, ``font-size``, ``text-indent``, colour)
   is taken out text node by text node, since a descendant may set it back (``font-size:0`` on a
   row of inline-block columns that set their own size is common in legitimate mail); text hidden
@@ -121,7 +126,7 @@ INVISIBLE_CHARS: Final = "".join(map(chr, _UNSEEN_POINTS))  # the same, as a str
 _HIDING_PROPS: Final = frozenset(
     {"display", "visibility", "opacity", "font-size", "left", "top", "text-indent"}
     | {"width", "height", "max-width", "max-height", "clip", "clip-path", "mso-hide"}
-    | {"transform", "margin-left", "margin-top"}
+    | {"transform", "margin-left", "margin-top", "content-visibility"}
 )
 # Properties that hide only together with others.
 _GROUPS: Final = (
@@ -208,6 +213,7 @@ _STYLE_CACHE: dict[str, _Style | None] = {}
 _SHEET_CACHE: dict[str, _Sheet] = {}
 _COLOUR_CACHE: dict[str, int | None] = {}
 _LEGACY_CACHE: dict[str, int | None] = {}
+_APPLIES_CACHE: dict[str, bool] = {}  # at-rule prelude -> whether its rules apply to the reader
 _HINT_CACHE: dict[tuple[str, bool, str | None, str | None, str | None, str | None, bool], Effects] = {}
 
 
@@ -613,7 +619,7 @@ def _box_reasons(own: dict[str, int]) -> list[str]:
     """How an element's own box hides all it holds, whatever its descendants say."""
     reasons: list[str] = []
     display = own.get("display")
-    if display == 1:
+    if display == 1 or own.get("content-visibility") == 1:  # neither renders what the box holds
         reasons.append("display-none")
     elif display == 2:
         reasons.append("attr")
@@ -787,6 +793,8 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
         return [("display", int(value == "none"))]
     if name == "visibility":
         return [("visibility", int(value in ("hidden", "collapse")))]
+    if name == "content-visibility":
+        return [("content-visibility", int(value == "hidden"))]
     if name == "opacity":
         number = _number(value)
         return [] if number is None else [("opacity", int(number <= 0.1))]
@@ -1038,8 +1046,8 @@ def _sheet(css: str) -> _Sheet:
 
 
 def _rule_texts(css: str) -> list[tuple[str, str]]:
-    """(prelude, block content) of the style rules at the top level and in ``@media`` rules
-    that apply to screens without conditions, in order.
+    """(prelude, block content) of the style rules at the top level and in the ``@media`` and
+    ``@supports`` rules that apply to the reader (`_applies`), in order.
 
     One scan for braces, strings and comments in C; what it finds is what tinycss2's
     parse_stylesheet finds for the same text (tested), at a fraction of the cost."""
@@ -1123,14 +1131,160 @@ def _after_statements(text: str, top: bool) -> str:
 
 
 def _applies(prelude: str) -> bool:
-    """Whether an at-rule's rules apply here: @media with a bare media type that includes screens."""
-    if prelude[:6].lower() != "@media" or prelude[6:7] not in ("", *_CSS_SPACE):
+    """Whether an at-rule's rules apply to the reader: an @media rule whose query list matches
+    `_READER`, or an @supports rule whose condition asks for no `not`. Remembered per prelude."""
+    cached = _APPLIES_CACHE.get(prelude)
+    if cached is None:
+        lowered = prelude.translate(_ASCII_LOWER)
+        if lowered[:6] == "@media" and lowered[6:7] in ("", "(", *_CSS_SPACE):
+            cached = _media_matches(lowered[6:])
+        elif lowered[:9] == "@supports" and lowered[9:10] in ("(", *_CSS_SPACE):
+            cached = _supports(lowered[9:])
+        else:
+            cached = False
+        if len(_APPLIES_CACHE) >= _CACHE_SIZE:
+            _APPLIES_CACHE.clear()
+        _APPLIES_CACHE[prelude] = cached
+    return cached
+
+
+# The reader the message is judged for: a desktop mail client's reading pane (800 px wide, on a
+# 1280 x 800 screen at one device pixel per CSS pixel) in light mode, with a mouse, no scripts.
+# Responsive newsletters hide columns at phone widths (max-width: 600px): that is not hiding from
+# this reader; a query every screen matches, (min-width: 1px), is.
+_READER_NUMBERS: Final = {
+    "width": 800.0, "height": 600.0, "device-width": 1280.0, "device-height": 800.0,
+    "aspect-ratio": 800 / 600, "device-aspect-ratio": 1280 / 800, "resolution": 1.0,
+    "device-pixel-ratio": 1.0, "color": 8.0, "color-index": 0.0, "monochrome": 0.0, "grid": 0.0,
+}  # fmt: skip
+_READER_WORDS: Final = {
+    "orientation": "landscape", "prefers-color-scheme": "light", "prefers-reduced-motion": "no-preference",
+    "prefers-contrast": "no-preference", "prefers-reduced-transparency": "no-preference",
+    "hover": "hover", "any-hover": "hover", "pointer": "fine", "any-pointer": "fine", "scripting": "none",
+    "update": "fast", "scan": "progressive", "inverted-colors": "none", "forced-colors": "none",
+    "display-mode": "browser", "overflow-block": "scroll", "overflow-inline": "scroll",
+}  # fmt: skip
+_MEDIA_PART: Final = re.compile(r"\(([^()]*)\)|([^\s()]+)")
+_RANGE: Final = re.compile(r"(<=|>=|<|>|=)")
+_UNITS_PX: Final = {
+    "px": 1.0,
+    "em": 16.0,
+    "rem": 16.0,
+    "pt": 4 / 3,
+    "pc": 16.0,
+    "in": 96.0,
+    "cm": 96 / 2.54,
+    "mm": 96 / 25.4,
+}
+_UNITS_DPPX: Final = {"dppx": 1.0, "x": 1.0, "dpi": 1 / 96, "dpcm": 2.54 / 96}
+_VALUE: Final = re.compile(r"(-?[0-9]*\.?[0-9]+)\s*([a-z%]*)\s*(?:/\s*(-?[0-9]*\.?[0-9]+))?")
+
+
+def _media_matches(query_list: str) -> bool:
+    """Whether a media query list (Media Queries level 3 and 4) matches `_READER`: one of its
+    queries does. What this cannot read (nested brackets, a feature it does not know, a value it
+    cannot read) does not match, which is what a client does with a query it cannot parse."""
+    if query_list.count("(") != query_list.count(")"):
         return False
-    query = prelude[6:].lower()
-    if "(" in query:
+    return any(_query_matches(query.strip(_CSS_SPACE)) for query in query_list.split(","))
+
+
+def _query_matches(query: str) -> bool:
+    parts = [(m.group(1), m.group(2)) for m in _MEDIA_PART.finditer(query)]
+    if query.count("(") != sum(inner is not None for inner, _ in parts):
+        return False  # brackets inside brackets: `(not (hover))`, `((a) or (b))`
+    if not parts:
+        return True  # an empty query (`@media {`) matches all
+    negate = parts[0][1] == "not"
+    if parts[0][1] in ("not", "only"):
+        parts = parts[1:]
+    if parts and parts[0][1] is not None and parts[0][1] not in ("and", "or"):
+        if parts[0][1] not in ("all", "screen"):
+            return negate  # print, speech, tv, an unknown type: not this reader
+        parts = parts[1:]
+        if not parts:
+            return not negate
+        if parts[0][1] != "and":
+            return False
+        parts = parts[1:]
+    if not parts:
+        return False  # `not` or `screen and` with nothing after it
+    # What is left: conditions joined all by `and` or all by `or`.
+    conditions = [inner for inner, word in parts[0::2]]
+    joiners = {word for _, word in parts[1::2]}
+    if None in conditions or len(joiners) > 1 or not joiners <= {"and", "or"} or len(parts) % 2 == 0:
         return False
-    kinds = {" ".join(kind.split()) for kind in query.split(",")}
-    return bool(kinds & {"", "all", "screen", "only screen", "only all"})
+    results = [_feature_matches(inner.strip(_CSS_SPACE)) for inner in conditions if inner is not None]
+    if None in results:
+        return False
+    matched = any(results) if joiners == {"or"} else all(results)
+    return matched != negate
+
+
+def _feature_matches(feature: str) -> bool | None:
+    """One media feature against the reader: `(name: value)`, `(name)` or a range such as
+    `(400px <= width < 700px)`; None for one this cannot read."""
+    if _RANGE.search(feature):
+        pieces = [piece.strip(_CSS_SPACE) for piece in _RANGE.split(feature)]
+        names = [piece for piece in pieces[0::2] if piece in _READER_NUMBERS]
+        if len(names) != 1 or len(pieces) not in (3, 5):
+            return None
+        have = _READER_NUMBERS[names[0]]
+        for left, op, right in zip(pieces[0::2], pieces[1::2], pieces[2::2], strict=False):
+            a = have if left == names[0] else _media_value(left, names[0])
+            b = have if right == names[0] else _media_value(right, names[0])
+            if a is None or b is None:
+                return None
+            if not {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "=": abs(a - b) < 1e-9}[op]:
+                return False
+        return True
+    name, colon, value = (piece.strip(_CSS_SPACE) for piece in feature.partition(":"))
+    for vendor in ("-webkit-", "-moz-", "-o-"):
+        if name.startswith(vendor):
+            name = name[len(vendor) :]
+    bound = ""
+    if name.startswith(("min-", "max-")):
+        bound, name = name[:3], name[4:]
+    if name in _READER_WORDS and not bound:
+        have_word = _READER_WORDS[name]
+        return value == have_word if colon else have_word not in ("none", "no-preference")
+    if name not in _READER_NUMBERS:
+        return None
+    have = _READER_NUMBERS[name]
+    if not colon:
+        return None if bound else have != 0
+    want = _media_value(value, name)
+    if want is None:
+        return None
+    if bound == "min":
+        return have >= want - 1e-9
+    if bound == "max":
+        return have <= want + 1e-9
+    return abs(have - want) < 1e-9
+
+
+def _media_value(text: str, feature: str) -> float | None:
+    """A media feature's value in the reader's units (px, dppx, a ratio, a number)."""
+    match = _VALUE.fullmatch(text)
+    if match is None:
+        return None
+    number, unit, denominator = float(match.group(1)), match.group(2), match.group(3)
+    if denominator is not None:
+        return number / float(denominator) if float(denominator) and not unit else None
+    if feature.endswith(("width", "height")):
+        factor = _UNITS_PX.get(unit or ("px" if number == 0 else ""))
+    elif feature == "resolution":
+        factor = _UNITS_DPPX.get(unit)
+    else:
+        factor = 1.0 if not unit else None
+    return None if factor is None else number * factor
+
+
+def _supports(condition: str) -> bool:
+    """Whether an @supports condition holds for the reader: what it asks for (a declaration, a
+    selector) this module takes as supported, so a condition holds unless it says `not`."""
+    words = condition.replace("(", " ( ").replace(")", " ) ").split()
+    return "(" in words and "not" not in words and condition.count("(") == condition.count(")")
 
 
 def _selectors(prelude: str) -> list[str]:

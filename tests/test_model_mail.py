@@ -80,7 +80,18 @@ def via_id(style: str) -> str:
     return f"<style>#n1 {{ {style} }}</style><div id='n1'>{HAM_TEXT}</div>"
 
 
-PLACEMENTS: dict[str, Callable[[str], str]] = {"inline": inline, "class": via_class, "id": via_id}
+def via_media(style: str) -> str:
+    """In an @media rule that every desktop reader matches (phones' rules do not hide)."""
+    rule = f"@media only screen and (min-width: 1px) {{ .note {{ {style} }} }}"
+    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+
+
+PLACEMENTS: dict[str, Callable[[str], str]] = {
+    "inline": inline,
+    "class": via_class,
+    "id": via_id,
+    "media": via_media,
+}
 WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
 
 

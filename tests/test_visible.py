@@ -14,6 +14,7 @@ import milter.visible as visible
 from milter.visible import (
     MAX_HTML_CHARS,
     Visible,
+    _applies,
     _declarations,
     _legacy_colour,
     _rule_texts,
@@ -121,6 +122,7 @@ INLINE = [
     ("-webkit-transform:scale(0.001, 1)", "hidden:zero-box"),
     ("transform:matrix(0, 0, 0, 0, 10, 10)", "hidden:zero-box"),
     ("scale:0", "hidden:zero-box"),
+    ("content-visibility:hidden", "hidden:display-none"),
     ("max-height:0;overflow:hidden", "hidden:zero-box"),
     ("width:0;height:0;overflow:hidden", "hidden:zero-box"),
     ("height:1px;overflow:hidden", "hidden:zero-box"),
@@ -185,6 +187,17 @@ SHEETS = [
     (".x{position:absolute;left:-10000px}", 'class="x"'),
     ("@media screen{.x{display:none}}", 'class="x"'),
     ("@media all{.x{display:none}}", 'class="x"'),
+    # Queries every desktop reader matches hide from it as much as no query does.
+    ("@media (min-width:1px){.x{display:none}}", 'class="x"'),
+    (
+        "@media only screen and (min-width:480px) and (prefers-color-scheme:light){.x{display:none}}",
+        'class="x"',
+    ),
+    ("@media not print{.x{display:none}}", 'class="x"'),
+    ("@media (width >= 320px){.x{display:none}}", 'class="x"'),
+    ("@supports (display:none){.x{display:none}}", 'class="x"'),
+    # What a responsive newsletter does: hidden at desktop width, shown on phones.
+    (".x{display:none} @media (max-width:600px){.x{display:block !important}}", 'class="x"'),
     ("/* a comment */ .x{display:/* inside */none}", 'class="x"'),
     ('@charset "utf-8"; .x{display:none}', 'class="x"'),
     ("<!-- .x{display:none} -->", 'class="x"'),
@@ -223,7 +236,11 @@ def test_style_elements_in_the_body_apply_too() -> None:
         (".x{display:none}", 'class="x" style="display:block !important"'),
         (".x{display:none}", "id=x"),
         ("#x em{display:none}", ""),
-        ("@supports (display:grid){.x{display:none}}", 'class="x"'),
+        ("@supports not (display:grid){.x{display:none}}", 'class="x"'),
+        ("@media (orientation:portrait){.x{display:none}}", 'class="x"'),
+        ("@media all and (-ms-high-contrast:none){.x{display:none}}", 'class="x"'),  # Outlook's
+        ("@media (not (hover)){.x{display:none}}", 'class="x"'),  # brackets in brackets: not read
+        ("@media (hover) and (max-width:37.5em){.x{display:none}}", 'class="x"'),  # 600px: phones
         (".x{display:none", 'class="y"'),  # unterminated: nothing it could select is here
         ("<!--[if mso]>.x{display:none}<![endif]-->", 'class="y"'),
     ],
@@ -389,7 +406,7 @@ def test_ordinary_styles_hide_nothing() -> None:
         "padding:10px;display:block;height:0;max-height:none;text-indent:0;margin:-20px auto 0;"
         'transform:scale(1.02) rotate(2deg)">'
         f'{SECRET}</td><td style="position:absolute;left:10px;top:-20px;opacity:0.9;margin-left:-40px;'
-        'transform:matrix(1, 0, 0, 1, 0, 0)">after</td></tr></table>'
+        'transform:matrix(1, 0, 0, 1, 0, 0);content-visibility:auto">after</td></tr></table>'
     )
     result = visible_text(markup)
     assert result.text.split() == [*SECRET.split(), "after"]
@@ -710,14 +727,13 @@ def tinycss2_rules(css: str) -> list[tuple[str, str]]:
     for rule in tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True):
         if rule.type == "qualified-rule":
             out.append((tinycss2.serialize(rule.prelude), tinycss2.serialize(rule.content)))
-        elif rule.type == "at-rule" and rule.lower_at_keyword == "media" and rule.content is not None:
-            query = " ".join(tinycss2.serialize(rule.prelude).lower().split())
-            if "(" in query or not {q.strip() for q in query.split(",")} & {
-                "",
-                "all",
-                "screen",
-                "only screen",
-            }:
+        elif (
+            rule.type == "at-rule"
+            and rule.lower_at_keyword in ("media", "supports")
+            and rule.content is not None
+        ):
+            # Which at-rules apply is _applies's (tested below); this checks how rules are cut.
+            if not _applies(f"@{rule.lower_at_keyword} {tinycss2.serialize(rule.prelude).strip()}"):
                 continue
             for inner in tinycss2.parse_rule_list(rule.content, skip_comments=True, skip_whitespace=True):
                 if inner.type == "qualified-rule":
@@ -743,6 +759,7 @@ SHEET_PIECES = st.sampled_from(
     [
         *(".a", "#b", "p", " ", "\n", ",", ">", "{", "}", "{color:red}", "{display:none;font-size:0}", ";"),
         *("@media screen", "@media print", "@media (max-width:600px)", "@font-face", "@import url(x.css);"),
+        *("@media (min-width:1px)", "@supports (display:none)", "@supports not (display:grid)"),
         *('"', "'", '"}"', "'{'", "/*", "*/", "/* } */", "<!--", "-->", "@charset 'x';", "a:hover", "td.c"),
     ]
 )
@@ -797,3 +814,43 @@ def test_the_colour_lookup_skips_only_walks_that_find_nothing(markup: str) -> No
     finally:
         visible._clash_found = original
     assert looked_up == walked
+
+
+# Which at-rules apply: one reader, a desktop client's 800px pane in light mode.
+MEDIA_QUERIES = [
+    ("@media", True),
+    ("@media screen", True),
+    ("@media only screen and (min-width: 1px)", True),
+    ("@media (min-width: 37.5em)", True),  # 600px
+    ("@media (400px <= width <= 900px)", True),
+    ("@media (min-width: 1px) or (max-width: 2px)", True),
+    ("@media (hover) and (pointer: fine)", True),
+    ("@media (prefers-color-scheme: light)", True),
+    ("@media (min-resolution: 96dpi)", True),
+    ("@media (min-aspect-ratio: 1/1)", True),
+    ("@media screen, print", True),
+    ("@media not print", True),
+    ("@MEDIA SCREEN AND (MIN-WIDTH: 1PX)", True),
+    ("@media screen and (max-width: 600px)", False),
+    ("@media only screen and (max-device-width: 480px)", False),
+    ("@media (width >= 900px)", False),
+    ("@media (prefers-color-scheme: dark)", False),
+    ("@media (orientation: portrait)", False),
+    ("@media screen and (-webkit-min-device-pixel-ratio: 2)", False),
+    ("@media not screen", False),
+    ("@media print", False),
+    ("@media all and (-ms-high-contrast: none)", False),
+    ("@media not (hover)", False),
+    ("@media (not (hover))", False),
+    ("@media screen and", False),
+    ("@media (min-width: 1px", False),
+    ("@media (min-width: wide)", False),
+    ("@supports (display: grid)", True),
+    ("@supports not (display: grid)", False),
+    ("@font-face", False),
+]
+
+
+@pytest.mark.parametrize(("prelude", "applies"), MEDIA_QUERIES)
+def test_at_rules_apply_as_to_a_desktop_reader(prelude: str, applies: bool) -> None:
+    assert _applies(prelude) is applies
