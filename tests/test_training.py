@@ -537,3 +537,29 @@ def test_a_model_trained_with_min_sources_knows_no_word_of_one_source_alone(tmp_
         assert "mime:text/plain" in vocabulary
     plain = fit_calibrated(messages, texts, TrainConfig(augment=(), min_df=1)).fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
     assert "replytodom:onlya.example" in plain
+
+
+def test_a_clipped_model_bounds_every_tokens_share_in_the_graph_as_in_the_fit(tmp_path: Path) -> None:
+    from milter.model import model_from_bytes
+
+    ham, spam = write_corpus(tmp_path, ham=80, spam=80)
+    plain = train([ham], [spam], TrainConfig(min_df=1, seed=3), "cmd")
+    clipped = train([ham], [spam], TrainConfig(min_df=1, seed=3, clip=0.05), "cmd")
+    # The ONNX graph computes what the fit computed, clipped or not.
+    assert clipped.figures["onnx_vs_sklearn_max_abs_diff"] < 1e-4  # type: ignore[operator]
+    assert json.loads(clipped.metadata["milter.params"])["clip"] == 0.05
+    # Without a clip the setting is not recorded: such a model is the file it was before.
+    assert "clip" not in json.loads(plain.metadata["milter.params"])
+    plain_model = model_from_bytes(plain.model_bytes, "plain.onnx")
+    model = model_from_bytes(clipped.model_bytes, "clipped.onnx")
+    # No explained token weighs more than the clip, in calibrated log-odds.
+    bound = 0.05 * clipped.fitted.platt[0] + 1e-5
+    for text in clipped.validation_texts[:20]:
+        assert all(abs(weight) <= bound for _, weight in model.score_texts([text])[0].features)
+    # One token alone moves the score by the clip at most: the strongest spam word alone.
+    vocabulary = plain.fitted.vectorizer.vocabulary_  # type: ignore[attr-defined]
+    coef = plain.fitted.classifier.coef_[0]  # type: ignore[attr-defined]
+    strongest = max(vocabulary, key=lambda term: coef[vocabulary[term]])
+    alone = model.score_texts([strongest])[0].features
+    assert len(alone) == 1 and abs(alone[0][1] - 0.05 * clipped.fitted.platt[0]) < 1e-4
+    assert plain_model.score_texts([strongest])[0].features[0][1] > alone[0][1]

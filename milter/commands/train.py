@@ -88,6 +88,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "comes from, not whether it is spam (default: %(default)s)",
     )
     parser.add_argument(
+        "--clip",
+        type=float,
+        default=0.0,
+        metavar="C",
+        help="bound each token's share of the model's log-odds to [-C, C] (before the calibration), "
+        "so that no one token decides a message: in a short text each of a few tokens has a large "
+        "share; 0: unbounded (default: %(default)s)",
+    )
+    parser.add_argument(
         "--exclude-prefix",
         nargs="*",
         default=["mailer:"],
@@ -172,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         calibrate_on=tuple(args.calibrate_on),
         source_balance=args.source_balance,
         min_sources=args.min_sources,
+        clip=args.clip,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

@@ -36,6 +36,7 @@ def build_graph(
     intercept: float,
     metadata: Mapping[str, str],
     top_k: int = 5,
+    clip: float = 0.0,
 ) -> onnx.ModelProto:
     """The model for `p = sigmoid(coef . l2norm(idf * present(terms)) + intercept)`.
 
@@ -43,7 +44,9 @@ def build_graph(
     `message_text` makes them), so the binary TF-IDF vector is a sum over tokens: each token
     is looked up once (LabelEncoder: string -> row; unknown -> a zero row) and its row of
     (weight, idf^2) gathered. Cost grows with the message's tokens, not with the vocabulary.
-    Calibration must already be folded into coef and intercept.
+    Calibration must already be folded into coef and intercept. With `clip` > 0, each token's
+    share of the sum (weight * idf / norm) is bounded to [-clip, clip] before the sum: the
+    graph then takes the norm first and sums the bounded shares (three nodes more).
     """
     if any(not term or len(term.split()) != 1 for term in terms):
         raise ValueError("terms must be single tokens without whitespace")
@@ -78,6 +81,12 @@ def build_graph(
         numpy_helper.from_array(np.array([1], dtype=np.int64), "norm_column"),
         numpy_helper.from_array(np.array([k], dtype=np.int64), "k"),
     ]
+    if clip > 0:
+        initializers += [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "weight_column"),
+            numpy_helper.from_array(np.array(-clip, dtype=np.float32), "clip_low"),
+            numpy_helper.from_array(np.array(clip, dtype=np.float32), "clip_high"),
+        ]
     nodes = [
         helper.make_node("StringConcat", [INPUT, "padding"], ["padded"]),
         helper.make_node("StringSplit", ["padded"], ["tokens", "token_counts"]),
@@ -93,7 +102,7 @@ def build_graph(
         helper.make_node("Gather", ["table", "row"], ["rows"], axis=0),  # [N, L, 2]
         helper.make_node("ReduceSum", ["rows", "axis1"], ["sums"], keepdims=0),  # [N, 2]
         helper.make_node("Pow", ["sums", "exponents"], ["powers"]),  # [N, 2]: sum w, 1/norm
-        helper.make_node("ReduceProd", ["powers", "axis1"], ["dot"], keepdims=0),  # [N]
+        *(_clipped_dot() if clip > 0 else _dot()),
         helper.make_node("Add", ["dot", "intercept"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUT_PROBABILITY]),
         # Explanation: the k smallest rows are the k tokens with the largest |weight| (and
@@ -101,7 +110,14 @@ def build_graph(
         helper.make_node("TopK", ["row", "k"], ["top_rows", "top_index"], axis=1, largest=0, sorted=1),
         helper.make_node("Gather", ["weight", "top_rows"], ["top_weights"], axis=0),  # [N, k]
         helper.make_node("Gather", ["powers", "norm_column"], ["inverse_norm"], axis=1),  # [N, 1]
-        helper.make_node("Mul", ["top_weights", "inverse_norm"], [OUT_CONTRIBUTIONS]),
+        *(
+            [
+                helper.make_node("Mul", ["top_weights", "inverse_norm"], ["top_shares"]),
+                helper.make_node("Clip", ["top_shares", "clip_low", "clip_high"], [OUT_CONTRIBUTIONS]),
+            ]
+            if clip > 0
+            else [helper.make_node("Mul", ["top_weights", "inverse_norm"], [OUT_CONTRIBUTIONS])]
+        ),
         helper.make_node("GatherElements", ["tokens", "top_index"], [OUT_FEATURES], axis=1),
     ]
     graph = helper.make_graph(
@@ -124,3 +140,21 @@ def build_graph(
     helper.set_model_props(model, dict(metadata))
     onnx.checker.check_model(model)
     return model
+
+
+def _dot() -> list[onnx.NodeProto]:
+    """sum(w) * (1 / norm): the L2-normalised dot product."""
+    return [helper.make_node("ReduceProd", ["powers", "axis1"], ["dot"], keepdims=0)]  # [N]
+
+
+def _clipped_dot() -> list[onnx.NodeProto]:
+    """sum(clip(w / norm)): each token's share bounded before the sum."""
+    return [
+        helper.make_node("Gather", ["rows", "weight_column"], ["token_weights"], axis=2),  # [N, L, 1]
+        helper.make_node("Gather", ["powers", "norm_column"], ["token_norm"], axis=1),  # [N, 1]
+        helper.make_node("Unsqueeze", ["token_norm", "axis1"], ["token_norm3"]),  # [N, 1, 1]
+        helper.make_node("Mul", ["token_weights", "token_norm3"], ["shares"]),
+        helper.make_node("Clip", ["shares", "clip_low", "clip_high"], ["clipped"]),
+        helper.make_node("ReduceSum", ["clipped", "axis1"], ["clipped_sum"], keepdims=0),  # [N, 1]
+        helper.make_node("Squeeze", ["clipped_sum", "axis1"], ["dot"]),  # [N]
+    ]

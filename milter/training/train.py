@@ -73,6 +73,10 @@ class TrainConfig:
     # vocabulary: a word only one list or one collection uses says which source a message is
     # from, which mail from elsewhere does not share.
     min_sources: int = 1
+    # No token moves the decision by more than this (in the linear model's log-odds, before the
+    # calibration); 0: unbounded. In a short text L2 normalisation gives each of a few tokens a
+    # large share, and one token then decides the message; bounded, it takes several.
+    clip: float = 0.0
     seed: int = 0
     calibration_fraction: float = 0.1
     validation_fraction: float = 0.1
@@ -87,10 +91,18 @@ class FittedModel:
     vectorizer: object
     classifier: object
     platt: tuple[float, float]  # p = sigmoid(a * decision + b)
+    clip: float = 0.0  # each token's share of the decision bounded to [-clip, clip]; 0: not
 
     def decision(self, texts: Sequence[str]) -> np.ndarray:
         x = self.vectorizer.transform(texts)  # type: ignore[attr-defined]
-        return np.asarray(self.classifier.decision_function(x), dtype=np.float64)  # type: ignore[attr-defined]
+        if not self.clip:
+            return np.asarray(self.classifier.decision_function(x), dtype=np.float64)  # type: ignore[attr-defined]
+        coef = np.asarray(self.classifier.coef_[0], dtype=np.float64)  # type: ignore[attr-defined]
+        shares = x.tocsr().astype(np.float64).multiply(coef.reshape(1, -1)).tocsr()
+        np.clip(shares.data, -self.clip, self.clip, out=shares.data)
+        intercept = float(self.classifier.intercept_[0])  # type: ignore[attr-defined]
+        total: np.ndarray = np.asarray(shares.sum(axis=1), dtype=np.float64).reshape(-1) + intercept
+        return total
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         a, b = self.platt
@@ -275,7 +287,10 @@ def export(fitted: FittedModel, metadata: dict[str, str], top_k: int) -> bytes:
     coef = np.asarray(classifier.coef_[0], dtype=np.float64) * a  # type: ignore[attr-defined]
     intercept = float(classifier.intercept_[0]) * a + b  # type: ignore[attr-defined]
     idf = np.asarray(vectorizer.idf_, dtype=np.float64)  # type: ignore[attr-defined]
-    model = build_graph(terms, idf, coef, intercept, metadata, top_k=top_k)
+    if fitted.clip and a <= 0:
+        raise ValueError(f"a calibration slope of {a:g} cannot carry a clip (the model ranks spam below ham)")
+    # sigmoid(a * (sum clip(s, -c, c) + i) + b) = sigmoid(sum clip(a s, -a c, a c) + a i + b) for a > 0.
+    model = build_graph(terms, idf, coef, intercept, metadata, top_k=top_k, clip=fitted.clip * a)
     return bytes(model.SerializeToString())
 
 
@@ -291,6 +306,15 @@ def onnx_probabilities(model_bytes: bytes, texts: Sequence[str], batch: int = 64
         chunk = [t if t.strip() else EMPTY_TEXT for t in texts[start : start + batch]]
         out.append(session.run([OUT_PROBABILITY], {INPUT: np.array(chunk, dtype=object)})[0])
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def _params(config: TrainConfig) -> dict[str, object]:
+    """The settings a model records; `clip` only where set, so that a model trained without one
+    is the same file, to the bit, as before the setting existed."""
+    params = asdict(config) | {"jobs": None}
+    if not config.clip:
+        del params["clip"]
+    return params
 
 
 def _date_range(messages: Sequence[LabelledMessage], indices: Sequence[int]) -> dict[str, list[str]]:
@@ -368,7 +392,7 @@ class Fit:
     def recalibrated(self, ham_weight: float) -> FittedModel:
         """The same weights calibrated with another calibration ham weight."""
         platt_ab = platt(self.cal_decision, self.cal_labels, ham_weight)
-        return FittedModel(self.fitted.vectorizer, self.fitted.classifier, platt_ab)
+        return FittedModel(self.fitted.vectorizer, self.fitted.classifier, platt_ab, self.fitted.clip)
 
 
 def fit_calibrated(
@@ -404,7 +428,7 @@ def fit_calibrated(
             raise ValueError(f"the {name} slice needs both ham and spam; give more mail of both kinds")
     log(f"split by time: train {len(train_ix)}, calibrate {len(cal_ix)}, validate {len(val_ix)}")
     vectorizer, classifier = fitted_on(train_ix)
-    fitted = FittedModel(vectorizer, classifier, (1.0, 0.0))
+    fitted = FittedModel(vectorizer, classifier, (1.0, 0.0), config.clip)
     platt_ix = [i for i in cal_ix if in_collections(messages[i].group, config.calibrate_on)]
     if len(set(labels[platt_ix].tolist())) < 2:
         raise ValueError(f"the calibration slice of {', '.join(config.calibrate_on)} needs both ham and spam")
@@ -415,7 +439,7 @@ def fit_calibrated(
         fit_ix = train_ix + cal_ix
         log(f"fitting again on training + calibration mail: {len(fit_ix)}")
         vectorizer, classifier = fitted_on(fit_ix)
-        fitted = FittedModel(vectorizer, classifier, fitted.platt)
+        fitted = FittedModel(vectorizer, classifier, fitted.platt, config.clip)
     return Fit(fitted, train_ix, cal_ix, val_ix, fit_ix, cal_decision, labels[platt_ix])
 
 
@@ -462,8 +486,9 @@ def train_on(
             + (f", each also fitted rewrapped ({', '.join(config.augment)})" if config.augment else "")
             + (f", sources weighed alike (^-{config.source_balance:g})" if config.source_balance else "")
             + (f", terms of >= {config.min_sources} sources" if config.min_sources > 1 else "")
+            + (f", each token's share of the log-odds within +-{config.clip:g}" if config.clip else "")
         ),
-        "milter.params": json.dumps(asdict(config) | {"jobs": None}, sort_keys=True),
+        "milter.params": json.dumps(_params(config), sort_keys=True),
         "milter.counts": json.dumps(
             {
                 "train": _counts(messages, model_fit.train_ix),
