@@ -71,8 +71,9 @@ _NEXT_WANTED_HEADER: Final = re.compile(rb"\n" + _WANTED_FIELD, re.IGNORECASE)
 # A line that is neither a header field ("Name:"), nor a continuation, nor an mbox "From " line:
 # where a header block lacks its empty line, the body starts there, as mail clients and Python's
 # email package read it (a generator that drops the empty line would otherwise hide the body).
-_NOT_HEADER_LINE: Final = re.compile(rb"\n(?![ \t]|[!-9;-~]+[ \t]*:|>?From )")
-_NOT_HEADER_START: Final = re.compile(rb"(?![ \t]|[!-9;-~]+[ \t]*:|>?From )")
+_NOT_A_FIELD: Final = rb"(?![ \t]|[!-9;-~]+[ \t]*:|>?From )"
+_NOT_HEADER_LINE: Final = re.compile(rb"\n" + _NOT_A_FIELD)
+_NOT_HEADER_START: Final = re.compile(_NOT_A_FIELD)
 _FOLD: Final = re.compile(rb"[ \t]*\r?\n[ \t]*")
 _PARAM: Final = re.compile(r'([\w.*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 _FILENAME: Final = re.compile(r'filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))', re.IGNORECASE)

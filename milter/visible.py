@@ -812,11 +812,8 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
         return []
     if name == "position":
         return [("position", int(value in ("absolute", "fixed", "relative")))]
-    if name in ("left", "top", "text-indent"):
+    if name in ("left", "top", "text-indent", "margin-left", "margin-top"):
         offset = _px(value, 10.0)  # a percentage of a screen of 1,000px
-        return [] if offset is None else [(name, int(offset <= -500))]
-    if name in ("margin-left", "margin-top"):
-        offset = _px(value, 10.0)
         return [] if offset is None else [(name, int(offset <= -500))]
     if name == "margin":
         # One to four lengths: top, right, bottom, left (CSS's shorthand order).
@@ -1166,16 +1163,8 @@ _READER_WORDS: Final = {
 }  # fmt: skip
 _MEDIA_PART: Final = re.compile(r"\(([^()]*)\)|([^\s()]+)")
 _RANGE: Final = re.compile(r"(<=|>=|<|>|=)")
-_UNITS_PX: Final = {
-    "px": 1.0,
-    "em": 16.0,
-    "rem": 16.0,
-    "pt": 4 / 3,
-    "pc": 16.0,
-    "in": 96.0,
-    "cm": 96 / 2.54,
-    "mm": 96 / 25.4,
-}
+# The length units a media query's value is read in (by `_px`); others make it unreadable.
+_MEDIA_LENGTH_UNITS: Final = frozenset({"px", "em", "rem", "pt", "pc", "in", "cm", "mm"})
 _UNITS_DPPX: Final = {"dppx": 1.0, "x": 1.0, "dpi": 1 / 96, "dpcm": 2.54 / 96}
 _VALUE: Final = re.compile(r"(-?[0-9]*\.?[0-9]+)\s*([a-z%]*)\s*(?:/\s*(-?[0-9]*\.?[0-9]+))?")
 
@@ -1272,12 +1261,11 @@ def _media_value(text: str, feature: str) -> float | None:
     if denominator is not None:
         return number / float(denominator) if float(denominator) and not unit else None
     if feature.endswith(("width", "height")):
-        factor = _UNITS_PX.get(unit or ("px" if number == 0 else ""))
-    elif feature == "resolution":
-        factor = _UNITS_DPPX.get(unit)
-    else:
-        factor = 1.0 if not unit else None
-    return None if factor is None else number * factor
+        return _px(text, 0.0) if unit in _MEDIA_LENGTH_UNITS or (not unit and number == 0) else None
+    if feature == "resolution":
+        dppx = _UNITS_DPPX.get(unit)
+        return None if dppx is None else number * dppx
+    return None if unit else number
 
 
 def _supports(condition: str) -> bool:
