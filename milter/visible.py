@@ -35,8 +35,9 @@ Decisions:
   newsletter does; a query every screen matches (``min-width: 1px``) hides from everyone. A query
   this cannot read (brackets in brackets, an unknown feature such as Outlook's
   ``-ms-high-contrast``) does not match. ``@supports`` rules apply unless their condition says
-  ``not`` (what they ask for is taken as supported). Other at-rules (``@font-face``, ...) are
-  ignored, and so are at-rules inside at-rules.
+  ``not`` (what they ask for is taken as supported), inside one another too (up to
+  MAX_AT_RULE_DEPTH). Other at-rules (``@font-face``, ``@layer``, ``@container``, ...) and what
+  is inside them are ignored.
 - ``mso-hide:all`` hides only from Outlook for Windows; every other client shows the text, so
   the text is kept (and not counted in `hidden_chars`); the ``hidden:mso-hide`` token says it
   was there, with text, unless another property hides the same element, in which case it is
@@ -85,6 +86,7 @@ MAX_RULES: Final = 256  # stylesheet selectors matched against the document
 MAX_CANDIDATES: Final = 400  # elements whose colours are looked up before a walk
 MAX_LINKS: Final = 200  # anchors whose text is kept
 MAX_ANCHOR_CHARS: Final = 200
+MAX_AT_RULE_DEPTH: Final = 4  # @media / @supports rules inside one another that are read
 _CACHE_SIZE: Final = 4096  # distinct style strings, colours and stylesheets remembered
 _CACHEABLE_CHARS: Final = 2048  # longer style strings are interpreted every time
 
@@ -1044,7 +1046,7 @@ def _sheet(css: str) -> _Sheet:
 
 def _rule_texts(css: str) -> list[tuple[str, str]]:
     """(prelude, block content) of the style rules at the top level and in the ``@media`` and
-    ``@supports`` rules that apply to the reader (`_applies`), in order.
+    ``@supports`` rules that apply to the reader (`_applies`), nested or not, in order.
 
     One scan for braces, strings and comments in C; what it finds is what tinycss2's
     parse_stylesheet finds for the same text (tested), at a fraction of the cost."""
@@ -1073,9 +1075,10 @@ def _rule_texts(css: str) -> list[tuple[str, str]]:
 
 def _close(css: str, stack: list[tuple[str, int]], end: int, out: list[tuple[str, str]]) -> None:
     """Close the innermost open block at `end`; keep it if it is a style rule at the top level
-    or in an @media rule that applies."""
+    or inside at-rules that all apply (``@supports (...) { @media screen { ... } }``), up to
+    MAX_AT_RULE_DEPTH of them: a deeper one is not read (its cost would grow with the depth)."""
     prelude, content = stack.pop()
-    if prelude[:1] != "@" and (not stack or (len(stack) == 1 and _applies(stack[0][0]))):
+    if prelude[:1] != "@" and len(stack) <= MAX_AT_RULE_DEPTH and all(_applies(outer) for outer, _ in stack):
         out.append((prelude, css[content:end]))
 
 

@@ -86,11 +86,18 @@ def via_media(style: str) -> str:
     return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
 
 
+def via_nested(style: str) -> str:
+    """In an @media rule inside an @supports rule, both of which apply to the reader."""
+    rule = f"@supports (display: block) {{ @media screen {{ .note {{ {style} }} }} }}"
+    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+
+
 PLACEMENTS: dict[str, Callable[[str], str]] = {
     "inline": inline,
     "class": via_class,
     "id": via_id,
     "media": via_media,
+    "nested": via_nested,
 }
 WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import tinycss2
@@ -12,6 +13,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 import milter.visible as visible
 from milter.visible import (
+    MAX_AT_RULE_DEPTH,
     MAX_HTML_CHARS,
     Visible,
     _applies,
@@ -196,6 +198,9 @@ SHEETS = [
     ("@media not print{.x{display:none}}", 'class="x"'),
     ("@media (width >= 320px){.x{display:none}}", 'class="x"'),
     ("@supports (display:none){.x{display:none}}", 'class="x"'),
+    # At-rules inside at-rules, when every one applies.
+    ("@supports (display:none){@media screen{.x{display:none}}}", 'class="x"'),
+    ("@media screen{@media (min-width:1px){@supports (color:red){.x{display:none}}}}", 'class="x"'),
     # What a responsive newsletter does: hidden at desktop width, shown on phones.
     (".x{display:none} @media (max-width:600px){.x{display:block !important}}", 'class="x"'),
     ("/* a comment */ .x{display:/* inside */none}", 'class="x"'),
@@ -241,6 +246,10 @@ def test_style_elements_in_the_body_apply_too() -> None:
         ("@media all and (-ms-high-contrast:none){.x{display:none}}", 'class="x"'),  # Outlook's
         ("@media (not (hover)){.x{display:none}}", 'class="x"'),  # brackets in brackets: not read
         ("@media (hover) and (max-width:37.5em){.x{display:none}}", 'class="x"'),  # 600px: phones
+        ("@media screen{@media (max-width:600px){.x{display:none}}}", 'class="x"'),  # the inner: phones
+        ("@media print{@supports (display:none){.x{display:none}}}", 'class="x"'),
+        ("@media screen{" * 5 + ".x{display:none}" + "}" * 5, 'class="x"'),  # deeper than is read
+        ("@layer base{.x{display:none}}", 'class="x"'),  # not read (yet): its cascade order differs
         (".x{display:none", 'class="y"'),  # unterminated: nothing it could select is here
         ("<!--[if mso]>.x{display:none}<![endif]-->", 'class="y"'),
     ],
@@ -727,18 +736,25 @@ def tinycss2_rules(css: str) -> list[tuple[str, str]]:
     for rule in tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True):
         if rule.type == "qualified-rule":
             out.append((tinycss2.serialize(rule.prelude), tinycss2.serialize(rule.content)))
-        elif (
-            rule.type == "at-rule"
-            and rule.lower_at_keyword in ("media", "supports")
-            and rule.content is not None
-        ):
-            # Which at-rules apply is _applies's (tested below); this checks how rules are cut.
-            if not _applies(f"@{rule.lower_at_keyword} {tinycss2.serialize(rule.prelude).strip()}"):
-                continue
-            for inner in tinycss2.parse_rule_list(rule.content, skip_comments=True, skip_whitespace=True):
-                if inner.type == "qualified-rule":
-                    out.append((tinycss2.serialize(inner.prelude), tinycss2.serialize(inner.content)))
+        else:
+            _tinycss2_inner(rule, 1, out)
     return out
+
+
+def _tinycss2_inner(rule: Any, depth: int, out: list[tuple[str, str]]) -> None:
+    """The style rules inside an @media or @supports `rule` that applies, and inside the ones in it."""
+    if rule.type != "at-rule" or rule.lower_at_keyword not in ("media", "supports") or rule.content is None:
+        return
+    # Which at-rules apply is _applies's (tested below); this checks how rules are cut.
+    if depth > MAX_AT_RULE_DEPTH or not _applies(
+        f"@{rule.lower_at_keyword} {tinycss2.serialize(rule.prelude).strip()}"
+    ):
+        return
+    for inner in tinycss2.parse_rule_list(rule.content, skip_comments=True, skip_whitespace=True):
+        if inner.type == "qualified-rule":
+            out.append((tinycss2.serialize(inner.prelude), tinycss2.serialize(inner.content)))
+        else:
+            _tinycss2_inner(inner, depth + 1, out)
 
 
 def comparable(rules: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str, bool]]]]:
