@@ -538,16 +538,26 @@ def _name_domain_differs(name: str, domain: str) -> bool:
 # Invisible characters between two letters: the reader sees one word, a word-counting filter two
 # ("Pay<U+200B>Pal", "ac<U+00AD>count"): spam's way past keyword lists. Zero-width (non-)joiners
 # and direction marks are left out: Persian, Indic scripts, emoji and bidirectional text need them.
-_INVISIBLE_IN_WORD: Final = re.compile(
-    r"(?<=[^\W\d_])[\u00ad\u034f\u180e\u200b\u2060-\u2064\ufeff]+(?=[^\W\d_])"
-)
+# The runs are found by a character class alone, which the regex engine skips to in C, and their
+# neighbours tested after: what (?<=[^\W\d_])[...]+(?=[^\W\d_]) finds, at a fraction of the cost
+# of trying the look-behind at every character (tested).
+_INVISIBLE_RUN: Final = re.compile(r"[\u00ad\u034f\u180e\u200b\u2060-\u2064\ufeff]+")
+
+
+def _letter(char: str) -> bool:
+    r"""What [^\W\d_] matches: a word character that is no decimal digit (nor "_")."""
+    return char.isalnum() and not char.isdecimal()
 
 
 def invisible_tokens(subject: str, body: str) -> list[str]:
     """``sig:invisible-in-word`` when an invisible character splits a word of the subject or body."""
     for text in (subject, body[:MAX_BODY_CHARS]):
-        if not text.isascii() and _INVISIBLE_IN_WORD.search(text) is not None:
-            return ["sig:invisible-in-word"]
+        if text.isascii():
+            continue
+        for run in _INVISIBLE_RUN.finditer(text):
+            start, end = run.span()
+            if start and end < len(text) and _letter(text[start - 1]) and _letter(text[end]):
+                return ["sig:invisible-in-word"]
     return []
 
 

@@ -213,20 +213,33 @@ def _long_word(word: str) -> list[str]:
     return [word[i : i + 2] for i in range(0, min(len(word), 64), 2)]
 
 
+def _is_latin1(text: str) -> bool:
+    """Whether every character of `text` is Latin-1: then encoding it is a copy, and no pattern
+    for characters beyond it needs to scan it."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _split_words(text: str) -> list[str]:
     """`_WORD.findall(text)`, by C string methods in a fraction of the time when every character
     beyond Latin-1 separates words, as in most mail (ASCII or Western European text, with dashes,
     curly quotes, bullets): those become "?", which separates words as well.
     """
-    if not text.isascii() and ("€" in text or _WIDE_WORD_CHAR.search(text)):
+    if not text.isascii() and ("€" in text or (not _is_latin1(text) and _WIDE_WORD_CHAR.search(text))):
         return _WORD.findall(text)
     spaced = text.replace("!", " ! ").replace("$", " $ ").replace("£", " £ ").encode("latin-1", "replace")
     return spaced.translate(_LATIN1_WORD_BYTES).decode("latin-1").split()
 
 
 def _seen(text: str) -> str:
-    """`text` without the characters no reader sees (_INVISIBLE)."""
-    return text if text.isascii() else _INVISIBLE.sub("", text)
+    """`text` without the characters no reader sees (_INVISIBLE; of them only the soft hyphen is
+    Latin-1)."""
+    if text.isascii() or ("\xad" not in text and _is_latin1(text)):
+        return text
+    return _INVISIBLE.sub("", text)
 
 
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:

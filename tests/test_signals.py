@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -428,3 +429,29 @@ def test_cost_on_a_typical_message() -> None:
         link_tokens(links, address)
         body_tokens(body)
     assert (time.perf_counter() - start) / runs < 200e-6
+
+
+# What signals.invisible_tokens looked for with one look-around pattern, before it looked for the
+# runs of invisible characters alone and tested their neighbours.
+_LOOKAROUND = re.compile(r"(?<=[^\W\d_])[\u00ad\u034f\u180e\u200b\u2060-\u2064\ufeff]+(?=[^\W\d_])")
+_SPLIT_PIECES = st.sampled_from(
+    [
+        *"aZé_9٣²ß中 .-",
+        "\u00ad",
+        "\u034f",
+        "\u180e",
+        "\u200b",
+        "\u2060",
+        "\u2064",
+        "\ufeff",
+        "\u200d",
+        "\u0301",
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_SPLIT_PIECES, max_size=12).map("".join), st.lists(_SPLIT_PIECES, max_size=12).map("".join))
+def test_invisible_in_word_is_the_lookaround_pattern(subject: str, body: str) -> None:
+    found = any(_LOOKAROUND.search(text) for text in (subject, body))
+    assert signals.invisible_tokens(subject, body) == (["sig:invisible-in-word"] if found else [])

@@ -12,6 +12,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from milter.text import (
     _FOOTER_RULE,
+    _INVISIBLE,
     _SIMPLE_ADDRESS,
     _WORD,
     MAX_HEAD_BYTES,
@@ -22,6 +23,7 @@ from milter.text import (
     _link_hosts,
     _parse_address,
     _parse_head,
+    _seen,
     _split_words,
     _strip_list_footer,
     _words,
@@ -311,6 +313,8 @@ def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
     # ASCII text takes a faster path through string methods; it must give the same words.
     assert _split_words(text) == _WORD.findall(text)
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
+    # Latin-1 text and text beyond it: the pre-checks decide nothing the patterns would not.
+    assert _seen(text) == _INVISIBLE.sub("", text)
 
 
 # Characters beyond ASCII that separate words (spaces, punctuation, controls, symbols) and ones that
@@ -332,6 +336,8 @@ MIXED_TEXT = st.text(
 def test_words_are_the_words_the_pattern_finds(text: str) -> None:
     assert _split_words(text) == _WORD.findall(text)
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
+    # Latin-1 text and text beyond it: the pre-checks decide nothing the patterns would not.
+    assert _seen(text) == _INVISIBLE.sub("", text)
 
 
 def slow_words(text: str, prefix: str, limit: int) -> list[str]:
