@@ -561,6 +561,24 @@ def invisible_tokens(subject: str, body: str) -> list[str]:
     return []
 
 
+# A subject that says the message answers another: "Re:" and what mail clients write for it in
+# other languages (AW, SV, Antw, VS, Odp, Ynt, R and RIF, Chinese and Japanese), with a count
+# ("Re[2]:") and after a tag ("[list] Re:").
+_REPLY_SUBJECT: Final = re.compile(
+    r"\s*(?:\[[^\[\]]{0,60}\]\s*)?(?:re|aw|sv|antw|vs|odp|ynt|rif|r|回复|答复|回覆|返信)"
+    r"(?:\[\d{1,3}\]|\(\d{1,3}\))?\s*[:\uff1a]",
+    re.IGNORECASE,
+)
+
+
+def reply_tokens(subject: str, threaded: bool) -> list[str]:
+    """``sig:fake-reply`` when the subject says the message is a reply and it has no In-Reply-To
+    or References field (not `threaded`) to say which message it answers: mail clients of today
+    thread every reply, spam writes "Re:" to look like an answer (SpamAssassin's FAKE_REPLY rules,
+    Rspamd's FAKE_REPLY). A real reply gives no token: list talk is replies, newsletters are not."""
+    return ["sig:fake-reply"] if not threaded and _REPLY_SUBJECT.match(subject) is not None else []
+
+
 def recipient_tokens(to: str, subject: str) -> list[str]:
     """``sig:recipient-in-subject`` when the subject holds one of the addresses of the To field."""
     if "@" not in subject or "@" not in to:

@@ -31,7 +31,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "7"
+TEXT_VERSION: Final[str] = "8"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -62,7 +62,7 @@ _URL_HTTP: Final = re.compile(r"https?://([a-z0-9][a-z0-9.-]{0,252})")
 _URL_WWW: Final = re.compile(r"www\.([a-z0-9][a-z0-9.-]{0,252})")
 _WANTED_FIELD: Final = (
     rb"(subject|from|to|reply-to|x-mailer|user-agent|message-id|content-type|content-transfer-encoding"
-    rb"|content-disposition|list-id|x-original-from)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
+    rb"|content-disposition|list-id|x-original-from|in-reply-to|references)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)"
 )
 # The fields after the first start after a newline: a pattern that begins with a literal lets the
 # regex engine jump from line to line in C instead of trying a match at every byte.
@@ -102,6 +102,15 @@ _SIMPLE_ADDRESS: Final = re.compile(
     rf"[ \t]*<(?P<angled>{_ADDR_SPEC})>)[ \t]*"
 )
 
+
+# A text/plain part that begins as an HTML document is read as one: what a browser sniffs as
+# HTML (WHATWG MIME Sniffing, 7.1: whitespace, then one of these, then a space or ">"). Senders
+# that send HTML as text/plain would otherwise give tag names and CSS as the message's words.
+_SNIFFED_HTML: Final = re.compile(
+    r"[\t\n\x0c\r ]*<(?:!doctype html|html|head|script|iframe|h1|div|font|table|a|style|title|b|body|br|p"
+    r"|!--)[ >]",
+    re.IGNORECASE,
+)
 
 # A subject tag such as "[Osst-users]"; it is dropped when it names the message's list (List-Id).
 _SUBJECT_TAG: Final = re.compile(r"\[([^\[\]]{1,60})\][ \t]*")
@@ -525,6 +534,8 @@ def _extract(raw: bytes) -> str:
     else:
         head.append("subj:none")
     head.extend(signals.recipient_tokens(message.header("to") or "", subject))
+    threaded = message.header("in-reply-to") is not None or message.header("references") is not None
+    head.extend(signals.reply_tokens(subject, threaded))
 
     sender, reply_to = _author(
         message.header("from") or "", message.header("reply-to"), message.header("x-original-from"), list_id
@@ -568,6 +579,10 @@ def _extract(raw: bytes) -> str:
         cte = "".join((part.header("content-transfer-encoding") or "").split()).lower()
         if cte and cte not in ("7bit", "8bit"):
             kinds.add("cte:" + _token(cte))
+        if ctype == "text/plain" and params.get("format", "").strip().lower() == "flowed":
+            # RFC 3676 flowed text: what desktop mail clients (Thunderbird, Apple Mail) write and
+            # bulk mailers almost never do, a mark of a person's mail client as `mailer:` is.
+            kinds.add("fmt:flowed")
         disposition = part.header("content-disposition") or ""
         filename = params.get("name") or _FILENAME.search(disposition)
         if filename:
@@ -576,15 +591,16 @@ def _extract(raw: bytes) -> str:
         if budget <= 0 or ctype not in ("text/plain", "text/html"):
             continue
         text = decode_bytes(_payload(part, cte), charset or None)
-        if ctype == "text/html" or text.lstrip()[:6].lower() == "<html>":
+        if ctype == "text/html" or _SNIFFED_HTML.match(text):
             # What the reader sees: text that CSS or HTML hides is not the message's words
             # (spam hides a letter's worth of ordinary words there); tokens say it was there.
             shown = visible_text(text[: MAX_HTML_CHARS * 4])
             text = shown.text
-            html_urls.extend(shown.urls)
-            anchors.extend(shown.links)
-            kinds.update("html:" + tag for tag in shown.tags)
-            kinds.update(shown.hidden)
+            if part.shown:  # a plain alternative the client does not show gives its words only
+                html_urls.extend(shown.urls)
+                anchors.extend(shown.links)
+                kinds.update("html:" + tag for tag in shown.tags)
+                kinds.update(shown.hidden)
         text = _strip_list_footer(text[:budget])
         budget -= len(text)
         (texts if part.shown else unseen).append(text)

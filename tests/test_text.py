@@ -6,6 +6,7 @@ import base64
 import email.utils
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
@@ -764,6 +765,89 @@ def test_the_plain_alternative_of_html_is_not_read_as_words() -> None:
     # Without an HTML alternative the plain part is what the reader sees.
     raw = alternative(letter, "").replace(b"text/html", b"text/plain")
     assert "ordinary3" in tokens(raw)
+
+
+def plain_part(body: str) -> bytes:
+    return f"From: a@b.example\r\nSubject: hi\r\nContent-Type: text/plain\r\n\r\n{body}\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "<!DOCTYPE html PUBLIC '-//W3C//DTD XHTML 1.0//EN'>",
+        "\r\n\t<html lang='en'>",
+        "<p>",
+        "<TABLE border=0>",
+        "<!-- x -->",
+    ],
+)
+def test_html_sent_as_text_plain_is_read_as_html_as_a_browser_sniffs_it(start: str) -> None:
+    """What WHATWG MIME sniffing reads as HTML is read as HTML: its words without the markup,
+    its hidden text hidden, its links as links."""
+    body = (
+        f"{start}<head><style>.h{{display:none}} td {{padding: 0}}</style></head>"
+        "<body><p>Your account is locked</p><span class='h'>ordinary hidden words</span>"
+        "<a href='http://login.example.net/x'>login</a></body>"
+    )
+    words = tokens(plain_part(body))
+    assert {"your", "account", "locked", "hidden:display-none", "url:example.net"} <= set(words)
+    assert not {"padding", "style", "span", "ordinary", "doctype", "table"} & set(words)
+    assert "mime:text/plain" in words
+
+
+@pytest.mark.parametrize(
+    "text", ["<pre>code</pre> and words", "hello <html> words", "<body\nonload=x> words"]
+)
+def test_plain_text_that_a_browser_would_not_sniff_as_html_stays_text(text: str) -> None:
+    words = tokens(plain_part(text))
+    assert "words" in words and not any(word.startswith("html:") for word in words)
+
+
+def test_an_unshown_plain_alternative_that_is_html_gives_its_words_only() -> None:
+    """Its links and hidden text are not the reader's: only the shown HTML's count."""
+    plain = (
+        "<html><body>"
+        + " ".join(f"other{i}" for i in range(30))
+        + "<a href='http://plain.example.org/'>x</a>"
+    )
+    plain += "<span style='display:none'>secret</span></body></html>"
+    words = tokens(alternative(plain, "<p>Claim your prize now</p>"))
+    assert {"claim", "alt:plain-differs-most"} <= set(words)
+    assert "url:example.org" not in words and not any(word.startswith("hidden:") for word in words)
+
+
+def headed(subject: str, *fields: str) -> bytes:
+    head = "".join(f"{field}\r\n" for field in fields)
+    return (
+        f"From: a@b.example\r\nSubject: {subject}\r\n{head}Content-Type: text/plain\r\n\r\ntext\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Re: your invoice",
+        "RE : your invoice",
+        "AW: Rechnung",
+        "Re[2]: x",
+        "[shop] Re: x",
+        "回复\uff1a通知",
+        "SV: x",
+    ],
+)
+def test_a_reply_subject_without_a_thread_is_a_fake_reply(subject: str) -> None:
+    assert "sig:fake-reply" in tokens(headed(subject))
+    # A reply that names the message it answers is a reply, and no token says so.
+    for field in ("In-Reply-To: <1@b.example>", "References: <0@b.example>\r\n <1@b.example>"):
+        words = tokens(headed(subject, field))
+        assert not any(word.startswith("sig:") for word in words)
+
+
+@pytest.mark.parametrize(
+    "subject", ["Regarding your invoice", "Reminder: x", "Fwd: x", "Réunion: lundi", "x Re: y"]
+)
+def test_a_subject_that_is_no_reply_is_no_fake_reply(subject: str) -> None:
+    assert "sig:fake-reply" not in tokens(headed(subject))
 
 
 def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal() -> None:
