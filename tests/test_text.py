@@ -850,6 +850,33 @@ def test_a_subject_that_is_no_reply_is_no_fake_reply(subject: str) -> None:
     assert "sig:fake-reply" not in tokens(headed(subject))
 
 
+@pytest.mark.parametrize(
+    ("content_type", "flowed"),
+    [
+        ('text/plain; charset="us-ascii"; Format="flowed"', True),
+        ("text/plain; format=flowed; delsp=yes", True),
+        ("text/plain; format=fixed", False),
+        ("text/plain", False),
+        ("text/html; format=flowed", False),
+    ],
+)
+def test_flowed_plain_text_marks_the_mail_client(content_type: str, flowed: bool) -> None:
+    """RFC 3676 flowed text is what desktop mail clients write: a token says so, as `mailer:` does."""
+    raw = f"From: a@b.example\r\nSubject: hi\r\nContent-Type: {content_type}\r\n\r\nsome words\r\n"
+    assert ("fmt:flowed" in tokens(raw.encode())) is flowed
+
+
+def test_a_flowed_plain_alternative_marks_the_client_though_not_shown() -> None:
+    """In Thunderbird's multipart/alternative the plain part is not shown; it still says who wrote it."""
+    raw = (
+        "From: a@b.example\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nsome words\r\n"
+        "--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>some words</p>\r\n--b--\r\n"
+    )
+    assert "fmt:flowed" in tokens(raw.encode())
+
+
 def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal() -> None:
     def text(subject: str, body: str) -> list[str]:
         head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
