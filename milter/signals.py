@@ -36,6 +36,8 @@ Tokens:
 - ``sig:recipient-in-subject``: the subject holds one of the To addresses ("jane@example.org,
   your mailbox is full": Rspamd's TO_IN_SUBJECT). People do not write their correspondent's
   address into a subject; phishing puts the victim's there to look addressed to them.
+- ``sig:fake-reply``: the subject says the message answers another ("Re:", "AW:", "回复:") and
+  no In-Reply-To or References field says which (SpamAssassin's and Rspamd's FAKE_REPLY).
 
 Choices:
 

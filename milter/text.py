@@ -2,7 +2,9 @@
 
 The model sees a message as a line of lowercased, space-separated tokens: header-derived tokens
 with a prefix (``from:john``, ``fromtld:ru``, ``url:example.com``, ``mime:text/html``,
-``subj:free``), then the words of the decoded text parts. The ONNX graph only splits on spaces
+``subj:free``, ``fmt:flowed`` for the flowed plain text desktop mail clients write), then the
+words of the decoded text parts (an HTML part, or a plain one that a browser would sniff as
+HTML, by what its reader sees: milter/visible.py). The ONNX graph only splits on spaces
 and looks tokens up, so all string work happens here, once, in Python, with capped cost.
 
 What is deliberately left out, because it leaks the label inside the training corpora and means
