@@ -34,5 +34,10 @@ class ModelError(FileError):
     """A model file cannot be loaded or does not fit this version of milter."""
 
 
+class TextVersionError(ModelError):
+    """A sound model file, written for another message->text version than this milter reads
+    (a site model trained before an upgrade): retraining, or the shipped model, is the remedy."""
+
+
 class RelayError(MilterError):
     """The next hop did not take the message."""

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from milter.errors import ModelError
+from milter.errors import ModelError, TextVersionError
 from milter.text import TEXT_VERSION, message_text
 
 # The graph's interface, as `milter train` writes it.
@@ -217,7 +217,7 @@ def model_from_bytes(data: bytes, path: Path | str, started: float | None = None
             f"for message->text version {TEXT_VERSION}",
         )
     if version not in SUPPORTED_TEXT_VERSIONS:
-        raise ModelError(
+        raise TextVersionError(
             path,
             f"model expects message->text version {version!r}, which this milter does not implement; "
             f"expected version {' or '.join(sorted(SUPPORTED_TEXT_VERSIONS))} "

@@ -48,10 +48,11 @@ from typing import Generic, TypeVar
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from milter.errors import ModelError, RulesError
+from milter.errors import ModelError, RulesError, TextVersionError
 from milter.metrics import Metrics
 from milter.model import DEFAULT_MAX_SECONDS_PER_MESSAGE, Model, load_model, validate_model
 from milter.notify import Notifier, status_text
+from milter.paths import SHIPPED_MODEL
 from milter.rules import Ruleset, actions_for_mode
 
 log = logging.getLogger(__name__)
@@ -298,9 +299,21 @@ def _no_valid_model(path: Path, refusals: list[Refusal]) -> ModelError:
         where = "directory has no *.onnx file" if path.is_dir() else "no such file"
         return ModelError(path, f"{where}; expected a model file written by `milter train`")
     if len(refusals) == 1 and refusals[0].path == path:
-        return refusals[0].error if isinstance(refusals[0].error, ModelError) else ModelError(path, "invalid")
-    tried = "; ".join(r.reason for r in refusals)
-    return ModelError(path, f"no valid model among {len(refusals)} file(s): {tried}")
+        first = refusals[0].error
+        error = first if isinstance(first, ModelError) else ModelError(path, "invalid")
+    else:
+        tried = "; ".join(r.reason for r in refusals)
+        error = ModelError(path, f"no valid model among {len(refusals)} file(s): {tried}")
+    if all(isinstance(r.error, TextVersionError) for r in refusals):
+        # Models of a milter before an upgrade: say where this milter's own model is, so that
+        # the fix is one `install` (the newest valid model serves) and not a search.
+        target = f"into {path}" if path.is_dir() else f"as {path}"
+        return TextVersionError(
+            error.path,
+            f"{error.message}; the model shipped with this milter is {SHIPPED_MODEL}: install it "
+            f"{target} (`install -m 0644 {SHIPPED_MODEL} {path}`) or retrain the site model",
+        )
+    return error
 
 
 # --- the rules ---------------------------------------------------------------------------------

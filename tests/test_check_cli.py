@@ -645,3 +645,37 @@ def test_rules_test_text_output_names_the_model(tmp_path: Path, capsys: pytest.C
     assert code == 0
     p = load_model(SHIPPED_MODEL).score_message(SPAMMY).probability
     assert out.startswith(f"{msg}: probability {p:.4f} [model {load_model(SHIPPED_MODEL).id}] -> ")
+
+
+def test_after_an_upgrade_a_site_model_of_another_text_version_names_the_shipped_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A site model trained before an upgrade is sound but reads another message->text: the
+    daemon does not serve it, and says where this milter's own model is and how to install it;
+    installed, the newest valid model serves and the site model is skipped with its reason."""
+    import onnx
+
+    from milter.model import META_TEXT_VERSION
+    from milter.paths import SHIPPED_MODEL
+
+    proto = onnx.load(str(SHIPPED_MODEL))
+    for prop in proto.metadata_props:
+        if prop.key == META_TEXT_VERSION:
+            prop.value = "1"
+    models = tmp_path / "model"
+    models.mkdir()
+    site = models / "site-old.onnx"
+    site.write_bytes(proto.SerializeToString())
+    path = config_file(tmp_path, f"rules: {SHIPPED_RULES}\nmodel: {models}\n")
+    code, error = serve_start_error(path)
+    assert code == 1
+    assert f"{site}: model expects message->text version '1'" in error
+    assert f"the model shipped with this milter is {SHIPPED_MODEL}: install it into {models}" in error
+    assert f"`install -m 0644 {SHIPPED_MODEL} {models}`" in error
+
+    subprocess.run(["install", "-m", "0644", str(SHIPPED_MODEL), str(models)], check=True)
+    os.utime(site, (2_000_000_000, 2_000_000_000))  # the site model stays the newer file
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert code == 0, err
+    assert f"{models / SHIPPED_MODEL.name}: ok: model " in out
+    assert f"skipped, as the daemon skips it: {site}: model expects message->text version '1'" in out
