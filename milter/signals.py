@@ -33,6 +33,14 @@ Tokens:
 - ``sig:link-brand-host``: a link host whose subdomain labels name a brand the registrable
   domain does not belong to (``paypal.com.secure-login.ru``);
 - ``sig:link-javascript``, ``sig:link-data-uri``: ``javascript:`` and non-image ``data:`` links;
+- ``sig:link-ipfs``: a link to an IPFS gateway (an ``ipfs`` or ``ipns`` label or hyphen-part in
+  the host, or a path that starts ``/ipfs/`` or ``/ipns/``): a page no one can take down;
+- ``sig:link-free-host``: a link to a free static host, site builder, tunnel or page proxy where
+  anyone publishes under the service's own domain (``*.web.app``, ``*.pages.dev``,
+  ``translate.goog``); the ones list talk links to every day (github.io, wordpress.com, S3) and
+  office file shares are not among them;
+- ``sig:link-open-redirect``: a link through a big site's open redirect (Google's ``/url?q=``
+  and ``/amp/s/``, Bing's ``/ck/a``, ``l.facebook.com``); its target is read as a link too;
 - ``sig:recipient-in-subject``: the subject holds one of the To addresses ("jane@example.org,
   your mailbox is full": Rspamd's TO_IN_SUBJECT). People do not write their correspondent's
   address into a subject; phishing puts the victim's there to look addressed to them.
@@ -64,6 +72,7 @@ The tables load on first use (about 90 ms); load_tables() loads them ahead, at a
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import re
@@ -104,6 +113,38 @@ _REDIRECTORS: Final = _names(
     " google.com linkedin.com facebook.com substack.com mailgun.org emltrk.com"
     ""
 )
+# Free static hosts, site builders, tunnels and page proxies, by registrable domain (ICANN
+# section) or, for parts of a bigger domain, by host suffix: anyone publishes a page there in a
+# minute, under a name no filter can block. Left out for what list ham links to every day:
+# github.io, gitlab.io, wordpress.com, blogspot.com, S3 and storage.googleapis.com, and office
+# file shares (Dropbox, SharePoint, OneDrive), which are in every business mailbox.
+_FREE_HOSTS: Final = _names(
+    "web.app firebaseapp.com pages.dev workers.dev r2.dev netlify.app vercel.app herokuapp.com"
+    " onrender.com glitch.me repl.co replit.app replit.dev surge.sh 000webhostapp.com weebly.com"
+    " weeblysite.com wixsite.com godaddysites.com square.site webflow.io framer.app framer.website"
+    " carrd.co ngrok.io ngrok.app ngrok-free.app trycloudflare.com translate.goog"
+    ""
+)
+_FREE_HOST_SUFFIXES: Final = (
+    ".firebasestorage.googleapis.com",
+    ".blob.core.windows.net",
+    ".web.core.windows.net",
+    ".sites.google.com",
+)
+# Open redirects of big sites: (the registrable domain's name, under any suffix: google.de as
+# google.com; the host or "" for any; path prefixes). The target is in the query's
+# q/url/u/to/target parameter, or (Google AMP) the rest of the path.
+_OPEN_REDIRECTS: Final = (
+    ("google", "", ("/url?", "/amp/s/")),
+    ("bing", "", ("/ck/a?",)),
+    ("facebook", "l.facebook.com", ("/",)),
+    ("facebook", "lm.facebook.com", ("/",)),
+    ("instagram", "l.instagram.com", ("/",)),
+    ("youtube", "", ("/redirect?",)),
+    ("linkedin", "", ("/slink?",)),
+)
+_TARGET_PARAMS: Final = ("q", "url", "u", "to", "target")
+_IPFS_LABEL: Final = re.compile(r"(?:^|[.-])ip[fn]s(?:[.-]|$)")
 # Words a display name may hold beside a brand that is also an everyday word ("Apple Support").
 _GENERIC_WORDS: Final = _names(
     "service services support team security secure alert alerts account accounts customer customers care"
@@ -631,7 +672,9 @@ def link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str]
 def _link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str]:
     found: set[str] = set()
     sender = registrable(from_domain) if from_domain else ""
-    for href, anchor in links[:MAX_LINKS]:
+    links = list(links[:MAX_LINKS])
+    redirects = 0
+    for href, anchor in links:
         match = _HREF.match(href)
         if match is None:  # cannot happen: every part of the pattern may be empty
             continue
@@ -652,6 +695,15 @@ def _link_tokens(links: Sequence[tuple[str, str]], from_domain: str) -> list[str
         elif slashes or (not kind and authority and authority[0] not in "#/."):
             site, tokens = _authority_tokens(authority[:MAX_INPUT_CHARS], not slashes)
             found.update(tokens)
+            path = href[match.end() : match.end() + MAX_INPUT_CHARS]
+            if site and path[:6].lower() in ("/ipfs/", "/ipns/"):
+                found.add("sig:link-ipfs")
+            target = _redirect_target(site, authority, path) if site else ""
+            if target:
+                found.add("sig:link-open-redirect")
+                if redirects < 4:  # its target is a link too, but a chain of them is not followed far
+                    redirects += 1
+                    links.append((target, ""))
         else:
             continue  # cid:, tel:, an anchor in the page or a relative link
         if anchor and site and "." in anchor:
@@ -693,7 +745,41 @@ def _authority_tokens(authority: str, bare: bool) -> tuple[str, tuple[str, ...]]
         found.append("sig:link-port")
     if _brand_host(host, site, _brands()):
         found.append("sig:link-brand-host")
+    if _IPFS_LABEL.search(host) is not None:
+        found.append("sig:link-ipfs")
+    if site in _FREE_HOSTS or ("." + host).endswith(_FREE_HOST_SUFFIXES):
+        found.append("sig:link-free-host")
     return site, tuple(found)
+
+
+def _redirect_target(site: str, authority: str, path: str) -> str:
+    """The target of a link through a big site's open redirect ("" if it is not one): what its
+    q/url/u/to parameter holds, or the rest of a Google AMP path, as a URL."""
+    host, name = "", site.partition(".")[0]
+    for known, exact, prefixes in _OPEN_REDIRECTS:
+        if name != known:
+            continue
+        host = host or url_host(authority)
+        if (exact and host != exact) or not path.lower().startswith(prefixes):
+            continue
+        if path[:7].lower() == "/amp/s/":
+            return "https://" + path[7:]
+        query = urllib.parse.parse_qs(path.partition("?")[2], max_num_fields=32)
+        for name in _TARGET_PARAMS:
+            for value in query.get(name, ()):
+                if value.startswith("a1") and name == "u":  # Bing's: "a1" and the URL in base64url
+                    value = _base64url(value[2:])
+                if value[:8].lower().startswith(("http://", "https://")):
+                    return value
+    return ""
+
+
+def _base64url(text: str) -> str:
+    """Text that `text` is the base64url (RFC 4648) of, unpadded, or "" if it is not."""
+    try:
+        return base64.urlsafe_b64decode(text[:MAX_INPUT_CHARS] + "=" * (-len(text) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 def _brand_host(host: str, site: str, brands: _Brands) -> bool:

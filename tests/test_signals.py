@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import time
+import urllib.parse
 
 import pytest
 from hypothesis import given, settings
@@ -317,6 +319,22 @@ def test_no_recipient_signal_without_the_address(to: str, subject: str) -> None:
         ("https://dhl-express.example.net/", "", "sig:link-brand-host"),
         ("javascript:alert(1)", "Click", "sig:link-javascript"),
         ("data:text/html;base64,PHNjcmlwdD4=", "Open", "sig:link-data-uri"),
+        ("https://ipfs.io/ipfs/QmYeh5kaRgdoP6skXdSoqoiq4mxH/index.html", "", "sig:link-ipfs"),
+        ("https://gateway.example.net/ipns/k51qzi5uqu5d/", "", "sig:link-ipfs"),
+        ("https://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylq.ipfs.dweb.link/", "", "sig:link-ipfs"),
+        ("https://cloudflare-ipfs.com/ipfs/Qm/", "", "sig:link-ipfs"),
+        ("https://login-secure-7.web.app/", "", "sig:link-free-host"),
+        ("https://secure-docs.pages.dev/", "", "sig:link-free-host"),
+        ("https://pub-1234.r2.dev/x.html", "", "sig:link-free-host"),
+        ("https://firebasestorage.googleapis.com/v0/b/app/o/x.html", "", "sig:link-free-host"),
+        ("https://acct7.blob.core.windows.net/$web/index.html", "", "sig:link-free-host"),
+        ("https://example-com.translate.goog/?_x_tr_sl=auto", "", "sig:link-free-host"),
+        ("netlify-phish.netlify.app", "", "sig:link-free-host"),  # a host from plain text
+        ("https://www.google.com/url?q=https://target.example/login&sa=D", "", "sig:link-open-redirect"),
+        ("https://www.google.de/amp/s/target.example/login", "", "sig:link-open-redirect"),
+        ("https://www.bing.com/ck/a?!&&u=a1aHR0cHM6Ly90YXJnZXQuZXhhbXBsZS8", "", "sig:link-open-redirect"),
+        ("https://l.facebook.com/l.php?u=https%3A%2F%2Ftarget.example%2F", "", "sig:link-open-redirect"),
+        ("https://www.youtube.com/redirect?q=https://target.example/", "", "sig:link-open-redirect"),
     ],
 )
 def test_link_tokens(href: str, text: str, token: str) -> None:
@@ -351,6 +369,16 @@ def test_link_tokens(href: str, text: str, token: str) -> None:
         ("page.html", "example.org"),
         ("tel:+15551234567", "+1 555 123 4567"),
         ("www.example.com", ""),
+        ("https://project.github.io/docs/", ""),  # free hosts that list talk links to every day
+        ("https://someone.wordpress.com/2024/01/01/post/", ""),
+        ("https://bucket.s3.amazonaws.com/build.tar.gz", ""),
+        ("https://storage.googleapis.com/bucket/log.txt", ""),
+        ("https://fonts.googleapis.com/css?family=Roboto", ""),
+        ("https://www.dropbox.com/s/abc/file.pdf", ""),
+        ("https://contoso.sharepoint.com/sites/team", ""),
+        ("https://www.google.com/search?q=https://example.org", ""),  # a search, not a redirect
+        ("https://www.google.com/url?q=mailto:a@example.org", ""),  # no web target
+        ("https://ipfsnews.example/", ""),  # "ipfs" inside a word is not a gateway
     ],
 )
 def test_legitimate_links_get_no_tokens(href: str, text: str) -> None:
@@ -361,6 +389,31 @@ def test_a_brand_in_the_subdomain_is_not_the_sites_domain_shown() -> None:
     assert link_tokens([("https://amazon.co.uk.example.com/", "https://example.com/")], "") == [
         "sig:link-brand-host"
     ]
+
+
+def test_an_open_redirects_target_is_read_as_a_link() -> None:
+    assert link_tokens([("https://www.google.com/url?q=http%3A%2F%2F192.0.2.7%2Flogin", "")], "") == [
+        "sig:link-ip",
+        "sig:link-open-redirect",
+    ]
+    amp = link_tokens([("https://www.google.com/amp/s/xn--pypal-4ve.com/signin", "Sign in")], "")
+    assert amp == ["sig:link-open-redirect", "sig:link-punycode"]
+
+
+def test_bings_base64_target_is_read() -> None:
+    target = base64.urlsafe_b64encode(b"http://198.51.100.9/x").decode().rstrip("=")
+    assert link_tokens([(f"https://www.bing.com/ck/a?!&&p=1&u=a1{target}&ntb=1", "")], "") == [
+        "sig:link-ip",
+        "sig:link-open-redirect",
+    ]
+    assert link_tokens([("https://www.bing.com/ck/a?!&&p=1&u=a1%%%&ntb=1", "")], "") == []
+
+
+def test_a_chain_of_redirects_is_followed_only_so_far() -> None:
+    href = "http://192.0.2.7/"
+    for _ in range(8):
+        href = "https://www.google.com/url?q=" + urllib.parse.quote(href, safe="")
+    assert link_tokens([(href, "")], "") == ["sig:link-open-redirect"]
 
 
 def test_link_tokens_are_unique_and_sorted() -> None:
