@@ -409,6 +409,12 @@ def test_bings_base64_target_is_read() -> None:
     assert link_tokens([("https://www.bing.com/ck/a?!&&p=1&u=a1%%%&ntb=1", "")], "") == []
 
 
+def test_a_redirect_with_many_fields_keeps_every_links_tokens() -> None:
+    fields = "&".join(f"f{i}=1" for i in range(200))
+    links = [(f"https://www.google.com/url?{fields}&q=http://192.0.2.7/", ""), ("http://bit.ly/x", "")]
+    assert link_tokens(links, "") == ["sig:link-ip", "sig:link-open-redirect", "sig:link-shortener"]
+
+
 def test_a_chain_of_redirects_is_followed_only_so_far() -> None:
     href = "http://192.0.2.7/"
     for _ in range(8):
