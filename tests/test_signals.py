@@ -415,6 +415,14 @@ def test_a_redirect_with_many_fields_keeps_every_links_tokens() -> None:
     assert link_tokens(links, "") == ["sig:link-ip", "sig:link-open-redirect", "sig:link-shortener"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(["", "https://www.google.com/url?q=", "https://ipfs.io/ipfs/"]))
+def test_a_garbage_link_takes_no_other_links_tokens(garbage: str, prefix: str) -> None:
+    # One link the code cannot read must not cost the message the tokens of the others.
+    tokens = link_tokens([(prefix + garbage, garbage), ("http://bit.ly/x", "")], "")
+    assert "sig:link-shortener" in tokens
+
+
 def test_a_chain_of_redirects_is_followed_only_so_far() -> None:
     href = "http://192.0.2.7/"
     for _ in range(8):
