@@ -146,6 +146,9 @@ def main() -> int:
     parser.add_argument("--source-balance", type=float, default=TrainConfig.source_balance)
     parser.add_argument("--min-sources", type=int, default=TrainConfig.min_sources)
     parser.add_argument("--clip", type=float, default=TrainConfig.clip, help="as milter train --clip")
+    parser.add_argument(
+        "--fuse-nb", type=float, default=TrainConfig.fuse_nb, help="as milter train --fuse-nb"
+    )
     parser.add_argument("--exclude-prefix", nargs="*", default=list(TrainConfig.exclude_prefixes))
     parser.add_argument("--hard-ham", action="store_true", help="leave out SpamAssassin's hard_ham too")
     parser.add_argument(
@@ -160,6 +163,7 @@ def main() -> int:
         source_balance=args.source_balance,
         min_sources=args.min_sources,
         clip=args.clip,
+        fuse_nb=args.fuse_nb,
         exclude_prefixes=tuple(args.exclude_prefix),
     )
     shown = {k: v for k, v in asdict(config).items() if k != "exclude_words"}

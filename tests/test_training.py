@@ -563,3 +563,51 @@ def test_a_clipped_model_bounds_every_tokens_share_in_the_graph_as_in_the_fit(tm
     alone = model.score_texts([strongest])[0].features
     assert len(alone) == 1 and abs(alone[0][1] - 0.05 * clipped.fitted.platt[0]) < 1e-4
     assert plain_model.score_texts([strongest])[0].features[0][1] > alone[0][1]
+
+
+def test_a_fused_model_adds_naive_bayes_log_odds_in_the_graph_as_in_the_fit(tmp_path: Path) -> None:
+    from sklearn.naive_bayes import BernoulliNB
+
+    from milter.errors import ModelError
+    from milter.retrain import read_linear
+    from milter.training.train import Fused, naive_bayes_weights
+
+    ham, spam = write_corpus(tmp_path, ham=80, spam=80)
+    plain = train([ham], [spam], TrainConfig(min_df=1, seed=3), "cmd")
+    fused = train([ham], [spam], TrainConfig(min_df=1, seed=3, fuse_nb=0.3), "cmd")
+    # The ONNX graph computes what the fit computed; the setting is recorded only where set.
+    assert fused.figures["onnx_vs_sklearn_max_abs_diff"] < 1e-4  # type: ignore[operator]
+    assert json.loads(fused.metadata["milter.params"])["fuse_nb"] == 0.3
+    assert "fuse_nb" not in json.loads(plain.metadata["milter.params"])
+    classifier = fused.fitted.classifier
+    assert isinstance(classifier, Fused) and classifier.beta == 0.3
+    texts = fused.validation_texts
+    assert not np.allclose(plain.fitted.probabilities(texts), fused.fitted.probabilities(texts))
+    # The weights are Bernoulli naive Bayes's own log-odds, as scikit-learn computes them.
+    x = fused.fitted.vectorizer.transform(texts)  # type: ignore[attr-defined]
+    labels = np.array([0, 1] * (len(texts) // 2) + [0] * (len(texts) % 2))
+    weight, intercept = naive_bayes_weights(x, labels, None)
+    presence = x.copy().tocsr()
+    presence.data[:] = 1.0
+    joint = BernoulliNB(alpha=1.0, binarize=None).fit(presence, labels).predict_joint_log_proba(presence)
+    assert np.allclose(presence @ weight + intercept, joint[:, 1] - joint[:, 0], atol=1e-8)
+    # Site retraining starts from a linear graph; a fused one is refused by name, not misread.
+    with pytest.raises(ModelError, match=r"fused\.onnx.*linear graph"):
+        read_linear(fused.model_bytes, "fused.onnx")
+
+
+def test_a_model_is_clipped_or_fused_not_both(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path, ham=40, spam=40)
+    with pytest.raises(ValueError, match="not both"):
+        train([ham], [spam], TrainConfig(min_df=1, clip=1.0, fuse_nb=0.3), "cmd")
+
+
+def test_milter_train_fuse_nb_writes_a_fused_model(tmp_path: Path) -> None:
+    ham, spam = write_corpus(tmp_path, ham=40, spam=40)
+    out = tmp_path / "fused.onnx"
+    args = ["train", "--ham", str(ham), "--spam", str(spam), "--out", str(out), "--quiet", "--fuse-nb", "0.2"]
+    assert main(args) == 0
+    model = onnx.load(str(out))
+    assert "nb_table" in {tensor.name for tensor in model.graph.initializer}
+    assert json.loads({p.key: p.value for p in model.metadata_props}["milter.params"])["fuse_nb"] == 0.2
+    assert 0.0 <= load_model(out).score(message_text(make_message(1, spam=True))).probability <= 1.0

@@ -97,6 +97,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "share; 0: unbounded (default: %(default)s)",
     )
     parser.add_argument(
+        "--fuse-nb",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="fuse a second model on log-odds: Bernoulli naive Bayes over the same tokens, its "
+        "log-odds (bounded to +-30) added times BETA to the linear model's before the calibration; "
+        "it keeps more commercial mail out of Junk and lets more spam in (docs/model.md, candidate "
+        "H). A fused model cannot be retrained from users' feedback; 0: not fused (default: %(default)s)",
+    )
+    parser.add_argument(
         "--exclude-prefix",
         nargs="*",
         default=["mailer:"],
@@ -182,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         source_balance=args.source_balance,
         min_sources=args.min_sources,
         clip=args.clip,
+        fuse_nb=args.fuse_nb,
         seed=args.seed,
         calibration_fraction=args.calibration_fraction,
         validation_fraction=args.validation_fraction,

@@ -15,6 +15,7 @@ the first version, which gathered twice per token and sorted |contribution| for 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -29,6 +30,15 @@ PAD_TOKEN = "<PAD>"
 _UNKNOWN_NORM_SQ = 1e-30
 
 
+class NaiveBayesPart(NamedTuple):
+    """A second model fused on log-odds, calibration folded in: the graph adds
+    clip(sum of `weight` over the text's tokens + `intercept`, -bound, bound) to the logit."""
+
+    weight: np.ndarray  # per term, in the order of `terms`
+    intercept: float
+    bound: float
+
+
 def build_graph(
     terms: Sequence[str],
     idf: np.ndarray,
@@ -37,6 +47,7 @@ def build_graph(
     metadata: Mapping[str, str],
     top_k: int = 5,
     clip: float = 0.0,
+    naive_bayes: NaiveBayesPart | None = None,
 ) -> onnx.ModelProto:
     """The model for `p = sigmoid(coef . l2norm(idf * present(terms)) + intercept)`.
 
@@ -46,7 +57,9 @@ def build_graph(
     (weight, idf^2) gathered. Cost grows with the message's tokens, not with the vocabulary.
     Calibration must already be folded into coef and intercept. With `clip` > 0, each token's
     share of the sum (weight * idf / norm) is bounded to [-clip, clip] before the sum: the
-    graph then takes the norm first and sums the bounded shares (three nodes more).
+    graph then takes the norm first and sums the bounded shares (three nodes more). With
+    `naive_bayes`, its bounded sum over the tokens (no norm) is added to the logit: one more
+    Gather per token and four nodes; the explanation stays the linear model's.
     """
     if any(not term or len(term.split()) != 1 for term in terms):
         raise ValueError("terms must be single tokens without whitespace")
@@ -81,6 +94,15 @@ def build_graph(
         numpy_helper.from_array(np.array([1], dtype=np.int64), "norm_column"),
         numpy_helper.from_array(np.array([k], dtype=np.int64), "k"),
     ]
+    if naive_bayes is not None:
+        nb_table = np.zeros(size + 1, dtype=np.float32)  # unknown tokens and the padding: 0
+        nb_table[:size] = np.asarray(naive_bayes.weight, dtype=np.float64).reshape(-1)[order]
+        initializers += [
+            numpy_helper.from_array(nb_table, "nb_table"),
+            numpy_helper.from_array(np.array([naive_bayes.intercept], dtype=np.float32), "nb_intercept"),
+            numpy_helper.from_array(np.array(-naive_bayes.bound, dtype=np.float32), "nb_low"),
+            numpy_helper.from_array(np.array(naive_bayes.bound, dtype=np.float32), "nb_high"),
+        ]
     if clip > 0:
         initializers += [
             numpy_helper.from_array(np.array([0], dtype=np.int64), "weight_column"),
@@ -103,7 +125,8 @@ def build_graph(
         helper.make_node("ReduceSum", ["rows", "axis1"], ["sums"], keepdims=0),  # [N, 2]
         helper.make_node("Pow", ["sums", "exponents"], ["powers"]),  # [N, 2]: sum w, 1/norm
         *(_clipped_dot() if clip > 0 else _dot()),
-        helper.make_node("Add", ["dot", "intercept"], ["logit"]),
+        *(_naive_bayes() if naive_bayes is not None else []),
+        helper.make_node("Add", ["dot_all" if naive_bayes is not None else "dot", "intercept"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUT_PROBABILITY]),
         # Explanation: the k smallest rows are the k tokens with the largest |weight| (and
         # |contribution|: one norm per text); their weights scaled by 1/norm, and the tokens.
@@ -145,6 +168,17 @@ def build_graph(
 def _dot() -> list[onnx.NodeProto]:
     """sum(w) * (1 / norm): the L2-normalised dot product."""
     return [helper.make_node("ReduceProd", ["powers", "axis1"], ["dot"], keepdims=0)]  # [N]
+
+
+def _naive_bayes() -> list[onnx.NodeProto]:
+    """dot + clip(sum of the tokens' naive Bayes weights + its intercept): the fused log-odds."""
+    return [
+        helper.make_node("Gather", ["nb_table", "row"], ["nb_rows"], axis=0),  # [N, L]
+        helper.make_node("ReduceSum", ["nb_rows", "axis1"], ["nb_sum"], keepdims=0),  # [N]
+        helper.make_node("Add", ["nb_sum", "nb_intercept"], ["nb_log_odds"]),
+        helper.make_node("Clip", ["nb_log_odds", "nb_low", "nb_high"], ["nb_bounded"]),
+        helper.make_node("Add", ["dot", "nb_bounded"], ["dot_all"]),
+    ]
 
 
 def _clipped_dot() -> list[onnx.NodeProto]:

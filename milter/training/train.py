@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 
@@ -77,11 +78,64 @@ class TrainConfig:
     # calibration); 0: unbounded. In a short text L2 normalisation gives each of a few tokens a
     # large share, and one token then decides the message; bounded, it takes several.
     clip: float = 0.0
+    # The weight beta of a second model fused on log-odds: Bernoulli naive Bayes over the same
+    # tokens' presence, fitted on the same mail and weights, its log-odds bounded to
+    # [-NB_BOUND, NB_BOUND] and added times beta to the linear model's before the calibration;
+    # 0: not fused. It weighs each token by its own counts, as bogofilter does, where logistic
+    # regression shares weight between tokens that come together (docs/model.md, candidate H).
+    fuse_nb: float = 0.0
     seed: int = 0
     calibration_fraction: float = 0.1
     validation_fraction: float = 0.1
     top_k: int = 5
     jobs: int = 1
+
+
+NB_BOUND: Final = 30.0  # the naive Bayes log-odds' bound: long texts make it certain of anything
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A logistic regression with a naive Bayes model fused on log-odds (TrainConfig.fuse_nb):
+    decision = lr(x) + beta * clip(presence(x) . nb_weight + nb_intercept, +-NB_BOUND)."""
+
+    lr: object
+    nb_weight: np.ndarray  # per vocabulary column: the log-odds a present token adds
+    nb_intercept: float  # the log-odds of a text with no token (priors and absent tokens)
+    beta: float
+
+    def naive_bayes(self, x: object) -> np.ndarray:
+        presence = x.copy().tocsr()  # type: ignore[attr-defined]
+        presence.data[:] = 1.0
+        log_odds = np.asarray(presence @ self.nb_weight, dtype=np.float64).reshape(-1) + self.nb_intercept
+        bounded: np.ndarray = np.clip(log_odds, -NB_BOUND, NB_BOUND)
+        return bounded
+
+    def decision_function(self, x: object) -> np.ndarray:
+        linear = np.asarray(self.lr.decision_function(x), dtype=np.float64)  # type: ignore[attr-defined]
+        fused: np.ndarray = linear + self.beta * self.naive_bayes(x)
+        return fused
+
+
+def naive_bayes_weights(
+    x: object, labels: np.ndarray, sample_weight: np.ndarray | None
+) -> tuple[np.ndarray, float]:
+    """Bernoulli naive Bayes (additive smoothing 1) on the presence of x's columns, as a linear
+    model of presence: (weight per column, intercept) with log P(spam|x) - log P(ham|x) =
+    presence . weight + intercept."""
+    from sklearn.naive_bayes import BernoulliNB
+
+    presence = x.copy().tocsr()  # type: ignore[attr-defined]
+    presence.data[:] = 1.0
+    nb = BernoulliNB(alpha=1.0, binarize=None)
+    nb.fit(presence, labels, sample_weight=sample_weight)
+    spam, ham = list(nb.classes_).index(SPAM), list(nb.classes_).index(HAM)
+    log_p = np.asarray(nb.feature_log_prob_, dtype=np.float64)
+    log_not = np.log1p(-np.exp(log_p))
+    weight = (log_p[spam] - log_not[spam]) - (log_p[ham] - log_not[ham])
+    prior = np.asarray(nb.class_log_prior_, dtype=np.float64)
+    intercept = float(prior[spam] - prior[ham] + log_not[spam].sum() - log_not[ham].sum())
+    return weight, intercept
 
 
 @dataclass
@@ -238,6 +292,8 @@ def fit(
         vocabulary=vocabulary,
         dtype=np.float32,
     )
+    if config.fuse_nb and config.clip:
+        raise ValueError("a model is either clipped (--clip) or fused (--fuse-nb), not both")
     x = vectorizer.fit_transform(texts)
     classifier = LogisticRegression(
         C=config.C,
@@ -247,6 +303,9 @@ def fit(
         class_weight={HAM: config.ham_weight, SPAM: 1.0},
     )
     classifier.fit(x, labels, sample_weight=sample_weight)
+    if config.fuse_nb:
+        nb_weight, nb_intercept = naive_bayes_weights(x, labels, sample_weight)
+        return vectorizer, Fused(classifier, nb_weight, nb_intercept, config.fuse_nb)
     return vectorizer, classifier
 
 
@@ -274,10 +333,13 @@ def platt(decision: np.ndarray, labels: np.ndarray, ham_weight: float = 1.0) -> 
 
 
 def export(fitted: FittedModel, metadata: dict[str, str], top_k: int) -> bytes:
-    from milter.training.export import build_graph
+    from milter.training.export import NaiveBayesPart, build_graph
 
     vectorizer = fitted.vectorizer
     classifier = fitted.classifier
+    fused = classifier if isinstance(classifier, Fused) else None
+    if fused is not None:
+        classifier = fused.lr
     vocabulary: dict[str, int] = vectorizer.vocabulary_  # type: ignore[attr-defined]
     # Terms the classifier gives no weight add only to the norm; they stay (idf^2 matters).
     terms = [""] * len(vocabulary)
@@ -290,7 +352,18 @@ def export(fitted: FittedModel, metadata: dict[str, str], top_k: int) -> bytes:
     if fitted.clip and a <= 0:
         raise ValueError(f"a calibration slope of {a:g} cannot carry a clip (the model ranks spam below ham)")
     # sigmoid(a * (sum clip(s, -c, c) + i) + b) = sigmoid(sum clip(a s, -a c, a c) + a i + b) for a > 0.
-    model = build_graph(terms, idf, coef, intercept, metadata, top_k=top_k, clip=fitted.clip * a)
+    naive_bayes = None
+    if fused is not None:
+        if a <= 0:
+            raise ValueError(
+                f"a calibration slope of {a:g} cannot carry a fused model (it ranks spam below ham)"
+            )
+        # a * beta * clip(nb, -B, B) = clip(a beta nb, -a beta B, a beta B) for a > 0, likewise.
+        scale = a * fused.beta
+        naive_bayes = NaiveBayesPart(fused.nb_weight * scale, fused.nb_intercept * scale, NB_BOUND * scale)
+    model = build_graph(
+        terms, idf, coef, intercept, metadata, top_k=top_k, clip=fitted.clip * a, naive_bayes=naive_bayes
+    )
     return bytes(model.SerializeToString())
 
 
@@ -309,11 +382,12 @@ def onnx_probabilities(model_bytes: bytes, texts: Sequence[str], batch: int = 64
 
 
 def _params(config: TrainConfig) -> dict[str, object]:
-    """The settings a model records; `clip` only where set, so that a model trained without one
-    is the same file, to the bit, as before the setting existed."""
+    """The settings a model records; `clip` and `fuse_nb` only where set, so that a model
+    trained without them is the same file, to the bit, as before the settings existed."""
     params = asdict(config) | {"jobs": None}
-    if not config.clip:
-        del params["clip"]
+    for optional in ("clip", "fuse_nb"):
+        if not params[optional]:
+            del params[optional]
     return params
 
 
@@ -487,6 +561,7 @@ def train_on(
             + (f", sources weighed alike (^-{config.source_balance:g})" if config.source_balance else "")
             + (f", terms of >= {config.min_sources} sources" if config.min_sources > 1 else "")
             + (f", each token's share of the log-odds within +-{config.clip:g}" if config.clip else "")
+            + (f", naive Bayes fused on log-odds (x{config.fuse_nb:g})" if config.fuse_nb else "")
         ),
         "milter.params": json.dumps(_params(config), sort_keys=True),
         "milter.counts": json.dumps(
