@@ -767,9 +767,9 @@ def _redirect_target(site: str, authority: str, path: str) -> str:
         # The path is at most MAX_INPUT_CHARS long, which bounds the fields (parse_qs's own
         # bound raises, and a link with many fields must not take the others' tokens with it).
         query = urllib.parse.parse_qs(path.partition("?")[2])
-        for name in _TARGET_PARAMS:
-            for value in query.get(name, ()):
-                if value.startswith("a1") and name == "u":  # Bing's: "a1" and the URL in base64url
+        for param in _TARGET_PARAMS:
+            for value in query.get(param, ()):
+                if value.startswith("a1") and param == "u":  # Bing's: "a1" and the URL in base64url
                     value = _base64url(value[2:])
                 if value[:8].lower().startswith(("http://", "https://")):
                     return value

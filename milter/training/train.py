@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -94,6 +94,13 @@ class TrainConfig:
 NB_BOUND: Final = 30.0  # the naive Bayes log-odds' bound: long texts make it certain of anything
 
 
+def _presence(x: Any) -> Any:
+    """The binary presence matrix of a (sparse) TF-IDF matrix: 1 wherever a term is."""
+    presence = x.copy().tocsr()
+    presence.data[:] = 1.0
+    return presence
+
+
 @dataclass(frozen=True)
 class Fused:
     """A logistic regression with a naive Bayes model fused on log-odds (TrainConfig.fuse_nb):
@@ -105,9 +112,7 @@ class Fused:
     beta: float
 
     def naive_bayes(self, x: object) -> np.ndarray:
-        presence = x.copy().tocsr()  # type: ignore[attr-defined]
-        presence.data[:] = 1.0
-        log_odds = np.asarray(presence @ self.nb_weight, dtype=np.float64).reshape(-1) + self.nb_intercept
+        log_odds = np.asarray(_presence(x) @ self.nb_weight, dtype=np.float64).reshape(-1) + self.nb_intercept
         bounded: np.ndarray = np.clip(log_odds, -NB_BOUND, NB_BOUND)
         return bounded
 
@@ -125,10 +130,8 @@ def naive_bayes_weights(
     presence . weight + intercept."""
     from sklearn.naive_bayes import BernoulliNB
 
-    presence = x.copy().tocsr()  # type: ignore[attr-defined]
-    presence.data[:] = 1.0
     nb = BernoulliNB(alpha=1.0, binarize=None)
-    nb.fit(presence, labels, sample_weight=sample_weight)
+    nb.fit(_presence(x), labels, sample_weight=sample_weight)
     spam, ham = list(nb.classes_).index(SPAM), list(nb.classes_).index(HAM)
     log_p = np.asarray(nb.feature_log_prob_, dtype=np.float64)
     log_not = np.log1p(-np.exp(log_p))
