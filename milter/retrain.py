@@ -9,9 +9,11 @@ penalty on the correction: the site model is the base model moved only as far as
 pulls it, and a little feedback moves it a little. Tokens the base model never saw that occur
 in at least MIN_DF taught messages join the vocabulary (a newsletter's sender domain, its list
 id), with the idf of the base model's rarest terms and no weight but what the feedback gives
-them. The result is the same graph as the shipped model's (`build_graph`), so `milter score
---model`, the daemon and its hot reload load it like any other. Everything is a pure function of
-the base file and the store's messages, in the store's order: the same store gives the same file.
+them. A model trained with `--fuse-nb` keeps its naive Bayes part as it is, a fixed offset to
+the logit, and only the linear weights are corrected on top of it. The result is the same graph
+as the base model's (`build_graph`), so `milter score --model`, the daemon and its hot reload
+load it like any other. Everything is a pure function of the base file and the store's
+messages, in the store's order: the same store gives the same file.
 
 docs/learning.md says why this design and not the others.
 """
@@ -23,7 +25,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -33,11 +35,17 @@ from milter.model import META_FIGURES, META_TEXT_VERSION, model_id_of
 from milter.text import message_text
 from milter.words import REGISTER_WORDS
 
+if TYPE_CHECKING:
+    from milter.training.export import NaiveBayesPart
+
 # Graph nodes a milter linear model has (milter.training.export.build_graph), in order.
 _LINEAR_OPS: Final = (
     "StringConcat", "StringSplit", "LabelEncoder", "Gather", "ReduceSum", "Pow", "ReduceProd",
     "Add", "Sigmoid", "TopK", "Gather", "Gather", "Mul", "GatherElements",
 )  # fmt: skip
+# The same with a naive Bayes model fused on log-odds (`milter train --fuse-nb`): its Gather,
+# sum, intercept, bound and addition come after the linear dot product.
+_FUSED_OPS: Final = (*_LINEAR_OPS[:7], "Gather", "ReduceSum", "Add", "Clip", "Add", *_LINEAR_OPS[7:])
 
 META_BASE: Final = "milter.base_model"
 META_FEEDBACK: Final = "milter.feedback"
@@ -77,6 +85,24 @@ class LinearModel:
     metadata: Mapping[str, str]
     model_id: str
     index: dict[str, int] = field(repr=False)
+    # A fused model's naive Bayes part (per term, in the order of `terms`). Retraining keeps it
+    # as it is, a fixed offset to the logit, and corrects the linear weights on top of it.
+    naive_bayes: NaiveBayesPart | None = field(default=None, repr=False)
+
+    def fixed_log_odds(self, texts: Sequence[str]) -> np.ndarray:
+        """The naive Bayes part's bounded log-odds for each text, as the graph adds them
+        (0 for a linear model)."""
+        if self.naive_bayes is None:
+            return np.zeros(len(texts))
+        part = self.naive_bayes
+        sums = np.array(
+            [
+                sum(float(part.weight[self.index[t]]) for t in set(text.split()) if t in self.index)
+                for text in texts
+            ],
+            dtype=np.float64,
+        )
+        return np.clip(sums + part.intercept, -part.bound, part.bound)
 
     def excluded(self) -> tuple[tuple[str, ...], frozenset[str]]:
         """The token families and words the base model left out of its vocabulary (milter train's
@@ -107,7 +133,7 @@ def read_linear(data: bytes, name: str) -> LinearModel:
     except Exception as e:
         raise ModelError(name, f"not an ONNX model ({type(e).__name__}); expected a milter model file") from e
     ops = tuple(node.op_type for node in model.graph.node)
-    if ops != _LINEAR_OPS:
+    if ops not in (_LINEAR_OPS, _FUSED_OPS):
         raise ModelError(
             name,
             "is not milter's linear graph (nodes " + ", ".join(ops[:6]) + ", ...); expected a model "
@@ -124,6 +150,20 @@ def read_linear(data: bytes, name: str) -> LinearModel:
     idf = np.sqrt(table[:-1, 1])
     coef = np.divide(table[:-1, 0], idf, out=np.zeros_like(idf), where=idf > 0)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
+    naive_bayes = None
+    if ops == _FUSED_OPS:
+        from milter.training.export import NaiveBayesPart
+
+        nb_table = np.asarray(init["nb_table"], dtype=np.float64).reshape(-1)
+        if nb_table.shape != (len(keys) + 1,):
+            raise ModelError(
+                name, "its vocabulary and naive Bayes table do not match; expected a milter model file"
+            )
+        naive_bayes = NaiveBayesPart(
+            weight=nb_table[:-1],
+            intercept=float(np.asarray(init["nb_intercept"]).reshape(-1)[0]),
+            bound=float(np.asarray(init["nb_high"]).reshape(-1)[0]),
+        )
     return LinearModel(
         terms=tuple(keys),
         idf=idf,
@@ -133,6 +173,7 @@ def read_linear(data: bytes, name: str) -> LinearModel:
         metadata=metadata,
         model_id=model_id_of(data),
         index={term: i for i, term in enumerate(keys)},
+        naive_bayes=naive_bayes,
     )
 
 
@@ -202,7 +243,7 @@ def fit(base: LinearModel, texts: Sequence[str], labels: np.ndarray, config: Ret
     # Only the columns some taught message has can move; the rest keep the base weights.
     used = np.unique(x.indices)
     x_used = x[:, used]
-    offset = x @ coef + base.intercept
+    offset = x @ coef + base.intercept + base.fixed_log_odds(texts)
     sign = np.where(labels == SPAM, 1.0, -1.0)
     weight = np.where(labels == HAM, config.ham_weight, 1.0)
     penalty = config.penalty
@@ -243,7 +284,20 @@ def model_bytes(fitted: Fitted, base: LinearModel, metadata: Mapping[str, str]) 
     """The site model's ONNX file: the shipped graph with the corrected weights."""
     from milter.training.export import build_graph
 
-    graph = build_graph(fitted.terms, fitted.idf, fitted.coef, fitted.intercept, metadata, top_k=base.top_k)
+    naive_bayes = None
+    if base.naive_bayes is not None:  # kept as it is; the terms the site added have no weight in it
+        part = base.naive_bayes
+        added = len(fitted.terms) - len(base.terms)
+        naive_bayes = part._replace(weight=np.concatenate([part.weight, np.zeros(added)]))
+    graph = build_graph(
+        fitted.terms,
+        fitted.idf,
+        fitted.coef,
+        fitted.intercept,
+        metadata,
+        top_k=base.top_k,
+        naive_bayes=naive_bayes,
+    )
     return bytes(graph.SerializeToString())
 
 

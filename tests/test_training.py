@@ -569,7 +569,9 @@ def test_a_fused_model_adds_naive_bayes_log_odds_in_the_graph_as_in_the_fit(tmp_
     from sklearn.naive_bayes import BernoulliNB
 
     from milter.errors import ModelError
-    from milter.retrain import read_linear
+    from milter.model import model_from_bytes
+    from milter.retrain import Fitted, RetrainConfig, features, fit, model_bytes, read_linear
+    from milter.text import TEXT_VERSION
     from milter.training.train import Fused, naive_bayes_weights
 
     ham, spam = write_corpus(tmp_path, ham=80, spam=80)
@@ -591,9 +593,33 @@ def test_a_fused_model_adds_naive_bayes_log_odds_in_the_graph_as_in_the_fit(tmp_
     presence.data[:] = 1.0
     joint = BernoulliNB(alpha=1.0, binarize=None).fit(presence, labels).predict_joint_log_proba(presence)
     assert np.allclose(presence @ weight + intercept, joint[:, 1] - joint[:, 0], atol=1e-8)
-    # Site retraining starts from a linear graph; a fused one is refused by name, not misread.
-    with pytest.raises(ModelError, match=r"fused\.onnx.*linear graph"):
-        read_linear(fused.model_bytes, "fused.onnx")
+    # Site retraining reads a fused graph back: the same weights give the same model, and a
+    # correction is fitted on top of the naive Bayes part, which stays a fixed offset.
+    base = read_linear(fused.model_bytes, "fused.onnx")
+    assert base.naive_bayes is not None and base.naive_bayes.bound > 0  # beta x the fit's bound, calibrated
+    unchanged = Fitted(list(base.terms), base.idf, base.coef, base.intercept, 0, 0, 0)
+    rebuilt = model_from_bytes(model_bytes(unchanged, base, {"milter.text_version": TEXT_VERSION}), "rebuilt")
+    assert np.allclose(
+        [s.probability for s in rebuilt.score_texts(texts)], fused.fitted.probabilities(texts), atol=1e-4
+    )
+    # The offset the correction is fitted on is the graph's own log-odds.
+    # (Whole synthetic messages score 0 or 1; their first tokens alone are less certain.)
+    heads = [" ".join(text.split()[:n]) for text in texts for n in (1, 2, 3)]
+    graph_p = np.array([s.probability for s in rebuilt.score_texts(heads)], dtype=np.float64)
+    offset = features(heads, base.index, base.idf) @ base.coef + base.intercept + base.fixed_log_odds(heads)
+    assert np.allclose(1.0 / (1.0 + np.exp(-offset)), graph_p, atol=1e-4)
+    assert ((graph_p > 0.01) & (graph_p < 0.99)).any() and np.abs(base.fixed_log_odds(heads)).max() > 0.1
+    taught = texts[:20]
+    labels = np.zeros(len(taught), dtype=np.int64)  # the site wants all of these
+    corrected = fit(base, taught, labels, RetrainConfig())
+    site = model_from_bytes(model_bytes(corrected, base, {"milter.text_version": TEXT_VERSION}), "site")
+    assert max(s.probability for s in site.score_texts(taught)) < 0.5
+    assert "nb_table" in {
+        t.name for t in onnx.load_from_string(model_bytes(corrected, base, {})).graph.initializer
+    }
+    # Anything else is refused by name, not misread.
+    with pytest.raises(ModelError, match=r"other\.onnx.*expected a milter model file"):
+        read_linear(b"junk", "other.onnx")
 
 
 def test_a_model_is_clipped_or_fused_not_both(tmp_path: Path) -> None:
