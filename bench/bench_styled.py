@@ -8,7 +8,9 @@ small capitals. To a model that reads code points these are words it has never s
 same is done to corpus mail: a seeded sample of the modern corpus's spam that the model junks
 (p >= 0.9); in each, the letters and digits of the subject and the From display name, and then
 also of the text (the text nodes of HTML parts, plain parts outside their links), are rewritten
-in one style at a time, the parts re-encoded (base64, UTF-8), the rest as it was.
+in one style at a time, the parts re-encoded (base64, UTF-8), the rest as it was (a header
+that does not decode cleanly is left alone, and of a display name a list rewrote, "Jane via
+List", only the sender's part is restyled).
 
 Prints, per style and reach, how many stay junked and the median and largest drop of p, as a
 markdown table (docs/model.md keeps it).
@@ -28,7 +30,6 @@ import re
 import statistics
 import sys
 from collections.abc import Callable
-from email.message import Message as EmailMessage
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +50,7 @@ def _block(upper: int, lower: int, digits: int | None) -> dict[int, str]:
 
 
 # Small capitals exist for 24 of the 26 letters (q and x have none); capitals are left as they are.
-_SMALL_CAPS = dict(
-    zip(map(ord, "abcdefghijklmnoprstuvwyz"), "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", strict=True)
-)
+_SMALL_CAPS = dict(zip(map(ord, "abcdefghijklmnoprstuvwyz"), "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", strict=True))
 STYLES: dict[str, dict[int, str]] = {
     "mathematical bold": _block(0x1D400, 0x1D41A, 0x1D7CE),
     "mathematical sans-serif bold": _block(0x1D5D4, 0x1D5EE, 0x1D7EC),
@@ -70,7 +69,8 @@ def restyle_html(html: str, table: dict[int, str]) -> str:
     for i, piece in enumerate(pieces):
         if i % 2:  # a tag, an entity or a link
             lowered = piece.lower()
-            in_style = lowered.startswith(("<style", "<script")) or (in_style and not lowered.startswith("</"))
+            opens = lowered.startswith(("<style", "<script"))
+            in_style = opens or (in_style and not lowered.startswith("</"))
             out.append(piece)
         else:
             out.append(piece if in_style else piece.translate(table))
@@ -96,16 +96,22 @@ def _decoded(value: str) -> str:
 
 def restyled(raw: bytes, table: dict[int, str], text_too: bool) -> bytes:
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    # Headers that do not decode cleanly are left as they were (re-encoding them would change
+    # more than the style); of a name a list rewrote ("Jane via List"), only the sender's part
+    # is the spammer's to style.
     subject = message["Subject"]
-    if subject is not None:
+    if subject is not None and "\ufffd" not in _decoded(subject):
         del message["Subject"]
         message["Subject"] = email.header.Header(_decoded(subject).translate(table), "utf-8").encode()
     sender = message["From"]
-    if sender is not None:
+    if sender is not None and "\ufffd" not in _decoded(sender):
         name, address = email.utils.parseaddr(_decoded(sender))
-        if name:
+        author, via, rest = name.partition(" via ")
+        if author:
             del message["From"]
-            message["From"] = email.utils.formataddr((name.translate(table), address), charset="utf-8")
+            message["From"] = email.utils.formataddr(
+                (author.translate(table) + via + rest, address), charset="utf-8"
+            )
     if text_too:
         for part in message.walk():
             kind = part.get_content_type()

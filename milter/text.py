@@ -33,7 +33,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "9"
+TEXT_VERSION: Final[str] = "10"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -246,11 +246,12 @@ def _split_words(text: str) -> list[str]:
 
 
 def _seen(text: str) -> str:
-    """`text` without the characters no reader sees (_INVISIBLE; of them only the soft hyphen is
-    Latin-1)."""
+    """`text` as the reader reads it: without the characters no reader sees (_INVISIBLE; of them
+    only the soft hyphen is Latin-1), and with letters of other styles (mathematical bold,
+    circled, fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
         return text
-    return _INVISIBLE.sub("", text)
+    return signals.fold_styled(_INVISIBLE.sub("", text))
 
 
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
@@ -542,6 +543,7 @@ def _extract(raw: bytes) -> str:
     sender, reply_to = _author(
         message.header("from") or "", message.header("reply-to"), message.header("x-original-from"), list_id
     )
+    raw_name = "" if sender is None else sender[0]
     if sender is None:
         head.append("from:list")
         from_domain = ""
@@ -619,6 +621,7 @@ def _extract(raw: bytes) -> str:
     head.extend(signals.link_tokens([*anchors, *((host, "") for host in text_hosts)], from_domain))
     head.extend(signals.body_tokens(body_text))
     head.extend(signals.invisible_tokens(raw_subject, body_text))
+    head.extend(signals.styled_tokens(raw_subject, raw_name, body_text))
     if len(seen) > 50:
         urls.append("url:many")
     if seen and from_domain:

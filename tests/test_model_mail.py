@@ -2,7 +2,8 @@
 
 Two promises of the model, checked on the real model/spam.onnx:
 - hidden text is not the message's words: ham text hidden from the reader by CSS in spam the
-  model junks moves its score by at most 0.02, and message->text says it was hidden;
+  model junks moves its score by at most 0.02, and message->text says it was hidden (so are
+  invisible characters inside words and letters written in another Unicode style);
 - short and non-English personal mail is not spam: one- or two-line notes with no display name,
   in several languages, and what a local `sendmail` submission looks like, all below p = 0.50.
 """
@@ -156,6 +157,52 @@ def test_invisible_characters_inside_words_do_not_rescue_spam(model: Model, char
     assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens == {
         "sig:invisible-in-word"
     }
+
+
+def _block(upper: int, lower: int) -> dict[int, str]:
+    return {ord("A") + i: chr(upper + i) for i in range(26)} | {
+        ord("a") + i: chr(lower + i) for i in range(26)
+    }
+
+
+# Letters of other Unicode blocks that mail clients show as the same letters in another font: the
+# reader reads the same words, a filter that reads code points reads words it has never seen
+# (with the model before message->text version 10, 20-24 % of junked modern spam left Junk so).
+STYLED = {
+    "mathematical-bold": _block(0x1D400, 0x1D41A),
+    "mathematical-sans-serif-bold": _block(0x1D5D4, 0x1D5EE),
+    "circled": _block(0x24B6, 0x24D0),
+    "fullwidth": _block(0xFF21, 0xFF41),
+}
+
+
+def restyle(text: str, table: dict[int, str]) -> str:
+    """The letters of `text` outside HTML tags and entities in another style."""
+    return "".join(
+        p if p.startswith(("<", "&")) else p.translate(table) for p in re.split(r"(<[^>]*>|&\w+;)", text)
+    )
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("style", sorted(STYLED))
+def test_letters_in_another_style_do_not_rescue_spam(model: Model, style: str, wrapping: str) -> None:
+    wrap, table = WRAPPINGS[wrapping], STYLED[style]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    styled = restyle(SPAM_HTML.format(hidden=""), table)
+    subject = b"Subject: URGENT: your account is suspended, verify now"
+    raw = wrap(styled).replace(
+        subject,
+        b"Subject: =?utf-8?b?" + base64.b64encode(restyle(subject[9:].decode(), table).encode()) + b"?=",
+    )
+    shown = re.sub(r"<[^>]*>", " ", styled).lower()
+    assert "verify" not in shown and "account" not in shown  # every word the reader sees is restyled
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    # The same words as the clean message, and a token that says they were styled (fullwidth
+    # letters, which Chinese and Japanese mail writes, give none).
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set()
+    assert tricked_tokens - clean_tokens == (set() if style == "fullwidth" else {"sig:styled-letters"})
 
 
 def test_the_same_text_left_visible_is_read(model: Model) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import email.utils
 import re
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
+from milter.signals import fold_styled
 from milter.text import (
     _FOOTER_RULE,
     _INVISIBLE,
@@ -315,7 +317,7 @@ def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
     assert _split_words(text) == _WORD.findall(text)
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
     # Latin-1 text and text beyond it: the pre-checks decide nothing the patterns would not.
-    assert _seen(text) == _INVISIBLE.sub("", text)
+    assert _seen(text) == fold_styled(_INVISIBLE.sub("", text))
 
 
 # Characters beyond ASCII that separate words (spaces, punctuation, controls, symbols) and ones that
@@ -338,11 +340,11 @@ def test_words_are_the_words_the_pattern_finds(text: str) -> None:
     assert _split_words(text) == _WORD.findall(text)
     assert _split_words(text.lower()) == _WORD.findall(text.lower())
     # Latin-1 text and text beyond it: the pre-checks decide nothing the patterns would not.
-    assert _seen(text) == _INVISIBLE.sub("", text)
+    assert _seen(text) == fold_styled(_INVISIBLE.sub("", text))
 
 
 def slow_words(text: str, prefix: str, limit: int) -> list[str]:
-    words = _WORD.findall(text[: limit * 16].lower())[:limit]
+    words = _WORD.findall(fold_styled(text[: limit * 16]).lower())[:limit]
     plain = [w for w in words if len(w) <= 3 or (len(w) <= 24 and not w.isdigit())]
     for word in words:
         if len(word) > 3 and (len(word) > 24 or word.isdigit()):
@@ -894,6 +896,73 @@ def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal()
         found = text("hello", body)
         assert "sig:invisible-in-word" not in found, body
     assert persian.replace("\u200c", "") in text("hello", persian)
+
+
+def _restyled(text: str, upper: int, lower: int, digits: int | None = None) -> str:
+    """`text` with A-Z, a-z (and 0-9) moved to the blocks starting at those code points."""
+    table = {ord("A") + i: chr(upper + i) for i in range(26)} | {
+        ord("a") + i: chr(lower + i) for i in range(26)
+    }
+    if digits is not None:
+        table |= {ord("0") + i: chr(digits + i) for i in range(10)}
+    return text.translate(table)
+
+
+# Small capitals of the letters that have one (not q, x), as they are written: U+1D00 and others.
+_SMALL_CAPITALS = dict(
+    zip(
+        map(ord, "abcdefghijklmnoprstuvwyz"),
+        "\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f"
+        "\u1d0d\u0274\u1d0f\u1d18\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22",
+        strict=True,
+    )
+)
+
+
+def _script(char: str) -> str:
+    """A small letter in mathematical script: e, g and o are the letterlike symbols of before."""
+    if not char.isalpha():
+        return char
+    try:
+        return unicodedata.lookup(f"MATHEMATICAL SCRIPT SMALL {char.upper()}")
+    except KeyError:
+        return unicodedata.lookup(f"SCRIPT SMALL {char.upper()}")
+
+
+def test_letters_in_other_styles_are_read_as_the_letters_shown_and_a_styled_word_is_a_signal() -> None:
+    def text(name: str, subject: str, body: str) -> list[str]:
+        head = (
+            f"From: {name} <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        )
+        return tokens(f"{head}\r\n\r\n{body}\r\n".encode())
+
+    name, subject, body = "PayPal", "Your account 2026", "Your PayPal account is locked. Verify it now."
+    plain = text(name, subject, body)
+    assert "sig:styled-letters" not in plain
+    styles = {
+        "mathematical bold": lambda t: _restyled(t, 0x1D400, 0x1D41A, 0x1D7CE),
+        "mathematical sans-serif bold": lambda t: _restyled(t, 0x1D5D4, 0x1D5EE, 0x1D7EC),
+        "mathematical script": lambda t: "".join(map(_script, t.lower())),
+        "circled": lambda t: _restyled(t, 0x24B6, 0x24D0),
+        "parenthesised": lambda t: _restyled(t.lower(), 0x249C, 0x249C),
+        "small capitals": lambda t: t.lower().translate(_SMALL_CAPITALS),
+        "negative squared": lambda t: _restyled(t.upper(), 0x1F170, 0x1F170),
+    }
+    for style, restyle in styles.items():
+        styled = text(restyle(name), restyle(subject), restyle(body))
+        expected = set(plain)
+        if style == "negative squared":  # capitals only
+            expected.add("subj:all-caps")
+        assert set(styled) == {*expected, "sig:styled-letters"}, style
+    # Fullwidth letters and digits are read so too, with no signal: Chinese and Japanese text
+    # writes them in ordinary mail. A mathematical variable or a circled number is no word.
+    fullwidth = [_restyled(t, 0xFF21, 0xFF41, 0xFF10) for t in (name, subject, body)]
+    assert set(text(*fullwidth)) == set(plain)
+    japanese = "T\u30b7\u30e3\u30c4 " + _restyled("3727", 0, 0, 0xFF10) + "\u5186 \u2460\u2461\u2462"
+    variables = "where " + _restyled("f(x) = ax + b", 0x1D434, 0x1D44E)
+    for body in (japanese, variables, "\u0283 \u0259 \u026a \u028a"):
+        assert "sig:styled-letters" not in text("Sam", "hello", body), body
+    assert "3727\u5186" in text("Sam", "hello", japanese)
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
