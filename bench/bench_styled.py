@@ -51,12 +51,23 @@ def _block(upper: int, lower: int, digits: int | None) -> dict[int, str]:
 
 # Small capitals exist for 24 of the 26 letters (q and x have none); capitals are left as they are.
 _SMALL_CAPS = dict(zip(map(ord, "abcdefghijklmnoprstuvwyz"), "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", strict=True))
+# Latin letters swapped for the Cyrillic ones that look the same (a c e i j o p s x y, and the
+# capitals A B C E H K M O P T X): what `sig:mixed-script` reads in the subject and name.
+_CYRILLIC = dict(
+    zip(
+        map(ord, "aceijopsxyABCEHKMOPTX"),
+        "\u0430\u0441\u0435\u0456\u0458\u043e\u0440\u0455\u0445\u0443"
+        "\u0410\u0412\u0421\u0415\u041d\u041a\u041c\u041e\u0420\u0422\u0425",
+        strict=True,
+    )
+)
 STYLES: dict[str, dict[int, str]] = {
     "mathematical bold": _block(0x1D400, 0x1D41A, 0x1D7CE),
     "mathematical sans-serif bold": _block(0x1D5D4, 0x1D5EE, 0x1D7EC),
     "fullwidth": _block(0xFF21, 0xFF41, 0xFF10),
     "circled": _block(0x24B6, 0x24D0, None),
     "small capitals": _SMALL_CAPS,
+    "cyrillic look-alikes": _CYRILLIC,
 }
 _TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
 _LINK = re.compile(r"(https?://\S+|www\.\S+)")
@@ -135,6 +146,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "model/spam.onnx")
     parser.add_argument("--sample", type=int, default=600, help="junked spam to restyle")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--styles", nargs="*", choices=sorted(STYLES), help="only these styles")
     args = parser.parse_args()
     model = load_model(args.model)
 
@@ -160,6 +172,8 @@ def main() -> int:
         "subject, name and text": lambda raw, table: restyled(raw, table, True),
     }
     for style, table in STYLES.items():
+        if args.styles and style not in args.styles:
+            continue
         for reach, rewrite in reaches.items():
             changes, kept = [], 0
             for raw, before in chosen:
