@@ -46,6 +46,9 @@ Tokens:
   address into a subject; phishing puts the victim's there to look addressed to them.
 - ``sig:fake-reply``: the subject says the message answers another ("Re:", "AW:", "回复:") and
   no In-Reply-To or References field says which (SpamAssassin's and Rspamd's FAKE_REPLY).
+- (no token) words that mix Latin letters with look-alike letters of another script are read
+  with the Latin letters they look like (`fold_lookalikes`; message->text's words only, the
+  tokens above still read the letters as written);
 - ``sig:styled-letters``: a word of three or more letters in the subject, display name or text
   written in letters of another Unicode block that mail clients show as ordinary letters in
   another font: mathematical bold, italic, script or sans-serif (FREE in U+1D405...), circled,
@@ -95,6 +98,7 @@ MAX_RECIPIENTS: Final = 16  # addresses of a To field looked at
 MAX_LINKS: Final = 100  # links looked at per message
 MAX_WORDS: Final = 40  # display-name and subject words looked at
 MAX_BODY_CHARS: Final = 96 * 1024
+MAX_MIXED_WORDS: Final = 512  # words of mixed scripts folded per text
 
 
 def _names(text: str) -> frozenset[str]:
@@ -731,6 +735,45 @@ def recipient_tokens(to: str, subject: str) -> list[str]:
         if "@" in address[1:-1] and address in shown:
             return ["sig:recipient-in-subject"]
     return []
+
+
+@functools.cache
+def _lookalike_latin() -> dict[int, str]:
+    """Each look-alike script's letter whose confusables prototype is one Latin letter, to it."""
+    return {
+        code: target
+        for code, target in _confusables().items()
+        if len(target) == 1 and target.isascii() and target.isalpha() and _LOOKALIKE.match(chr(code))
+    }
+
+
+def fold_lookalikes(text: str) -> str:
+    """`text` with each word that mixes Latin letters and look-alike letters of another script
+    (Verify with a Cyrillic e, U+0435) spelled with the Latin letters those look like, when every
+    letter of it is Latin or looks Latin: a Latin word in disguise. Words in one script, and
+    words with a letter of the other script that looks like no Latin one (a Russian word with a
+    Latin o in it), are left as they are, so Russian or Greek text keeps its words."""
+    if text.isascii() or _LOOKALIKE.search(text) is None:
+        return text
+    pairs = list(itertools.islice(_MIXED.finditer(text), MAX_MIXED_WORDS))
+    if not pairs:
+        return text
+    table = _lookalike_latin()
+    pieces, done = [], 0
+    for pair in pairs:
+        start, end = pair.start(), pair.end()
+        if start < done:  # in the word already folded
+            continue
+        while start > done and text[start - 1].isalnum():
+            start -= 1
+        while end < len(text) and text[end].isalnum():
+            end += 1
+        word = text[start:end]
+        folded = word.translate(table)
+        pieces += [text[done:start], folded if folded.isascii() else word]
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def body_tokens(text: str) -> list[str]:

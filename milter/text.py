@@ -33,7 +33,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "10"
+TEXT_VERSION: Final[str] = "11"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -257,7 +257,9 @@ def _seen(text: str) -> str:
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     """Append about `limit` normalised word tokens of `text` (lowercased) to `out`."""
     # Words average under 8 characters; scanning a bounded prefix keeps the cost bounded.
-    words = _split_words(_seen(text[: limit * 16]).lower())[:limit]
+    # Look-alike letters inside a Latin word are read as Latin in the words alone: the signals
+    # (sig:mixed-script, sig:confusable-brand) read the display name and subject as written.
+    words = _split_words(signals.fold_lookalikes(_seen(text[: limit * 16])).lower())[:limit]
     # Numbers of 4+ digits, long words and scripts without spaces become other tokens, at the end.
     # One pass finds them; the others are then told apart by set lookups, not by the test again.
     odd = [w for w in words if len(w) > 3 and (len(w) > MAX_TOKEN_CHARS or w.isdigit())]

@@ -173,6 +173,21 @@ STYLED = {
     "mathematical-sans-serif-bold": _block(0x1D5D4, 0x1D5EE),
     "circled": _block(0x24B6, 0x24D0),
     "fullwidth": _block(0xFF21, 0xFF41),
+    # Not another style but another script: Cyrillic letters that look like Latin a c e o p x y
+    # and the capitals A C E O P T X.
+    "cyrillic-look-alikes": dict(
+        zip(
+            map(ord, "aceopxyACEOPTX"),
+            "\u0430\u0441\u0435\u043e\u0440\u0445\u0443\u0410\u0421\u0415\u041e\u0420\u0422\u0425",
+            strict=True,
+        )
+    ),
+}
+# What each adds to the clean message's tokens: fullwidth letters, which Chinese and Japanese mail
+# writes, nothing; look-alike letters of another script, that a word mixes scripts.
+STYLED_TOKENS = {
+    "fullwidth": set(),
+    "cyrillic-look-alikes": {"sig:mixed-script", "sig:body-mixed-script"},
 }
 
 
@@ -198,11 +213,10 @@ def test_letters_in_another_style_do_not_rescue_spam(model: Model, style: str, w
     assert "verify" not in shown and "account" not in shown  # every word the reader sees is restyled
     clean, tricked = probability(model, clean_raw), probability(model, raw)
     assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
-    # The same words as the clean message, and a token that says they were styled (fullwidth
-    # letters, which Chinese and Japanese mail writes, give none).
+    # The same words as the clean message, and a token that says how they were written.
     clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
     assert clean_tokens - tricked_tokens == set()
-    assert tricked_tokens - clean_tokens == (set() if style == "fullwidth" else {"sig:styled-letters"})
+    assert tricked_tokens - clean_tokens == STYLED_TOKENS.get(style, {"sig:styled-letters"})
 
 
 def test_the_same_text_left_visible_is_read(model: Model) -> None:

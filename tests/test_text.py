@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from milter.signals import fold_styled
+from milter.signals import fold_lookalikes, fold_styled
 from milter.text import (
     _FOOTER_RULE,
     _INVISIBLE,
@@ -344,7 +344,7 @@ def test_words_are_the_words_the_pattern_finds(text: str) -> None:
 
 
 def slow_words(text: str, prefix: str, limit: int) -> list[str]:
-    words = _WORD.findall(fold_styled(text[: limit * 16]).lower())[:limit]
+    words = _WORD.findall(fold_lookalikes(fold_styled(text[: limit * 16])).lower())[:limit]
     plain = [w for w in words if len(w) <= 3 or (len(w) <= 24 and not w.isdigit())]
     for word in words:
         if len(word) > 3 and (len(word) > 24 or word.isdigit()):
@@ -963,6 +963,37 @@ def test_letters_in_other_styles_are_read_as_the_letters_shown_and_a_styled_word
     for body in (japanese, variables, "\u0283 \u0259 \u026a \u028a"):
         assert "sig:styled-letters" not in text("Sam", "hello", body), body
     assert "3727\u5186" in text("Sam", "hello", japanese)
+
+
+# Cyrillic letters that look like Latin ones: a, c, e, i, o, p, x, y and the capitals A, B, E, H, K, M, T.
+_CYRILLIC = dict(
+    zip(
+        map(ord, "aceiopxyABEHKMT"),
+        "\u0430\u0441\u0435\u0456\u043e\u0440\u0445\u0443\u0410\u0412\u0415\u041d\u041a\u041c\u0422",
+        strict=True,
+    )
+)
+
+
+def test_look_alike_letters_inside_a_latin_word_are_read_as_latin_and_signalled_as_written() -> None:
+    def text(name: str, subject: str, body: str) -> set[str]:
+        head = (
+            f"From: {name} <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        )
+        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
+
+    name, subject, body = "Sam Brown", "Your account", "Verify your account now, please."
+    plain = text(name, subject, body)
+    swapped = text(*(t.translate(_CYRILLIC) for t in (name, subject, body)))
+    assert swapped == {*plain, "sig:mixed-script", "sig:body-mixed-script"}
+    # A Russian or Greek word keeps its letters; so does a word beside a Latin one.
+    russian = "\u041f\u0440\u0438\u0432\u0435\u0442 John, USB-\u043f\u043e\u0440\u0442 10\u03bcs"
+    assert fold_lookalikes(russian) == russian
+    assert "\u043f\u0440\u0438\u0432\u0435\u0442" in text("Sam", "hello", russian)
+    # A word with a letter that looks like no Latin one (Cyrillic zhe, de) is no Latin word in
+    # disguise: a Russian word with Latin letters in it stays as written.
+    for word in ("p\u0430\u0436word", "a\u0434\u043c\u0438\u043d\u0438c\u0442pa\u0446\u0438\u044f"):
+        assert fold_lookalikes(f"{word} now") == f"{word} now"
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
