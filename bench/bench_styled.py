@@ -8,7 +8,8 @@ small capitals. To a model that reads code points these are words it has never s
 same is done to corpus mail: a seeded sample of the modern corpus's spam that the model junks
 (p >= 0.9); in each, the letters and digits of the subject and the From display name, and then
 also of the text (the text nodes of HTML parts, plain parts outside their links), are rewritten
-in one style at a time, the parts re-encoded (base64, UTF-8), the rest as it was (a header
+in one style at a time (or, for HTML, each word of four letters or more cut in two by an empty
+comment), the parts re-encoded (base64, UTF-8), the rest as it was (a header
 that does not decode cleanly is left alone, and of a display name a list rewrote, "Jane via
 List", only the sender's part is restyled).
 
@@ -61,19 +62,34 @@ _CYRILLIC = dict(
         strict=True,
     )
 )
-STYLES: dict[str, dict[int, str]] = {
-    "mathematical bold": _block(0x1D400, 0x1D41A, 0x1D7CE),
-    "mathematical sans-serif bold": _block(0x1D5D4, 0x1D5EE, 0x1D7EC),
-    "fullwidth": _block(0xFF21, 0xFF41, 0xFF10),
-    "circled": _block(0x24B6, 0x24D0, None),
-    "small capitals": _SMALL_CAPS,
-    "cyrillic look-alikes": _CYRILLIC,
+Restyle = Callable[[str], str]
+_LONG_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+def _translated(table: dict[int, str]) -> tuple[Restyle, Restyle]:
+    return (lambda text: text.translate(table)), (lambda text: text.translate(table))
+
+
+def _commented(text: str) -> str:
+    """Each word of four letters or more cut in two by an empty HTML comment, which no reader sees."""
+    return _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + "<!-- -->" + w[0][len(w[0]) // 2 :], text)
+
+
+# Each style: what it does to the subject, the name and plain text, and to the text of HTML.
+STYLES: dict[str, tuple[Restyle, Restyle]] = {
+    "mathematical bold": _translated(_block(0x1D400, 0x1D41A, 0x1D7CE)),
+    "mathematical sans-serif bold": _translated(_block(0x1D5D4, 0x1D5EE, 0x1D7EC)),
+    "fullwidth": _translated(_block(0xFF21, 0xFF41, 0xFF10)),
+    "circled": _translated(_block(0x24B6, 0x24D0, None)),
+    "small capitals": _translated(_SMALL_CAPS),
+    "cyrillic look-alikes": _translated(_CYRILLIC),
+    "comments inside words (HTML)": (lambda text: text, _commented),
 }
 _TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
 _LINK = re.compile(r"(https?://\S+|www\.\S+)")
 
 
-def restyle_html(html: str, table: dict[int, str]) -> str:
+def restyle_html(html: str, restyle: Restyle) -> str:
     """The letters of the text nodes restyled; tags, entities and links as they were."""
     pieces = _TAG_OR_ENTITY.split(html)
     out, in_style = [], False
@@ -84,12 +100,12 @@ def restyle_html(html: str, table: dict[int, str]) -> str:
             in_style = opens or (in_style and not lowered.startswith("</"))
             out.append(piece)
         else:
-            out.append(piece if in_style else piece.translate(table))
+            out.append(piece if in_style else restyle(piece))
     return "".join(out)
 
 
-def restyle_plain(text: str, table: dict[int, str]) -> str:
-    return "".join(p if i % 2 else p.translate(table) for i, p in enumerate(_LINK.split(text)))
+def restyle_plain(text: str, restyle: Restyle) -> str:
+    return "".join(p if i % 2 else restyle(p) for i, p in enumerate(_LINK.split(text)))
 
 
 def _decoded(value: str) -> str:
@@ -105,7 +121,8 @@ def _decoded(value: str) -> str:
     return "".join(pieces)
 
 
-def restyled(raw: bytes, table: dict[int, str], text_too: bool) -> bytes:
+def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool) -> bytes:
+    plain, html = style
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     # Headers that do not decode cleanly are left as they were (re-encoding them would change
     # more than the style); of a name a list rewrote ("Jane via List"), only the sender's part
@@ -113,16 +130,14 @@ def restyled(raw: bytes, table: dict[int, str], text_too: bool) -> bytes:
     subject = message["Subject"]
     if subject is not None and "\ufffd" not in _decoded(subject):
         del message["Subject"]
-        message["Subject"] = email.header.Header(_decoded(subject).translate(table), "utf-8").encode()
+        message["Subject"] = email.header.Header(plain(_decoded(subject)), "utf-8").encode()
     sender = message["From"]
     if sender is not None and "\ufffd" not in _decoded(sender):
         name, address = email.utils.parseaddr(_decoded(sender))
         author, via, rest = name.partition(" via ")
         if author:
             del message["From"]
-            message["From"] = email.utils.formataddr(
-                (author.translate(table) + via + rest, address), charset="utf-8"
-            )
+            message["From"] = email.utils.formataddr((plain(author) + via + rest, address), charset="utf-8")
     if text_too:
         for part in message.walk():
             kind = part.get_content_type()
@@ -132,7 +147,7 @@ def restyled(raw: bytes, table: dict[int, str], text_too: bool) -> bytes:
             if not isinstance(payload, bytes):
                 continue
             text = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
-            text = restyle_html(text, table) if kind == "text/html" else restyle_plain(text, table)
+            text = restyle_html(text, html) if kind == "text/html" else restyle_plain(text, plain)
             del part["Content-Transfer-Encoding"]
             part.set_payload(text, charset="utf-8")  # base64 for utf-8
     return message.as_bytes(policy=email.policy.compat32)
@@ -167,17 +182,16 @@ def main() -> int:
     print(f"{len(chosen)} junked modern spam (seed {args.seed}), model {model.id}\n")
     print("| style | restyled | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|---|")
-    reaches: dict[str, Callable[[bytes, dict[int, str]], bytes]] = {
-        "subject and name": lambda raw, table: restyled(raw, table, False),
-        "subject, name and text": lambda raw, table: restyled(raw, table, True),
-    }
-    for style, table in STYLES.items():
+    reaches = {"subject and name": False, "subject, name and text": True}
+    for style, restyles in STYLES.items():
         if args.styles and style not in args.styles:
             continue
-        for reach, rewrite in reaches.items():
+        for reach, text_too in reaches.items():
+            if not text_too and "(HTML)" in style:
+                continue
             changes, kept = [], 0
             for raw, before in chosen:
-                after = p(rewrite(raw, table))
+                after = p(restyled(raw, restyles, text_too))
                 kept += after >= 0.9
                 changes.append(after - before)
             share = 100 * kept / len(chosen)
