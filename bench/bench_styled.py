@@ -75,6 +75,11 @@ def _commented(text: str) -> str:
     return _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + "<!-- -->" + w[0][len(w[0]) // 2 :], text)
 
 
+def _spaced(text: str) -> str:
+    """Each word of four letters or more written with a space between its letters."""
+    return _LONG_WORD.sub(lambda w: " ".join(w[0]), text)
+
+
 # Each style: what it does to the subject, the name and plain text, and to the text of HTML.
 STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "mathematical bold": _translated(_block(0x1D400, 0x1D41A, 0x1D7CE)),
@@ -84,6 +89,7 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "small capitals": _translated(_SMALL_CAPS),
     "cyrillic look-alikes": _translated(_CYRILLIC),
     "comments inside words (HTML)": (lambda text: text, _commented),
+    "letters spaced out": (_spaced, _spaced),
 }
 _TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
 _LINK = re.compile(r"(https?://\S+|www\.\S+)")

@@ -224,12 +224,15 @@ def visible_text(markup: str) -> Visible:
 
     `markup` is the part as decoded (text.py passes the first 4 x MAX_HTML_CHARS characters):
     the ``<style>`` elements are read from it, then comments, ``<style>`` and ``<script>`` are
-    cut as text.py has always cut them and the first MAX_HTML_CHARS characters of the rest are
-    parsed. Markup with no ``<style>`` left in it works the same, with inline styles only.
+    cut out (as nothing, since message->text version 12: the text either side joins, as on
+    screen) and the first MAX_HTML_CHARS characters of the rest are parsed. Markup with no
+    ``<style>`` left in it works the same, with inline styles only.
     """
     try:
         css = _stylesheet_text(markup) if _STYLE_OPEN.search(markup) else ""
-        return _visible(_INVISIBLE.sub(" ", markup)[:MAX_HTML_CHARS], css)
+        # Cut as nothing, not as a space: a browser joins the text on either side of a comment
+        # (``Ver<!-- -->ify`` reads "Verify"), and block elements separate text by themselves.
+        return _visible(_INVISIBLE.sub("", markup)[:MAX_HTML_CHARS], css)
     except Exception:  # the parser refused this markup (never seen): the part gives no words
         return EMPTY
 

@@ -219,6 +219,21 @@ def test_letters_in_another_style_do_not_rescue_spam(model: Model, style: str, w
     assert tricked_tokens - clean_tokens == STYLED_TOKENS.get(style, {"sig:styled-letters"})
 
 
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+def test_comments_inside_words_do_not_rescue_spam(model: Model, wrapping: str) -> None:
+    """An empty HTML comment in every word (``Ver<!-- -->ify``): a browser joins the text either
+    side of it; read as a word break (before message->text version 12), the words were fragments."""
+    wrap = WRAPPINGS[wrapping]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = SPAM_HTML.format(hidden="")
+    split = re.sub(r"(?<=>)([^<]+)", lambda m: re.sub(r"\b(\w\w)(\w\w+)", r"\1<!-- -->\2", m[1]), html)
+    raw = wrap(split)
+    assert "<!-- -->rify" in split and "<!-- -->count" in split
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
+
+
 def test_the_same_text_left_visible_is_read(model: Model) -> None:
     """The ham text is not ignored as such: shown to the reader, it is the message's words."""
     raw = html_only(SPAM_HTML.format(hidden=f"<div>{HAM_TEXT}</div>"))

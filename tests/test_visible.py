@@ -37,7 +37,9 @@ _LINK_ATTRS = ("href", "src", "action")
 
 
 def reference(markup: str) -> tuple[str, list[str], set[str]]:
-    tree = LexborHTMLParser(_INVISIBLE.sub(" ", markup)[:MAX_HTML_CHARS])
+    # Comments, <style> and <script> cut as nothing (since message->text version 12): the text
+    # either side of them joins, as a browser shows it.
+    tree = LexborHTMLParser(_INVISIBLE.sub("", markup)[:MAX_HTML_CHARS])
     urls: list[str] = []
     tags: set[str] = set()
     if tree.root is None:
@@ -531,6 +533,16 @@ PLAIN = [
     "no markup at all",
     "<p style='font-size:14px; color:#000'>styled but shown</p><style>.a{display:block}</style>",
 ]
+
+
+def test_a_comment_style_or_script_inside_a_word_does_not_split_it() -> None:
+    """A browser joins the text on either side of them; block elements still separate text."""
+    for markup in (
+        "<p>Ver<!-- x -->ify your ac<!---->count</p>",
+        "<p>Ver<script>var a = 1;</script>ify your ac<style>.x{}</style>count</p>",
+    ):
+        assert visible_text(markup).text.split() == ["Verify", "your", "account"]
+    assert visible_text("<p>one</p><!-- x --><p>two</p>").text.split() == ["one", "two"]
 
 
 @pytest.mark.parametrize("markup", PLAIN)
