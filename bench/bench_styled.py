@@ -75,9 +75,16 @@ def _commented(text: str) -> str:
     return _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + "<!-- -->" + w[0][len(w[0]) // 2 :], text)
 
 
-def _spaced(text: str) -> str:
-    """Each word of four letters or more written with a space between its letters."""
-    return _LONG_WORD.sub(lambda w: " ".join(w[0]), text)
+def _spaced(separator: str) -> Restyle:
+    """Each word of four letters or more written with a space between its letters, and the
+    spaces between words widened to `separator` so that the reader still sees the words (two
+    spaces in a subject or plain text; in HTML, which shows runs of spaces as one, a space and
+    a no-break space)."""
+
+    def restyle(text: str) -> str:
+        return separator.join(_LONG_WORD.sub(lambda w: " ".join(w[0]), word) for word in text.split(" "))
+
+    return restyle
 
 
 # Each style: what it does to the subject, the name and plain text, and to the text of HTML.
@@ -89,7 +96,7 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "small capitals": _translated(_SMALL_CAPS),
     "cyrillic look-alikes": _translated(_CYRILLIC),
     "comments inside words (HTML)": (lambda text: text, _commented),
-    "letters spaced out": (_spaced, _spaced),
+    "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
 }
 _TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
 _LINK = re.compile(r"(https?://\S+|www\.\S+)")
