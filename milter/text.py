@@ -33,7 +33,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "12"
+TEXT_VERSION: Final[str] = "13"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -259,7 +259,9 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     # Words average under 8 characters; scanning a bounded prefix keeps the cost bounded.
     # Look-alike letters inside a Latin word are read as Latin in the words alone: the signals
     # (sig:mixed-script, sig:confusable-brand) read the display name and subject as written.
-    words = _split_words(signals.fold_lookalikes(_seen(text[: limit * 16])).lower())[:limit]
+    # A word spelled one letter at a time (``V e r i f y``) is read as the word.
+    seen = signals.join_spaced(signals.fold_lookalikes(_seen(text[: limit * 16])))
+    words = _split_words(seen.lower())[:limit]
     # Numbers of 4+ digits, long words and scripts without spaces become other tokens, at the end.
     # One pass finds them; the others are then told apart by set lookups, not by the test again.
     odd = [w for w in words if len(w) > 3 and (len(w) > MAX_TOKEN_CHARS or w.isdigit())]
@@ -624,6 +626,7 @@ def _extract(raw: bytes) -> str:
     head.extend(signals.body_tokens(body_text))
     head.extend(signals.invisible_tokens(raw_subject, body_text))
     head.extend(signals.styled_tokens(raw_subject, raw_name, body_text))
+    head.extend(signals.spaced_tokens(raw_subject, raw_name, body_text))
     if len(seen) > 50:
         urls.append("url:many")
     if seen and from_domain:

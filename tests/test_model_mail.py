@@ -234,6 +234,27 @@ def test_comments_inside_words_do_not_rescue_spam(model: Model, wrapping: str) -
     assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
 
 
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
+    """Every word of four letters or more spelled with spaces between its letters and the words set
+    apart by a no-break space (``V e r i f y &nbsp;y o u r``): a reader reads the words."""
+    wrap = WRAPPINGS[wrapping]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+
+    def spaced(text: str) -> str:
+        return " &nbsp;".join(
+            re.sub(r"[A-Za-z]{4,}", lambda w: " ".join(w[0]), word) for word in text.split(" ")
+        )
+
+    html = re.sub(r"(?<=>)([^<]+)", lambda m: spaced(m[1]), SPAM_HTML.format(hidden=""))
+    raw = wrap(html)
+    assert "V e r i f y" in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens == {"sig:spaced-letters"}
+
+
 def test_the_same_text_left_visible_is_read(model: Model) -> None:
     """The ham text is not ignored as such: shown to the reader, it is the message's words."""
     raw = html_only(SPAM_HTML.format(hidden=f"<div>{HAM_TEXT}</div>"))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from milter.signals import fold_lookalikes, fold_styled
+from milter.signals import fold_lookalikes, fold_styled, join_spaced
 from milter.text import (
     _FOOTER_RULE,
     _INVISIBLE,
@@ -344,7 +344,7 @@ def test_words_are_the_words_the_pattern_finds(text: str) -> None:
 
 
 def slow_words(text: str, prefix: str, limit: int) -> list[str]:
-    words = _WORD.findall(fold_lookalikes(fold_styled(text[: limit * 16])).lower())[:limit]
+    words = _WORD.findall(join_spaced(fold_lookalikes(fold_styled(text[: limit * 16]))).lower())[:limit]
     plain = [w for w in words if len(w) <= 3 or (len(w) <= 24 and not w.isdigit())]
     for word in words:
         if len(word) > 3 and (len(word) > 24 or word.isdigit()):
@@ -994,6 +994,24 @@ def test_look_alike_letters_inside_a_latin_word_are_read_as_latin_and_signalled_
     # disguise: a Russian word with Latin letters in it stays as written.
     for word in ("p\u0430\u0436word", "a\u0434\u043c\u0438\u043d\u0438c\u0442pa\u0446\u0438\u044f"):
         assert fold_lookalikes(f"{word} now") == f"{word} now"
+
+
+def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
+    def text(name: str, subject: str, body: str) -> set[str]:
+        head = (
+            f"From: {name} <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        )
+        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
+
+    plain = text("Account Team", "Free gift", "Verify your account now.")
+    spaced = text("A c c o u n t  Team", "F r e e  g i f t", "V e r i f y  y o u r  a c c o u n t  now.")
+    assert spaced == {*plain, "sig:spaced-letters"}
+    # Runs of two or three single letters are words people write ("a b", "x y z"): no signal,
+    # and two stay apart; a run of three is one word.
+    assert join_spaced("options a b or x y z.") == "options a b or xyz."
+    assert "sig:spaced-letters" not in text("Sam", "hello", "options a b or x y z, I a m")
+    # Letters set apart by single spaces between words too are one run: no reader reads words there.
+    assert join_spaced("f r e e g i f t") == "freegift"
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
