@@ -87,6 +87,11 @@ def _spaced(separator: str) -> Restyle:
     return restyle
 
 
+def _dotted(text: str) -> str:
+    """Each word of four letters or more written with a dot between its letters (V.e.r.i.f.y)."""
+    return _LONG_WORD.sub(lambda w: ".".join(w[0]), text)
+
+
 # Each style: what it does to the subject, the name and plain text, and to the text of HTML.
 STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "mathematical bold": _translated(_block(0x1D400, 0x1D41A, 0x1D7CE)),
@@ -97,6 +102,7 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "cyrillic look-alikes": _translated(_CYRILLIC),
     "comments inside words (HTML)": (lambda text: text, _commented),
     "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
+    "letters dotted": (_dotted, _dotted),
 }
 _TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
 _LINK = re.compile(r"(https?://\S+|www\.\S+)")
