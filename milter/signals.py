@@ -704,11 +704,18 @@ def _three_letters(run: str, letters: frozenset[str]) -> bool:
 # run (about 98 % of the corpora's) cost a fast scan; the run itself is then found in full.
 _SPACED_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_](?![^\W_])")
 _SPACED_RUN: Final = re.compile(r"(?<![^\W_])[^\W\d_](?: [^\W\d_]){2,}(?![^\W_])")
+# The same with one and the same dot, hyphen, star or underscore between the letters (V.e.r.i.f.y,
+# F*R*E*E), not going on into a longer word (b.a.t.m.a.n.lists, a host name).
+_DOTTED_HINT: Final = re.compile(r"[.*_-][^\W\d_][.*_-][^\W\d_](?![^\W_])")
+_DOTTED_RUN: Final = re.compile(r"(?<![^\W_])[^\W\d_]([.*_-])[^\W\d_](?:\1[^\W\d_])+(?![^\W_])(?!\1[^\W_])")
 
 
 def join_spaced(text: str) -> str:
     """`text` with each run of three or more single letters, one space between each (``V e r i
-    f y``), written as the word it spells. Runs of two (``a b``) are left as they are."""
+    f y``) or one and the same dot, hyphen, star or underscore (``V.e.r.i.f.y``, ``F*R*E*E``),
+    written as the word it spells. Runs of two (``a b``, ``e.g.``) are left as they are."""
+    if _DOTTED_HINT.search(text) is not None:
+        text = _DOTTED_RUN.sub(lambda run: run[0].replace(run[1], ""), text)
     if _SPACED_HINT.search(text) is None:
         return text
     return _SPACED_RUN.sub(lambda run: run[0].replace(" ", ""), text)

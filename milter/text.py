@@ -33,7 +33,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "13"
+TEXT_VERSION: Final[str] = "14"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all

@@ -235,6 +235,23 @@ def test_comments_inside_words_do_not_rescue_spam(model: Model, wrapping: str) -
 
 
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+def test_letters_set_apart_by_dots_do_not_rescue_spam(model: Model, wrapping: str) -> None:
+    """Every word of four letters or more written with a dot between its letters (V.e.r.i.f.y)."""
+    wrap = WRAPPINGS[wrapping]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = re.sub(
+        r"(?<=>)([^<]+)",
+        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: ".".join(w[0]), m[1]),
+        SPAM_HTML.format(hidden=""),
+    )
+    raw = wrap(html)
+    assert "V.e.r.i.f.y" in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more spelled with spaces between its letters and the words set
     apart by a no-break space (``V e r i f y &nbsp;y o u r``): a reader reads the words."""

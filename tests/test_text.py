@@ -1012,6 +1012,12 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     assert "sig:spaced-letters" not in text("Sam", "hello", "options a b or x y z, I a m")
     # Letters set apart by single spaces between words too are one run: no reader reads words there.
     assert join_spaced("f r e e g i f t") == "freegift"
+    # Set apart by one and the same dot, hyphen, star or underscore: the word, and no token (the
+    # name of a list, B.A.T.M.A.N., is written so); a host name and runs of two stay as written.
+    dotted = text("Account Team", "F*r*e*e gift", "V.e.r.i.f.y y.o.u.r a-c-c-o-u-n-t now.")
+    assert dotted == plain
+    kept = "see b.a.t.m.a.n.lists.open-mesh.org, e.g. v.1.2 or a.b"
+    assert join_spaced(kept) == kept and join_spaced("U.S.A. and B.A.T.M.A.N.") == "USA. and BATMAN."
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
