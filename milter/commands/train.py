@@ -104,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="fuse a second model on log-odds: Bernoulli naive Bayes over the same tokens, its "
         "log-odds (bounded to +-30) added times BETA to the linear model's before the calibration; "
         "it keeps more commercial mail out of Junk and lets more spam in (docs/model.md, candidate "
-        "H). A fused model cannot be retrained from users' feedback; 0: not fused (default: %(default)s)",
+        "H). `milter retrain` keeps the naive Bayes part fixed and corrects the linear weights; "
+        "0: not fused (default: %(default)s)",
     )
     parser.add_argument(
         "--exclude-prefix",
