@@ -25,6 +25,7 @@ import random
 import re
 import statistics
 import sys
+from collections.abc import Iterable
 from email.message import Message as EmailMessage
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def with_hidden(message: EmailMessage, block: str, style: str) -> bytes:
     return copy.as_bytes(policy=email.policy.compat32)
 
 
+def stay_junked(scores: Iterable[tuple[float, float]]) -> str:
+    """The table cells for one trick, from (p before, p after) of each junked message: how many
+    stay junked (p >= 0.9), the median change of p and the largest drop."""
+    pairs = list(scores)
+    changes = [after - before for before, after in pairs]
+    kept = sum(after >= 0.9 for _, after in pairs)
+    return (
+        f"{kept} of {len(changes)} ({100 * kept / len(changes):.1f} %) "
+        f"| {statistics.median(changes):+.3f} | {-min(changes):.3f}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,18 +116,10 @@ def main() -> int:
     print("| trick | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|")
     for trick, style in TRICKS.items():
-        changes = []
-        kept = 0
-        for message, before, block in chosen:
-            after = p(with_hidden(message, block, style))
-            kept += after >= 0.9
-            changes.append(after - before)
-        share = 100 * kept / len(chosen)
-        print(
-            f"| {trick} | {kept} of {len(chosen)} ({share:.1f} %) | {statistics.median(changes):+.3f} "
-            f"| {-min(changes):.3f} |",
-            flush=True,
+        cells = stay_junked(
+            (before, p(with_hidden(message, block, style))) for message, before, block in chosen
         )
+        print(f"| {trick} | {cells} |", flush=True)
     return 0
 
 
