@@ -9,9 +9,10 @@ same is done to corpus mail: a seeded sample of the modern corpus's spam that th
 (p >= 0.9); in each, the letters and digits of the subject and the From display name, and then
 also of the text (the text nodes of HTML parts, plain parts outside their links), are rewritten
 in one style at a time (or, for HTML, each word of four letters or more cut in two by an empty
-comment), the parts re-encoded (base64, UTF-8), the rest as it was (a header
-that does not decode cleanly is left alone, and of a display name a list rewrote, "Jane via
-List", only the sender's part is restyled).
+comment), the parts re-encoded (base64, UTF-8), the rest as it was. Links, mail addresses
+and host names are left as written (restyled, they would no longer work), as is a header that
+does not decode cleanly, and of a display name a list rewrote, "Jane via List", only the
+sender's part is restyled.
 
 Prints, per style and reach, how many stay junked and the median and largest drop of p, as a
 markdown table (docs/model.md keeps it).
@@ -64,7 +65,10 @@ _CYRILLIC = dict(
     )
 )
 Restyle = Callable[[str], str]
-_LONG_WORD = re.compile(r"[A-Za-z]{4,}")
+# A word of four letters or more, of any alphabet: a spammer who spells its words out spells
+# out "działu" whole, not its first four letters. Chinese and Japanese, written without spaces
+# between words, are left as they are.
+_LONG_WORD = re.compile(r"(?:(?![\u3000-\u9fff\uac00-\ud7af\uf900-\ufaff])[^\W\d_]){4,}")
 
 
 def _translated(table: dict[int, str]) -> tuple[Restyle, Restyle]:
@@ -105,8 +109,11 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
     "letters dotted": (_dotted, _dotted),
 }
-_TAG_OR_ENTITY = re.compile(r"(<[^>]*>|&#?\w+;|https?://\S+)")
-_LINK = re.compile(r"(https?://\S+|www\.\S+)")
+# Links, mail addresses and host names are left as written: restyled, they would no longer work
+# (nor would the list's own address in a subject or a display name be the spammer's to style).
+_ADDRESS_OR_HOST = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|(?:[\w-]+\.)+[a-z]{2,}\b"
+_TAG_OR_ENTITY = re.compile(rf"(<[^>]*>|&#?\w+;|https?://\S+|{_ADDRESS_OR_HOST})", re.IGNORECASE)
+_LINK = re.compile(rf"(https?://\S+|www\.\S+|{_ADDRESS_OR_HOST})", re.IGNORECASE)
 
 
 def restyle_html(html: str, restyle: Restyle) -> str:
@@ -150,14 +157,14 @@ def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool) -> byte
     subject = message["Subject"]
     if subject is not None and "\ufffd" not in _decoded(subject):
         del message["Subject"]
-        message["Subject"] = email.header.Header(plain(_decoded(subject)), "utf-8").encode()
+        message["Subject"] = email.header.Header(restyle_plain(_decoded(subject), plain), "utf-8").encode()
     sender = message["From"]
     if sender is not None and "\ufffd" not in _decoded(sender):
         name, address = email.utils.parseaddr(_decoded(sender))
         author, via, rest = name.partition(" via ")
         if author:
             del message["From"]
-            message["From"] = email.utils.formataddr((plain(author) + via + rest, address), charset="utf-8")
+            message["From"] = email.utils.formataddr((restyle_plain(author, plain) + via + rest, address), charset="utf-8")
     if text_too:
         for part in message.walk():
             kind = part.get_content_type()
