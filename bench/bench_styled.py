@@ -80,6 +80,11 @@ def _commented(text: str) -> str:
     return _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + "<!-- -->" + w[0][len(w[0]) // 2 :], text)
 
 
+def _inside(char: str) -> Restyle:
+    """Each word of four letters or more cut in two by `char`, a character no reader sees."""
+    return lambda text: _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + char + w[0][len(w[0]) // 2 :], text)
+
+
 def _spaced(separator: str) -> Restyle:
     """Each word of four letters or more written with a space between its letters, and the
     spaces between words widened to `separator` so that the reader still sees the words (two
@@ -108,6 +113,13 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "comments inside words (HTML)": (lambda text: text, _commented),
     "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
     "letters dotted": (_dotted, _dotted),
+    # Characters that take no room: the zero-width space (read since version 4), a variation
+    # selector (what follows an emoji to pick its colour form), a tag character (the letters of
+    # a flag's subdivision code) and a left-to-right embedding.
+    "zero-width space inside words": (_inside("\u200b"), _inside("\u200b")),
+    "variation selector inside words": (_inside("\ufe0f"), _inside("\ufe0f")),
+    "tag character inside words": (_inside("\U000e0061"), _inside("\U000e0061")),
+    "left-to-right embedding inside words": (_inside("\u202a"), _inside("\u202a")),
 }
 # Links, mail addresses and host names are left as written: restyled, they would no longer work
 # (nor would the list's own address in a subject or a display name be the spammer's to style).
