@@ -31,9 +31,9 @@ from typing import Final
 
 from milter import signals
 from milter.signals import registrable
-from milter.visible import INVISIBLE_CHARS, MAX_HTML_CHARS, visible_text
+from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "14"
+TEXT_VERSION: Final[str] = "15"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -54,7 +54,7 @@ _LATIN1_WORD_BYTES: Final = bytes(c if chr(c).isalnum() or chr(c) in "!$£" else
 # Characters no reader sees (zero-width spaces and joiners, soft hyphen, BOM, ...): they go before
 # words are split, or "Pay<U+200B>Pal" would be two words a filter does not know and a reader reads
 # as one (milter.signals.invisible_tokens says they were there).
-_INVISIBLE: Final = re.compile(f"[{re.escape(INVISIBLE_CHARS)}]+")
+_INVISIBLE: Final = re.compile(f"[{INVISIBLE_CLASS}]+")
 # A character beyond Latin-1 that can be (part of) a word.
 _WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")

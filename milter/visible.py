@@ -118,10 +118,33 @@ _HINT_ATTRS: Final = frozenset({"hidden", "color", "bgcolor", "background", "tex
 _CSS_SPACE: Final = " \t\n\r\f"
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Characters a reader does not see: zero-width spaces and joiners, direction marks, soft hyphen,
-# the combining grapheme joiner (&#847;) that preheader spacers repeat, the BOM.
-_UNSEEN_POINTS: Final = (0xAD, 0x34F, 0x61C, 0x180E, *range(0x200B, 0x2010), *range(0x2060, 0x2065), 0xFEFF)
+# the combining grapheme joiner (&#847;) that preheader spacers repeat, the BOM; and, since
+# message->text version 15, what spam puts inside words as well because it takes no room:
+# variation selectors (FE00-FE0F, Mongolian 180B-180F), bidirectional embeddings, overrides and
+# isolates, the Khmer inherent vowels, the musical format characters and the tag characters
+# (E0001, E0020-E007F, which only spell a flag's subdivision code after a black flag).
+_UNSEEN_POINTS: Final = (
+    *(0xAD, 0x34F, 0x61C, 0x17B4, 0x17B5, *range(0x180B, 0x1810), *range(0x200B, 0x2010)),
+    *(*range(0x202A, 0x202F), *range(0x2060, 0x2065), *range(0x2066, 0x206A), *range(0xFE00, 0xFE10)),
+    *(0xFEFF, *range(0x1D173, 0x1D17B), 0xE0001, *range(0xE0020, 0xE0080)),
+)
 _UNSEEN: Final = dict.fromkeys(_UNSEEN_POINTS)
-INVISIBLE_CHARS: Final = "".join(map(chr, _UNSEEN_POINTS))  # the same, as a string (milter.text)
+
+
+def _char_class(points: Iterable[int]) -> str:
+    """A regex character class's inside for `points`, consecutive ones as ranges: a class of
+    single characters above U+FFFF is tested one by one at every character (ranges are not)."""
+    ranges: list[list[int]] = []
+    for point in sorted(points):
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    escaped = [(re.escape(chr(low)), re.escape(chr(high))) for low, high in ranges]
+    return "".join(low if low == high else f"{low}-{high}" for low, high in escaped)
+
+
+INVISIBLE_CLASS: Final = _char_class(_UNSEEN_POINTS)  # the same, as a regex class (milter.text)
 
 # Interpreted properties: a value of 1 is the hiding one (display:none, opacity:0, ...), 0 any
 # other; colours are 0xRRGGBBAA.

@@ -11,7 +11,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,11 +201,11 @@ def test_history_keeps_max_rows_and_drops_rather_than_waits(tmp_path: Path) -> N
     assert conn.execute("SELECT state FROM workers").fetchone()[0] == "stopped"
     # A writer that cannot keep up (here: not running at all) drops and counts; record never waits.
     stuck = HistoryWriter(tmp_path / "other.sqlite3", queue_size=3)
-    started = time.perf_counter()
+    # Ten records return with no writer to drain the queue (a put that waited would never return):
+    # three queued, seven dropped and counted.
     for _ in range(10):
         stuck.record(decided(Message(message("x")), None, {}, "smtp"))
     assert stuck.dropped == 7
-    assert time.perf_counter() - started < 1.0  # no wait for the queue: ten puts, all immediate
 
 
 # --- the quarantine ------------------------------------------------------------------------------

@@ -127,7 +127,16 @@ def test_hidden_ham_text_does_not_rescue_spam(
 # Characters no reader sees, put between the letters of every word of the subject and the text:
 # the reader reads the same words, a filter that splits words on them reads fragments it does not
 # know (with the model before message->text version 4, 45 % of junked modern spam left Junk so).
-INVISIBLE = {"zero-width-space": "\u200b", "soft-hyphen": "\u00ad", "word-joiner": "\u2060", "bom": "\ufeff"}
+# Since version 15 also a variation selector and a tag character (`bench_styled`: 72.7 % of junked
+# modern spam stayed junked before).
+INVISIBLE = {
+    "zero-width-space": "\u200b",
+    "soft-hyphen": "\u00ad",
+    "word-joiner": "\u2060",
+    "bom": "\ufeff",
+    "variation-selector": "\ufe0f",
+    "tag-character": "\U000e0061",
+}
 
 
 def split_words(text: str, char: str) -> str:

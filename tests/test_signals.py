@@ -7,6 +7,7 @@ import re
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from milter.signals import (
     skeleton,
     url_host,
 )
+from milter.text import message_text
 
 # -- registrable ---------------------------------------------------------------------------------
 
@@ -477,9 +479,10 @@ def test_odd_hosts(text: str) -> None:
     assert isinstance(sender_tokens(text, text, text), list)
 
 
-def test_cost_on_a_typical_message() -> None:
-    """About 50 µs per message for all of them together is the budget; here 200 µs leaves room
-    for a slow, busy test machine."""
+def test_cost_on_a_typical_message_is_a_small_share_of_message_text() -> None:
+    """The signals are a part of message->text; their budget is about a quarter of it (50 of the
+    200-odd µs, bench/bench_model.py). Both are timed here in the same run, alternately, the best
+    of several rounds each, and compared as a ratio: a busy machine slows both alike."""
     name, address, subject = (
         "Jane Doe",
         "jane.doe@example.com",
@@ -487,20 +490,36 @@ def test_cost_on_a_typical_message() -> None:
     )
     links = [(f"https://www.example.org/page/{i}", "Read more") for i in range(10)] + [("example.net", "")]
     body = "Hello Jane, thanks for the notes. " * 50
-    sender_tokens(name, address, subject)
-    link_tokens(links, address)
-    runs = 300
-    start = time.perf_counter()
-    for _ in range(runs):
+    anchors = "".join(f'<a href="{href}">{shown}</a> ' for href, shown in links[:-1])
+    raw = (
+        f"From: {name} <{address}>\r\nSubject: {subject}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        f"<p>{body}</p><p>{anchors} example.net</p>\r\n"
+    ).encode()
+
+    def signals_once() -> None:
         sender_tokens(name, address, subject)
         link_tokens(links, address)
         body_tokens(body)
-    assert (time.perf_counter() - start) / runs < 200e-6
+
+    def best(work: Callable[[], object], runs: int = 100) -> float:
+        start = time.perf_counter()
+        for _ in range(runs):
+            work()
+        return (time.perf_counter() - start) / runs
+
+    signals_once()  # warm the caches both use
+    message_text(raw)
+    rounds = [(best(signals_once), best(lambda: message_text(raw))) for _ in range(5)]
+    ratio = min(signal for signal, _ in rounds) / min(text for _, text in rounds)
+    assert ratio < 0.6, rounds
 
 
 # What signals.invisible_tokens looked for with one look-around pattern, before it looked for the
 # runs of invisible characters alone and tested their neighbours.
-_LOOKAROUND = re.compile(r"(?<=[^\W\d_])[\u00ad\u034f\u180e\u200b\u2060-\u2064\ufeff]+(?=[^\W\d_])")
+_LOOKAROUND = re.compile(
+    r"(?<=[^\W\d_])[\u00ad\u034f\u180e\u200b\u2060-\u2064\ufe00-\ufe0f\ufeff\U000e0001\U000e0020-\U000e007f]+"
+    r"(?=[^\W\d_])"
+)
 _SPLIT_PIECES = st.sampled_from(
     [
         *"aZé_9٣²ß中 .-",
@@ -511,6 +530,9 @@ _SPLIT_PIECES = st.sampled_from(
         "\u2060",
         "\u2064",
         "\ufeff",
+        "\ufe0f",
+        "\U000e0061",
+        "\u202a",
         "\u200d",
         "\u0301",
     ]

@@ -896,6 +896,20 @@ def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal()
         found = text("hello", body)
         assert "sig:invisible-in-word" not in found, body
     assert persian.replace("\u200c", "") in text("hello", persian)
+    # Version 15: a variation selector or a tag character (what follows an emoji, what spells a
+    # flag's subdivision) takes no room either; inside a word it is a signal. Bidirectional
+    # embeddings and isolates go too, without one: mail clients write them around names.
+    for char in ("\ufe0f", "\ufe00", "\U000e0061", "\U000e0001"):
+        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
+        assert set(split) == {*plain, "sig:invisible-in-word"}, ascii(char)
+    for char in ("\u202a", "\u202c", "\u202e", "\u2066", "\u2069", "\U0001d173", "\u17b4"):
+        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
+        assert set(split) == set(plain), ascii(char)
+    # An emoji with its selector, and a flag of England (black flag, tag letters, cancel tag):
+    # no word is split, no signal.
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    for body in ("I \u2764\ufe0f it, thanks", f"Go {england} go"):
+        assert "sig:invisible-in-word" not in text("hello", body), ascii(body)
 
 
 def _restyled(text: str, upper: int, lower: int, digits: int | None = None) -> str:
@@ -1018,6 +1032,11 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     assert dotted == plain
     kept = "see b.a.t.m.a.n.lists.open-mesh.org, e.g. v.1.2 or a.b"
     assert join_spaced(kept) == kept and join_spaced("U.S.A. and B.A.T.M.A.N.") == "USA. and BATMAN."
+    # Digits written on to the first or last letter stay with the word (a price, a year, a
+    # "2" for "to"); a run that goes on into a host name is still left as written.
+    assert join_spaced("C.a.n.a.r.i.a.s24 and 2F*R*E*E, R e a d y2 go") == "Canarias24 and 2FREE, Ready2 go"
+    assert join_spaced("see a.b.c1.example.com") == "see a.b.c1.example.com"
+    assert {"sig:spaced-letters", "subj:ready2"} <= text("Sam", "R e a d y2", "hello")
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
