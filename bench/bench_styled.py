@@ -30,6 +30,7 @@ import email.utils
 import random
 import re
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def _inside(char: str) -> Restyle:
     return lambda text: _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + char + w[0][len(w[0]) // 2 :], text)
 
 
+def _marked(mark: str) -> Restyle:
+    """Each letter of each word of four letters or more followed by the combining `mark`."""
+    return lambda text: _LONG_WORD.sub(lambda w: "".join(letter + mark for letter in w[0]), text)
+
+
+def _decomposed(text: str) -> str:
+    """Accented letters written as the letter and its combining accent (Unicode NFD)."""
+    return unicodedata.normalize("NFD", text)
+
+
 def _spaced(separator: str) -> Restyle:
     """Each word of four letters or more written with a space between its letters, and the
     spaces between words widened to `separator` so that the reader still sees the words (two
@@ -120,6 +131,10 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "variation selector inside words": (_inside("\ufe0f"), _inside("\ufe0f")),
     "tag character inside words": (_inside("\U000e0061"), _inside("\U000e0061")),
     "left-to-right embedding inside words": (_inside("\u202a"), _inside("\u202a")),
+    # Letters with a combining mark that has no precomposed form (a line struck through each
+    # letter), and accented letters written decomposed, as a letter and its accent (Unicode NFD).
+    "struck through (combining marks)": (_marked("\u0336"), _marked("\u0336")),
+    "accents decomposed (NFD)": (_decomposed, _decomposed),
 }
 # Links, mail addresses and host names are left as written: restyled, they would no longer work
 # (nor would the list's own address in a subject or a display name be the spammer's to style).
@@ -176,7 +191,8 @@ def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool) -> byte
         author, via, rest = name.partition(" via ")
         if author:
             del message["From"]
-            message["From"] = email.utils.formataddr((restyle_plain(author, plain) + via + rest, address), charset="utf-8")
+            restyled_name = restyle_plain(author, plain) + via + rest
+            message["From"] = email.utils.formataddr((restyled_name, address), charset="utf-8")
     if text_too:
         for part in message.walk():
             kind = part.get_content_type()
