@@ -91,6 +91,12 @@ def _marked(mark: str) -> Restyle:
     return lambda text: _LONG_WORD.sub(lambda w: "".join(letter + mark for letter in w[0]), text)
 
 
+def _reversed(before: str, after: str) -> Restyle:
+    """Each word of four letters or more written backwards between `before` and `after`, which
+    turn it round again for the reader."""
+    return lambda text: _LONG_WORD.sub(lambda w: before + w[0][::-1] + after, text)
+
+
 def _decomposed(text: str) -> str:
     """Accented letters written as the letter and its combining accent (Unicode NFD)."""
     return unicodedata.normalize("NFD", text)
@@ -135,6 +141,14 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     # letter), and accented letters written decomposed, as a letter and its accent (Unicode NFD).
     "struck through (combining marks)": (_marked("\u0336"), _marked("\u0336")),
     "accents decomposed (NFD)": (_decomposed, _decomposed),
+    # Each word written backwards and turned round for the reader: by a right-to-left override
+    # character (U+202E ... U+202C), by HTML's <bdo dir="rtl">, or by CSS.
+    "reversed by a right-to-left override": (_reversed("\u202e", "\u202c"), _reversed("\u202e", "\u202c")),
+    "reversed by <bdo> (HTML)": (lambda text: text, _reversed('<bdo dir="rtl">', "</bdo>")),
+    "reversed by CSS (HTML)": (
+        lambda text: text,
+        _reversed('<span style="unicode-bidi:bidi-override;direction:rtl">', "</span>"),
+    ),
 }
 # Links, mail addresses and host names are left as written: restyled, they would no longer work
 # (nor would the list's own address in a subject or a display name be the spammer's to style).

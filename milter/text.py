@@ -26,6 +26,7 @@ import email.header
 import email.utils
 import itertools
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -33,7 +34,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, visible_text
 
-TEXT_VERSION: Final[str] = "15"
+TEXT_VERSION: Final[str] = "16"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -55,6 +56,11 @@ _LATIN1_WORD_BYTES: Final = bytes(c if chr(c).isalnum() or chr(c) in "!$£" else
 # words are split, or "Pay<U+200B>Pal" would be two words a filter does not know and a reader reads
 # as one (milter.signals.invisible_tokens says they were there).
 _INVISIBLE: Final = re.compile(f"[{INVISIBLE_CLASS}]+")
+# Combining marks of the blocks used with Latin, Greek and Cyrillic letters. A mark is no word
+# character: a decomposed "tre\u0300s" would be two words, and a letter struck through with a
+# combining stroke (U+0336) after each letter a word of single letters. Where there is one, the
+# text is composed (NFC) and the marks no letter takes are dropped (message->text version 16).
+_COMBINING: Final = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 # A character beyond Latin-1 that can be (part of) a word.
 _WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
@@ -247,11 +253,15 @@ def _split_words(text: str) -> list[str]:
 
 def _seen(text: str) -> str:
     """`text` as the reader reads it: without the characters no reader sees (_INVISIBLE; of them
-    only the soft hyphen is Latin-1), and with letters of other styles (mathematical bold,
-    circled, fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
+    only the soft hyphen is Latin-1), with accents composed and the combining marks no letter
+    takes dropped (_COMBINING), and with letters of other styles (mathematical bold, circled,
+    fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
         return text
-    return signals.fold_styled(_INVISIBLE.sub("", text))
+    text = _INVISIBLE.sub("", text)
+    if _COMBINING.search(text) is not None:
+        text = _COMBINING.sub("", unicodedata.normalize("NFC", text))
+    return signals.fold_styled(text)
 
 
 def _words(text: str, out: list[str], prefix: str, limit: int) -> None:

@@ -261,6 +261,24 @@ def test_letters_set_apart_by_dots_do_not_rescue_spam(model: Model, wrapping: st
 
 
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+def test_letters_struck_through_do_not_rescue_spam(model: Model, wrapping: str) -> None:
+    """Every letter of every word of four letters or more followed by a combining long stroke
+    overlay (U+0336): the reader reads the words struck through (version 16)."""
+    wrap = WRAPPINGS[wrapping]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = re.sub(
+        r"(?<=>)([^<]+)",
+        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: "".join(c + "\u0336" for c in w[0]), m[1]),
+        SPAM_HTML.format(hidden=""),
+    )
+    raw = wrap(html)
+    assert "V\u0336e\u0336r\u0336" in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more spelled with spaces between its letters and the words set
     apart by a no-break space (``V e r i f y &nbsp;y o u r``): a reader reads the words."""

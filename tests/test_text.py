@@ -1039,6 +1039,28 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     assert {"sig:spaced-letters", "subj:ready2"} <= text("Sam", "R e a d y2", "hello")
 
 
+def test_combining_marks_do_not_split_words() -> None:
+    """Version 16: accents written decomposed are the accented letters; a mark no letter takes
+    (a stroke through each letter, a stress mark) does not split the word it is on."""
+
+    def text(subject: str, body: str) -> set[str]:
+        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
+
+    composed = text("Caf\u00e9 tr\u00e8s bon", "Sch\u00f6ne Gr\u00fc\u00dfe, \u00e0 bient\u00f4t.")
+    assert {"subj:caf\u00e9", "subj:tr\u00e8s", "sch\u00f6ne", "gr\u00fc\u00dfe", "bient\u00f4t"} <= composed
+    decomposed = text(
+        unicodedata.normalize("NFD", "Caf\u00e9 tr\u00e8s bon"),
+        unicodedata.normalize("NFD", "Sch\u00f6ne Gr\u00fc\u00dfe, \u00e0 bient\u00f4t."),
+    )
+    assert decomposed == composed
+    struck = "".join(letter + "\u0336" for letter in "Verify")
+    assert text("hello", f"{struck} your account") == text("hello", "Verify your account")
+    # A Russian stress mark (no precomposed form): the word, not two pieces.
+    milk = "\u043c\u043e\u043b\u043e\u043a\u043e"
+    assert milk in text("hello", milk + "\u0301")
+
+
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
     def text(to: str, subject: str) -> list[str]:
         head = f"From: Desk <desk@example.net>\r\nTo: {to}\r\nSubject: {subject}"
