@@ -32,9 +32,9 @@ from typing import Final
 
 from milter import signals
 from milter.signals import registrable
-from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, visible_text
+from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, RIGHT_TO_LEFT, visible_text
 
-TEXT_VERSION: Final[str] = "16"
+TEXT_VERSION: Final[str] = "17"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -61,6 +61,9 @@ _INVISIBLE: Final = re.compile(f"[{INVISIBLE_CLASS}]+")
 # combining stroke (U+0336) after each letter a word of single letters. Where there is one, the
 # text is composed (NFC) and the marks no letter takes are dropped (message->text version 16).
 _COMBINING: Final = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+# Text between a right-to-left override (U+202E) and the end of its embedding (U+202C), a
+# paragraph's end or another bidirectional control: shown reversed, letter by letter.
+_OVERRIDDEN: Final = re.compile("\u202e([^\u202a-\u202e\u2066-\u2069\n]*)")
 # A character beyond Latin-1 that can be (part of) a word.
 _WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
@@ -258,6 +261,8 @@ def _seen(text: str) -> str:
     fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
         return text
+    if "\u202e" in text:  # read what the override shows: the text it holds, reversed
+        text = _OVERRIDDEN.sub(lambda run: run[1] if RIGHT_TO_LEFT.search(run[1]) else run[1][::-1], text)
     text = _INVISIBLE.sub("", text)
     if _COMBINING.search(text) is not None:
         text = _COMBINING.sub("", unicodedata.normalize("NFC", text))

@@ -67,6 +67,10 @@ Decisions:
   box) is taken out with its whole element. A text node of white space only stays (it may be
   all that keeps two visible words apart); the spaces inside hidden text go with it, as a
   reader sees it: ``Vi<span hidden> x </span>agra`` reads "Viagra".
+- Text shown reversed, letter by letter (``<bdo dir="rtl">``, or an inline style with
+  ``direction: rtl`` and ``unicode-bidi: bidi-override``), is read reversed, as the reader reads
+  it: ``<bdo dir="rtl">yfirev</bdo>`` reads "verify". Only where that text is the element's one
+  child, and not in the scripts written right to left, which are stored in reading order.
 """
 
 from __future__ import annotations
@@ -112,6 +116,13 @@ _BLOCK_TAGS: Final = frozenset(
 _VOID_BLOCK_TAGS: Final = frozenset({"br", "hr"})
 _STYLE_ATTRS: Final = frozenset({"color", "bgcolor", "face", "size", "align", "width", "height", "border"})
 _LINK_ATTRS: Final = ("href", "src", "action")
+# An inline style that lays its text out right to left letter by letter: text written backwards
+# that the reader reads forwards (as <bdo dir="rtl"> does).
+_TURNED_STYLE: Final = re.compile(r"bidi-override|isolate-override", re.IGNORECASE)
+_RTL: Final = re.compile(r"direction\s*:\s*rtl", re.IGNORECASE)
+# Letters of the scripts written right to left (Hebrew, Arabic, Syriac, Thaana, N'Ko, ...): text in
+# them is stored in reading order already, and an override leaves its order as it was.
+RIGHT_TO_LEFT: Final = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe]")
 
 # Attributes that can hide text or colour it.
 _HINT_ATTRS: Final = frozenset({"hidden", "color", "bgcolor", "background", "text", "size"})
@@ -277,6 +288,7 @@ def _visible(markup: str, css: str) -> Visible:
     anchors: list[tuple[str, LexborNode]] = []
     styles: dict[str, list[LexborNode]] = {}  # the elements with each style attribute
     hinted: list[_Hinted] = []  # elements with attributes that hide or colour text
+    turned: list[LexborNode] = []  # elements that show their text backwards
     for node in tree.root.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":  # comments
@@ -307,6 +319,10 @@ def _visible(markup: str, css: str) -> Visible:
                 if href:
                     anchors.append((href, node))
             style = attrs.get("style")
+            if (tag == "bdo" and (attrs.get("dir") or "").strip().lower() == "rtl") or (
+                style and _TURNED_STYLE.search(style) and _RTL.search(style)
+            ):
+                turned.append(node)
             if style:
                 same = styles.get(style)
                 if same is None:
@@ -315,6 +331,8 @@ def _visible(markup: str, css: str) -> Visible:
                     same.append(node)
             if not _HINT_ATTRS.isdisjoint(attrs):
                 hinted.append((tag, attrs, node))
+    for node in turned:
+        _turn(node)
     if "title" in tags:  # a title in the body (fragments pasted together) is not shown either
         tree.strip_tags(["title"])
     if len(" ".join(tags).split()) != len(tags):
@@ -338,6 +356,17 @@ def _visible(markup: str, css: str) -> Visible:
         frozenset(hidden),
         hidden_chars,
     )
+
+
+def _turn(node: LexborNode) -> None:
+    """The text of an element shown right to left, letter by letter, in the order the reader
+    reads it: reversed. Only an element whose one child is its text; the text of one with markup
+    inside stays as written (message->text version 17)."""
+    child = node.first_child
+    if child is not None and child.tag == "-text" and child.next is None:
+        text = child.text_content
+        if text and RIGHT_TO_LEFT.search(text) is None:
+            child.replace_with(text[::-1])
 
 
 def _hide(

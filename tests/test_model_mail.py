@@ -278,6 +278,36 @@ def test_letters_struck_through_do_not_rescue_spam(model: Model, wrapping: str) 
     assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
 
 
+TURNED = {
+    "override": ("\u202e", "\u202c"),
+    "bdo": ('<bdo dir="rtl">', "</bdo>"),
+    "css": ('<span style="unicode-bidi:bidi-override;direction:rtl">', "</span>"),
+}
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("how", sorted(TURNED))
+def test_words_written_backwards_and_turned_round_do_not_rescue_spam(
+    model: Model, how: str, wrapping: str
+) -> None:
+    """Every word of four letters or more written backwards inside something that shows it
+    reversed (version 17): the reader reads the words."""
+    wrap, (before, after) = WRAPPINGS[wrapping], TURNED[how]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = re.sub(
+        r"(?<=>)([^<]+)",
+        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: before + w[0][::-1] + after, m[1]),
+        SPAM_HTML.format(hidden=""),
+    )
+    raw = wrap(html)
+    assert "yfireV" in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set()
+    assert tricked_tokens - clean_tokens <= {"html:bdo", "html:bdo.dir", "html:span.style", "html:span"}
+
+
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more spelled with spaces between its letters and the words set

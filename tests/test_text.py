@@ -902,7 +902,9 @@ def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal()
     for char in ("\ufe0f", "\ufe00", "\U000e0061", "\U000e0001"):
         split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
         assert set(split) == {*plain, "sig:invisible-in-word"}, ascii(char)
-    for char in ("\u202a", "\u202c", "\u202e", "\u2066", "\u2069", "\U0001d173", "\u17b4"):
+    # (A right-to-left override is no such character: what follows it is shown reversed, and
+    # read so; test_text_after_a_right_to_left_override_is_read_as_shown.)
+    for char in ("\u202a", "\u202c", "\u202d", "\u2066", "\u2069", "\U0001d173", "\u17b4"):
         split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
         assert set(split) == set(plain), ascii(char)
     # An emoji with its selector, and a flag of England (black flag, tag letters, cancel tag):
@@ -1059,6 +1061,22 @@ def test_combining_marks_do_not_split_words() -> None:
     # A Russian stress mark (no precomposed form): the word, not two pieces.
     milk = "\u043c\u043e\u043b\u043e\u043a\u043e"
     assert milk in text("hello", milk + "\u0301")
+
+
+def test_text_after_a_right_to_left_override_is_read_as_shown() -> None:
+    """Version 17: the text between U+202E and U+202C is shown reversed, so it is read reversed;
+    right-to-left scripts are stored in reading order and stay as written."""
+
+    def text(subject: str, body: str) -> set[str]:
+        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
+
+    turned = text("\u202etnuocca ruoy\u202c", "Please \u202eyfirev\u202c now.")
+    assert turned == text("your account", "Please verify now.")
+    # To the end of the paragraph when nothing ends it.
+    assert {"verify", "now"} <= text("hi", "\u202ewon yfirev\nbye")
+    hebrew = "\u05e9\u05dc\u05d5\u05dd"
+    assert hebrew in text("hi", f"\u202e{hebrew}\u202c")
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:

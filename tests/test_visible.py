@@ -342,6 +342,21 @@ def test_hidden_inline_text_joins_the_word_around_it() -> None:
     assert "hidden:chars-1" in result.hidden
 
 
+def test_text_turned_round_for_the_reader_is_read_as_shown() -> None:
+    """Version 17: ``<bdo dir="rtl">`` and an inline bidi override show the text they hold
+    reversed, letter by letter; what the reader reads is the text reversed."""
+    override = "unicode-bidi: bidi-override; direction: rtl"
+    markup = f'<p>Please <bdo dir="RTL">yfirev</bdo> your <span style="{override}">tnuocca</span></p>'
+    assert words(markup) == ["Please", "verify", "your", "account"]
+    assert words('<p><span style="direction:rtl;unicode-bidi:isolate-override">won</span></p>') == ["now"]
+    # A direction alone does not reverse Latin letters; nor does an override to the left.
+    assert words('<p><span style="direction: rtl">now</span> <bdo dir="ltr">won</bdo></p>') == ["now", "won"]
+    # Hebrew is stored in reading order already; markup inside the element is left as written.
+    hebrew = "\u05e9\u05dc\u05d5\u05dd"
+    assert words(f'<p><bdo dir="rtl">{hebrew}</bdo></p>') == [hebrew]
+    assert words('<p><bdo dir="rtl">yf<b>ire</b>v</bdo></p>') == ["yfirev"]
+
+
 # Colours.
 
 
