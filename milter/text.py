@@ -32,7 +32,7 @@ from typing import Final
 
 from milter import signals
 from milter.signals import registrable
-from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, RIGHT_TO_LEFT, visible_text
+from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, shown_order, visible_text
 
 TEXT_VERSION: Final[str] = "17"
 
@@ -262,7 +262,7 @@ def _seen(text: str) -> str:
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
         return text
     if "\u202e" in text:  # read what the override shows: the text it holds, reversed
-        text = _OVERRIDDEN.sub(lambda run: run[1] if RIGHT_TO_LEFT.search(run[1]) else run[1][::-1], text)
+        text = _OVERRIDDEN.sub(lambda run: shown_order(run[1]), text)
     text = _INVISIBLE.sub("", text)
     if _COMBINING.search(text) is not None:
         text = _COMBINING.sub("", unicodedata.normalize("NFC", text))

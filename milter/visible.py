@@ -122,7 +122,14 @@ _TURNED_STYLE: Final = re.compile(r"bidi-override|isolate-override", re.IGNORECA
 _RTL: Final = re.compile(r"direction\s*:\s*rtl", re.IGNORECASE)
 # Letters of the scripts written right to left (Hebrew, Arabic, Syriac, Thaana, N'Ko, ...): text in
 # them is stored in reading order already, and an override leaves its order as it was.
-RIGHT_TO_LEFT: Final = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe]")
+_RIGHT_TO_LEFT: Final = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefe]")
+
+
+def shown_order(text: str) -> str:
+    """`text`, shown right to left letter by letter (a bidi override), in the order the reader
+    reads it: reversed, unless it is in a script written right to left (milter.text too)."""
+    return text if _RIGHT_TO_LEFT.search(text) else text[::-1]
+
 
 # Attributes that can hide text or colour it.
 _HINT_ATTRS: Final = frozenset({"hidden", "color", "bgcolor", "background", "text", "size"})
@@ -288,7 +295,7 @@ def _visible(markup: str, css: str) -> Visible:
     anchors: list[tuple[str, LexborNode]] = []
     styles: dict[str, list[LexborNode]] = {}  # the elements with each style attribute
     hinted: list[_Hinted] = []  # elements with attributes that hide or colour text
-    turned: list[LexborNode] = []  # elements that show their text backwards
+    turned: dict[int, LexborNode] = {}  # elements that show their text backwards, by id (once each)
     for node in tree.root.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":  # comments
@@ -318,11 +325,9 @@ def _visible(markup: str, css: str) -> Visible:
                 href = attrs.get("href")
                 if href:
                     anchors.append((href, node))
+            if tag == "bdo" and (attrs.get("dir") or "").strip().lower() == "rtl":
+                turned[id(node)] = node
             style = attrs.get("style")
-            if (tag == "bdo" and (attrs.get("dir") or "").strip().lower() == "rtl") or (
-                style and _TURNED_STYLE.search(style) and _RTL.search(style)
-            ):
-                turned.append(node)
             if style:
                 same = styles.get(style)
                 if same is None:
@@ -331,7 +336,10 @@ def _visible(markup: str, css: str) -> Visible:
                     same.append(node)
             if not _HINT_ATTRS.isdisjoint(attrs):
                 hinted.append((tag, attrs, node))
-    for node in turned:
+    for style, nodes in styles.items():  # each distinct style read once, as _hide does
+        if _TURNED_STYLE.search(style) and _RTL.search(style):
+            turned.update((id(node), node) for node in nodes)
+    for node in turned.values():
         _turn(node)
     if "title" in tags:  # a title in the body (fragments pasted together) is not shown either
         tree.strip_tags(["title"])
@@ -365,8 +373,10 @@ def _turn(node: LexborNode) -> None:
     child = node.first_child
     if child is not None and child.tag == "-text" and child.next is None:
         text = child.text_content
-        if text and RIGHT_TO_LEFT.search(text) is None:
-            child.replace_with(text[::-1])
+        if text:
+            shown = shown_order(text)
+            if shown != text:
+                child.replace_with(shown)
 
 
 def _hide(

@@ -34,11 +34,17 @@ from milter.text import (
     _words,
     message_text,
 )
-from milter.visible import _BLOCK_TAGS, RIGHT_TO_LEFT, visible_text
+from milter.visible import _BLOCK_TAGS, shown_order, visible_text
 
 
 def tokens(raw: bytes) -> list[str]:
     return message_text(raw).split(" ")
+
+
+def note_tokens(subject: str, body: str) -> set[str]:
+    """The tokens of a plain UTF-8 note from Sam with `subject` and `body`."""
+    head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
+    return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
 
 
 def check_text(text: str) -> None:
@@ -324,7 +330,7 @@ def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
 
 def slow_seen(text: str) -> str:
     """`_seen` without its shortcuts: every step on every text."""
-    shown = _OVERRIDDEN.sub(lambda run: run[1] if RIGHT_TO_LEFT.search(run[1]) else run[1][::-1], text)
+    shown = _OVERRIDDEN.sub(lambda run: shown_order(run[1]), text)
     seen = _INVISIBLE.sub("", shown)
     if _COMBINING.search(seen):
         seen = _COMBINING.sub("", unicodedata.normalize("NFC", seen))
@@ -891,38 +897,34 @@ def test_a_flowed_plain_alternative_marks_the_client_though_not_shown() -> None:
 
 
 def test_invisible_characters_are_not_word_breaks_and_a_split_word_is_a_signal() -> None:
-    def text(subject: str, body: str) -> list[str]:
-        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
-        return tokens(f"{head}\r\n\r\n{body}\r\n".encode())
-
-    plain = text("your account", "Your PayPal account is locked.")
+    plain = note_tokens("your account", "Your PayPal account is locked.")
     assert "paypal" in plain and "sig:invisible-in-word" not in plain
     for char in ("\u200b", "\u00ad", "\u2060", "\ufeff", "\u034f"):
-        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}{char}ount is loc{char}ked.")
+        split = note_tokens(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}{char}ount is loc{char}ked.")
         assert set(split) == {*plain, "sig:invisible-in-word"}, char
     # Where they belong: Persian's zero-width non-joiner, an emoji's joiner, a preheader spacer
     # between words (\u200c and \u034f between spaces): the words are the same, no signal.
     persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "I want": mi + ZWNJ + khaham
     for body in (persian, "family 👨\u200d👩\u200d👧 photo", "Hello \u200c\u034f \u200c\u034f there"):
-        found = text("hello", body)
+        found = note_tokens("hello", body)
         assert "sig:invisible-in-word" not in found, body
-    assert persian.replace("\u200c", "") in text("hello", persian)
+    assert persian.replace("\u200c", "") in note_tokens("hello", persian)
     # Version 15: a variation selector or a tag character (what follows an emoji, what spells a
     # flag's subdivision) takes no room either; inside a word it is a signal. Bidirectional
     # embeddings and isolates go too, without one: mail clients write them around names.
     for char in ("\ufe0f", "\ufe00", "\U000e0061", "\U000e0001"):
-        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
+        split = note_tokens(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
         assert set(split) == {*plain, "sig:invisible-in-word"}, ascii(char)
     # (A right-to-left override is no such character: what follows it is shown reversed, and
     # read so; test_text_after_a_right_to_left_override_is_read_as_shown.)
     for char in ("\u202a", "\u202c", "\u202d", "\u2066", "\u2069", "\U0001d173", "\u17b4"):
-        split = text(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
+        split = note_tokens(f"your acc{char}ount", f"Your Pay{char}Pal acc{char}ount is loc{char}ked.")
         assert set(split) == set(plain), ascii(char)
     # An emoji with its selector, and a flag of England (black flag, tag letters, cancel tag):
     # no word is split, no signal.
     england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
     for body in ("I \u2764\ufe0f it, thanks", f"Go {england} go"):
-        assert "sig:invisible-in-word" not in text("hello", body), ascii(body)
+        assert "sig:invisible-in-word" not in note_tokens("hello", body), ascii(body)
 
 
 def _restyled(text: str, upper: int, lower: int, digits: int | None = None) -> str:
@@ -1055,39 +1057,29 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
 def test_combining_marks_do_not_split_words() -> None:
     """Version 16: accents written decomposed are the accented letters; a mark no letter takes
     (a stroke through each letter, a stress mark) does not split the word it is on."""
-
-    def text(subject: str, body: str) -> set[str]:
-        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
-        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
-
-    composed = text("Caf\u00e9 tr\u00e8s bon", "Sch\u00f6ne Gr\u00fc\u00dfe, \u00e0 bient\u00f4t.")
+    composed = note_tokens("Caf\u00e9 tr\u00e8s bon", "Sch\u00f6ne Gr\u00fc\u00dfe, \u00e0 bient\u00f4t.")
     assert {"subj:caf\u00e9", "subj:tr\u00e8s", "sch\u00f6ne", "gr\u00fc\u00dfe", "bient\u00f4t"} <= composed
-    decomposed = text(
+    decomposed = note_tokens(
         unicodedata.normalize("NFD", "Caf\u00e9 tr\u00e8s bon"),
         unicodedata.normalize("NFD", "Sch\u00f6ne Gr\u00fc\u00dfe, \u00e0 bient\u00f4t."),
     )
     assert decomposed == composed
     struck = "".join(letter + "\u0336" for letter in "Verify")
-    assert text("hello", f"{struck} your account") == text("hello", "Verify your account")
+    assert note_tokens("hello", f"{struck} your account") == note_tokens("hello", "Verify your account")
     # A Russian stress mark (no precomposed form): the word, not two pieces.
     milk = "\u043c\u043e\u043b\u043e\u043a\u043e"
-    assert milk in text("hello", milk + "\u0301")
+    assert milk in note_tokens("hello", milk + "\u0301")
 
 
 def test_text_after_a_right_to_left_override_is_read_as_shown() -> None:
     """Version 17: the text between U+202E and U+202C is shown reversed, so it is read reversed;
     right-to-left scripts are stored in reading order and stay as written."""
-
-    def text(subject: str, body: str) -> set[str]:
-        head = f"From: Sam <sam@example.org>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8"
-        return set(tokens(f"{head}\r\n\r\n{body}\r\n".encode()))
-
-    turned = text("\u202etnuocca ruoy\u202c", "Please \u202eyfirev\u202c now.")
-    assert turned == text("your account", "Please verify now.")
+    turned = note_tokens("\u202etnuocca ruoy\u202c", "Please \u202eyfirev\u202c now.")
+    assert turned == note_tokens("your account", "Please verify now.")
     # To the end of the paragraph when nothing ends it.
-    assert {"verify", "now"} <= text("hi", "\u202ewon yfirev\nbye")
+    assert {"verify", "now"} <= note_tokens("hi", "\u202ewon yfirev\nbye")
     hebrew = "\u05e9\u05dc\u05d5\u05dd"
-    assert hebrew in text("hi", f"\u202e{hebrew}\u202c")
+    assert hebrew in note_tokens("hi", f"\u202e{hebrew}\u202c")
 
 
 def test_the_recipients_address_in_the_subject_is_a_signal_and_not_a_word() -> None:
