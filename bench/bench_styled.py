@@ -76,25 +76,26 @@ def _translated(table: dict[int, str]) -> tuple[Restyle, Restyle]:
     return (lambda text: text.translate(table)), (lambda text: text.translate(table))
 
 
-def _commented(text: str) -> str:
-    """Each word of four letters or more cut in two by an empty HTML comment, which no reader sees."""
-    return _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + "<!-- -->" + w[0][len(w[0]) // 2 :], text)
+def _each_word(rewrite: Callable[[str], str]) -> Restyle:
+    """Each word of four letters or more rewritten by `rewrite`."""
+    return lambda text: _LONG_WORD.sub(lambda w: rewrite(w[0]), text)
 
 
 def _inside(char: str) -> Restyle:
-    """Each word of four letters or more cut in two by `char`, a character no reader sees."""
-    return lambda text: _LONG_WORD.sub(lambda w: w[0][: len(w[0]) // 2] + char + w[0][len(w[0]) // 2 :], text)
+    """Each word of four letters or more cut in two by `char`, which no reader sees (a
+    character that takes no room, an empty HTML comment)."""
+    return _each_word(lambda word: word[: len(word) // 2] + char + word[len(word) // 2 :])
 
 
 def _marked(mark: str) -> Restyle:
     """Each letter of each word of four letters or more followed by the combining `mark`."""
-    return lambda text: _LONG_WORD.sub(lambda w: "".join(letter + mark for letter in w[0]), text)
+    return _each_word(lambda word: "".join(letter + mark for letter in word))
 
 
 def _reversed(before: str, after: str) -> Restyle:
     """Each word of four letters or more written backwards between `before` and `after`, which
     turn it round again for the reader."""
-    return lambda text: _LONG_WORD.sub(lambda w: before + w[0][::-1] + after, text)
+    return _each_word(lambda word: before + word[::-1] + after)
 
 
 def _decomposed(text: str) -> str:
@@ -107,16 +108,8 @@ def _spaced(separator: str) -> Restyle:
     spaces between words widened to `separator` so that the reader still sees the words (two
     spaces in a subject or plain text; in HTML, which shows runs of spaces as one, a space and
     a no-break space)."""
-
-    def restyle(text: str) -> str:
-        return separator.join(_LONG_WORD.sub(lambda w: " ".join(w[0]), word) for word in text.split(" "))
-
-    return restyle
-
-
-def _dotted(text: str) -> str:
-    """Each word of four letters or more written with a dot between its letters (V.e.r.i.f.y)."""
-    return _LONG_WORD.sub(lambda w: ".".join(w[0]), text)
+    spell_out = _each_word(" ".join)
+    return lambda text: separator.join(spell_out(word) for word in text.split(" "))
 
 
 # Each style: what it does to the subject, the name and plain text, and to the text of HTML.
@@ -127,9 +120,9 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "circled": _translated(_block(0x24B6, 0x24D0, None)),
     "small capitals": _translated(_SMALL_CAPS),
     "cyrillic look-alikes": _translated(_CYRILLIC),
-    "comments inside words (HTML)": (lambda text: text, _commented),
+    "comments inside words (HTML)": (lambda text: text, _inside("<!-- -->")),
     "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
-    "letters dotted": (_dotted, _dotted),
+    "letters dotted": (_each_word(".".join), _each_word(".".join)),
     # Characters that take no room: the zero-width space (read since version 4), a variation
     # selector (what follows an emoji to pick its colour form), a tag character (the letters of
     # a flag's subdivision code) and a left-to-right embedding.

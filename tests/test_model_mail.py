@@ -243,16 +243,21 @@ def test_comments_inside_words_do_not_rescue_spam(model: Model, wrapping: str) -
     assert set(message_text(raw).split()) == set(message_text(clean_raw).split())
 
 
+def each_long_word(rewrite: Callable[[str], str]) -> str:
+    """The spam's HTML with every word of four letters or more of its text rewritten."""
+    return re.sub(
+        r"(?<=>)([^<]+)",
+        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: rewrite(w[0]), m[1]),
+        SPAM_HTML.format(hidden=""),
+    )
+
+
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_set_apart_by_dots_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more written with a dot between its letters (V.e.r.i.f.y)."""
     wrap = WRAPPINGS[wrapping]
     clean_raw = wrap(SPAM_HTML.format(hidden=""))
-    html = re.sub(
-        r"(?<=>)([^<]+)",
-        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: ".".join(w[0]), m[1]),
-        SPAM_HTML.format(hidden=""),
-    )
+    html = each_long_word(".".join)
     raw = wrap(html)
     assert "V.e.r.i.f.y" in html
     clean, tricked = probability(model, clean_raw), probability(model, raw)
@@ -266,11 +271,7 @@ def test_letters_struck_through_do_not_rescue_spam(model: Model, wrapping: str) 
     overlay (U+0336): the reader reads the words struck through (version 16)."""
     wrap = WRAPPINGS[wrapping]
     clean_raw = wrap(SPAM_HTML.format(hidden=""))
-    html = re.sub(
-        r"(?<=>)([^<]+)",
-        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: "".join(c + "\u0336" for c in w[0]), m[1]),
-        SPAM_HTML.format(hidden=""),
-    )
+    html = each_long_word(lambda word: "".join(c + "\u0336" for c in word))
     raw = wrap(html)
     assert "V\u0336e\u0336r\u0336" in html
     clean, tricked = probability(model, clean_raw), probability(model, raw)
@@ -294,11 +295,7 @@ def test_words_written_backwards_and_turned_round_do_not_rescue_spam(
     reversed (version 17): the reader reads the words."""
     wrap, (before, after) = WRAPPINGS[wrapping], TURNED[how]
     clean_raw = wrap(SPAM_HTML.format(hidden=""))
-    html = re.sub(
-        r"(?<=>)([^<]+)",
-        lambda m: re.sub(r"[A-Za-z]{4,}", lambda w: before + w[0][::-1] + after, m[1]),
-        SPAM_HTML.format(hidden=""),
-    )
+    html = each_long_word(lambda word: before + word[::-1] + after)
     raw = wrap(html)
     assert "yfireV" in html
     clean, tricked = probability(model, clean_raw), probability(model, raw)
