@@ -98,6 +98,26 @@ def _reversed(before: str, after: str) -> Restyle:
     return _each_word(lambda word: before + word[::-1] + after)
 
 
+def _turned_with_markup(word: str) -> str:
+    """`word` written backwards inside <bdo dir="rtl"> with its middle letters in bold: markup
+    inside the reversed text (the reader reads "verify" from ``yf<b>ire</b>v``)."""
+    backwards, third = word[::-1], max(1, len(word) // 3)
+    return f'<bdo dir="rtl">{backwards[:third]}<b>{backwards[third:-third]}</b>{backwards[-third:]}</bdo>'
+
+
+def _between_words(blank: str) -> Restyle:
+    """The spaces between words written as `blank`, a character that shows as a gap but is no
+    space to a program (a Hangul filler, a Braille blank)."""
+    return lambda text: text.replace(" ", blank)
+
+
+def _mixed(separators: str) -> Callable[[str], str]:
+    """The letters of a word set apart by `separators` in turn (``V.e-r.i-f.y``)."""
+    return lambda word: (
+        "".join(letter + separators[i % len(separators)] for i, letter in enumerate(word[:-1])) + word[-1]
+    )
+
+
 def _decomposed(text: str) -> str:
     """Accented letters written as the letter and its combining accent (Unicode NFD)."""
     return unicodedata.normalize("NFD", text)
@@ -112,7 +132,8 @@ def _spaced(separator: str) -> Restyle:
     return lambda text: separator.join(spell_out(word) for word in text.split(" "))
 
 
-# Each style: what it does to the subject, the name and plain text, and to the text of HTML.
+# Each style: what it does to the subject, the name and plain text, and to the text of HTML; and,
+# for some, a stylesheet that the restyled HTML parts begin with.
 STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "mathematical bold": _translated(_block(0x1D400, 0x1D41A, 0x1D7CE)),
     "mathematical sans-serif bold": _translated(_block(0x1D5D4, 0x1D5EE, 0x1D7EC)),
@@ -123,6 +144,11 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "comments inside words (HTML)": (lambda text: text, _inside("<!-- -->")),
     "letters spaced out": (_spaced("  "), _spaced(" &nbsp;")),
     "letters dotted": (_each_word(".".join), _each_word(".".join)),
+    "letters set apart by middle dots": (_each_word("\u00b7".join), _each_word("\u00b7".join)),
+    "letters set apart by dots and hyphens in turn": (_each_word(_mixed(".-")), _each_word(_mixed(".-"))),
+    # Characters that show as a gap between words but are letters or symbols to a program.
+    "Hangul fillers between words": (_between_words("\u3164"), _between_words("\u3164")),
+    "Braille blanks between words": (_between_words("\u2800"), _between_words("\u2800")),
     # Characters that take no room: the zero-width space (read since version 4), a variation
     # selector (what follows an emoji to pick its colour form), a tag character (the letters of
     # a flag's subdivision code) and a left-to-right embedding.
@@ -142,6 +168,13 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
         lambda text: text,
         _reversed('<span style="unicode-bidi:bidi-override;direction:rtl">', "</span>"),
     ),
+    "reversed by a CSS class (HTML)": (lambda text: text, _reversed('<span class="r">', "</span>")),
+    "reversed with markup inside (HTML)": (lambda text: text, _each_word(_turned_with_markup)),
+}
+# The stylesheet a style's HTML needs, put before the part's markup (a browser reads a <style>
+# wherever it is).
+SHEETS: dict[str, str] = {
+    "reversed by a CSS class (HTML)": "<style>.r{unicode-bidi:bidi-override;direction:rtl}</style>",
 }
 # Links, mail addresses and host names are left as written: restyled, they would no longer work
 # (nor would the list's own address in a subject or a display name be the spammer's to style).
@@ -182,7 +215,7 @@ def _decoded(value: str) -> str:
     return "".join(pieces)
 
 
-def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool) -> bytes:
+def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool, sheet: str = "") -> bytes:
     plain, html = style
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     # Headers that do not decode cleanly are left as they were (re-encoding them would change
@@ -209,7 +242,7 @@ def restyled(raw: bytes, style: tuple[Restyle, Restyle], text_too: bool) -> byte
             if not isinstance(payload, bytes):
                 continue
             text = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
-            text = restyle_html(text, html) if kind == "text/html" else restyle_plain(text, plain)
+            text = sheet + restyle_html(text, html) if kind == "text/html" else restyle_plain(text, plain)
             del part["Content-Transfer-Encoding"]
             part.set_payload(text, charset="utf-8")  # base64 for utf-8
     return message.as_bytes(policy=email.policy.compat32)
@@ -251,7 +284,10 @@ def main() -> int:
         for reach, text_too in reaches.items():
             if not text_too and "(HTML)" in style:
                 continue
-            cells = stay_junked((before, p(restyled(raw, restyles, text_too))) for raw, before in chosen)
+            sheet = SHEETS.get(style, "")
+            cells = stay_junked(
+                (before, p(restyled(raw, restyles, text_too, sheet))) for raw, before in chosen
+            )
             print(f"| {style} | {reach} | {cells} |", flush=True)
     return 0
 
