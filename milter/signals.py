@@ -709,20 +709,30 @@ def _three_letters(run: str, letters: frozenset[str]) -> bool:
 # the run's first or last letter stay with it (``R e a d y2``, ``C.a.n.a.r.i.a.s24``).
 _SPACED_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_](?![^\W\d_])")
 _SPACED_RUN: Final = re.compile(r"(?<![^\W_])\d*[^\W\d_](?: [^\W\d_]){2,}\d*(?![^\W_])")
-# The same with one and the same dot, hyphen, star or underscore between the letters (V.e.r.i.f.y,
-# F*R*E*E), not going on into a longer word (b.a.t.m.a.n.lists, a host name).
-_DOTTED_HINT: Final = re.compile(r"[.*_-][^\W\d_][.*_-][^\W\d_](?![^\W\d_])")
+# The same with a dot, hyphen, star, underscore, middle dot or bullet between the letters, one
+# and the same or in any mix (V.e.r.i.f.y, F*R*E*E, V.e-r.i-f.y; message->text version 18), not
+# going on into a longer word (b.a.t.m.a.n.lists, a host name).
+_SEPARATOR: Final = "[.*_\u00b7\u2022-]"
+_DOTTED_HINT: Final = re.compile(rf"{_SEPARATOR}[^\W\d_]{_SEPARATOR}[^\W\d_](?![^\W\d_])")
 _DOTTED_RUN: Final = re.compile(
-    r"(?<![^\W_])\d*[^\W\d_]([.*_-])[^\W\d_](?:\1[^\W\d_])+\d*(?![^\W_])(?!\1[^\W_])"
+    rf"(?<![^\W_])\d*[^\W\d_]({_SEPARATOR})[^\W\d_](?:\1[^\W\d_])+\d*(?![^\W_])(?!\1[^\W_])"
 )
+# Runs that mix them, read after the runs of one separator: ``A.W.B.C_Loans`` stays a run of
+# dots before a word, as it was read before.
+_MIXED_RUN: Final = re.compile(
+    rf"(?<![^\W_])\d*[^\W\d_]{_SEPARATOR}[^\W\d_](?:{_SEPARATOR}[^\W\d_])+\d*(?![^\W_])"
+    rf"(?!{_SEPARATOR}[^\W_])"
+)
+_SEPARATORS: Final = re.compile(_SEPARATOR)
 
 
 def join_spaced(text: str) -> str:
     """`text` with each run of three or more single letters, one space between each (``V e r i
-    f y``) or one and the same dot, hyphen, star or underscore (``V.e.r.i.f.y``, ``F*R*E*E``),
-    written as the word it spells. Runs of two (``a b``, ``e.g.``) are left as they are."""
+    f y``) or one separator (``V.e.r.i.f.y``, ``F*R*E*E``, ``V.e-r.i-f.y``), written as the word
+    it spells. Runs of two (``a b``, ``e.g.``) are left as they are."""
     if _DOTTED_HINT.search(text) is not None:
         text = _DOTTED_RUN.sub(lambda run: run[0].replace(run[1], ""), text)
+        text = _MIXED_RUN.sub(lambda run: _SEPARATORS.sub("", run[0]), text)
     if _SPACED_HINT.search(text) is None:
         return text
     return _SPACED_RUN.sub(lambda run: run[0].replace(" ", ""), text)

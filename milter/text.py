@@ -34,7 +34,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, shown_order, visible_text
 
-TEXT_VERSION: Final[str] = "17"
+TEXT_VERSION: Final[str] = "18"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all
@@ -64,6 +64,9 @@ _COMBINING: Final = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\
 # Text between a right-to-left override (U+202E) and the end of its embedding (U+202C), a
 # paragraph's end or another bidirectional control: shown reversed, letter by letter.
 _OVERRIDDEN: Final = re.compile("\u202e([^\u202a-\u202e\u2066-\u2069\n]*)")
+# The Hangul fillers: letters to a program, a blank to the reader (a name of nothing but one, the
+# spaces between words written as them). They are read as spaces (message->text version 18).
+_FILLER: Final = re.compile("[\u115f\u1160\u3164\uffa0]")
 # A character beyond Latin-1 that can be (part of) a word.
 _WIDE_WORD_CHAR: Final = re.compile(r"[^\W\x00-\xff]")
 _ARTEFACTS_LOWER: Final = re.compile(r"spamassassin\.taint\.org|speedy\.uwaterloo\.ca|taint\.org")
@@ -256,7 +259,8 @@ def _split_words(text: str) -> list[str]:
 
 def _seen(text: str) -> str:
     """`text` as the reader reads it: without the characters no reader sees (_INVISIBLE; of them
-    only the soft hyphen is Latin-1), with accents composed and the combining marks no letter
+    only the soft hyphen is Latin-1), with the Hangul fillers as the blanks they show, with
+    accents composed and the combining marks no letter
     takes dropped (_COMBINING), and with letters of other styles (mathematical bold, circled,
     fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
@@ -264,6 +268,8 @@ def _seen(text: str) -> str:
     if "\u202e" in text:  # read what the override shows: the text it holds, reversed
         text = _OVERRIDDEN.sub(lambda run: shown_order(run[1]), text)
     text = _INVISIBLE.sub("", text)
+    if _FILLER.search(text) is not None:
+        text = _FILLER.sub(" ", text)
     if _COMBINING.search(text) is not None:
         text = _COMBINING.sub("", unicodedata.normalize("NFC", text))
     return signals.fold_styled(text)

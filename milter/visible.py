@@ -67,10 +67,12 @@ Decisions:
   box) is taken out with its whole element. A text node of white space only stays (it may be
   all that keeps two visible words apart); the spaces inside hidden text go with it, as a
   reader sees it: ``Vi<span hidden> x </span>agra`` reads "Viagra".
-- Text shown reversed, letter by letter (``<bdo dir="rtl">``, or an inline style with
-  ``direction: rtl`` and ``unicode-bidi: bidi-override``), is read reversed, as the reader reads
-  it: ``<bdo dir="rtl">yfirev</bdo>`` reads "verify". Only where that text is the element's one
-  child, and not in the scripts written right to left, which are stored in reading order.
+- Text shown reversed, letter by letter (``<bdo dir="rtl">``, or a style with ``direction: rtl``
+  and ``unicode-bidi: bidi-override``, inline or by a ``<style>`` rule), is read reversed, as the
+  reader reads it: ``<bdo dir="rtl">yfirev</bdo>`` and ``<bdo dir="rtl">yf<b>ire</b>v</bdo>``
+  read "verify". Not where the text holds a block element or an element with attributes (whose
+  letters may be hidden), and not in the scripts written right to left, which are stored in
+  reading order.
 """
 
 from __future__ import annotations
@@ -295,7 +297,7 @@ def _visible(markup: str, css: str) -> Visible:
     anchors: list[tuple[str, LexborNode]] = []
     styles: dict[str, list[LexborNode]] = {}  # the elements with each style attribute
     hinted: list[_Hinted] = []  # elements with attributes that hide or colour text
-    turned: dict[int, LexborNode] = {}  # elements that show their text backwards, by id (once each)
+    turned: dict[int, LexborNode] = {}  # elements that show their text backwards, by mem_id (once each)
     for node in tree.root.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":  # comments
@@ -325,8 +327,8 @@ def _visible(markup: str, css: str) -> Visible:
                 href = attrs.get("href")
                 if href:
                     anchors.append((href, node))
-            if tag == "bdo" and (attrs.get("dir") or "").strip().lower() == "rtl":
-                turned[id(node)] = node
+            if tag == "bdo" and _dir_rtl(node):
+                turned[node.mem_id] = node
             style = attrs.get("style")
             if style:
                 same = styles.get(style)
@@ -337,10 +339,17 @@ def _visible(markup: str, css: str) -> Visible:
             if not _HINT_ATTRS.isdisjoint(attrs):
                 hinted.append((tag, attrs, node))
     for style, nodes in styles.items():  # each distinct style read once, as _hide does
-        if _TURNED_STYLE.search(style) and _RTL.search(style):
-            turned.update((id(node), node) for node in nodes)
+        if _TURNED_STYLE.search(style):
+            # The direction may come from the dir attribute (<div dir="rtl" style="unicode-bidi:
+            # bidi-override">), as HTML maps it to the CSS property.
+            rtl = _RTL.search(style) is not None
+            turned.update((node.mem_id, node) for node in nodes if rtl or _dir_rtl(node))
+    if css and _TURNED_STYLE.search(css):
+        turned.update((node.mem_id, node) for node in _sheet_turned(tree, css))
     for node in turned.values():
-        _turn(node)
+        pieces = _pieces(node, turned)
+        if pieces is not None and not _turned_inside(node, turned):
+            _turn(pieces)
     if "title" in tags:  # a title in the body (fragments pasted together) is not shown either
         tree.strip_tags(["title"])
     if len(" ".join(tags).split()) != len(tags):
@@ -366,17 +375,72 @@ def _visible(markup: str, css: str) -> Visible:
     )
 
 
-def _turn(node: LexborNode) -> None:
+def _sheet_turned(tree: LexborHTMLParser, css: str) -> list[LexborNode]:
+    """The elements that a stylesheet rule lays out right to left letter by letter: one whose
+    own declarations set ``direction: rtl`` and a bidi override (message->text version 18); at
+    most MAX_RULES selectors are tried."""
+    found: list[LexborNode] = []
+    tried = 0
+    for prelude, block in _rule_texts(css):
+        if tree.root is None or not (_TURNED_STYLE.search(block) and _RTL.search(block)):
+            continue
+        for selector in _selectors(prelude):
+            tried += 1
+            if tried > MAX_RULES:
+                return found
+            try:
+                found.extend(tree.root.css(selector))
+            except Exception:  # a selector lexbor does not know
+                continue
+    return found
+
+
+def _dir_rtl(node: LexborNode) -> bool:
+    return (node.attributes.get("dir") or "").strip().lower() == "rtl"
+
+
+def _turned_inside(node: LexborNode, turned: dict[int, LexborNode]) -> bool:
+    """Whether an element turned as a whole (`_pieces`) holds `node`: an override inside an
+    override lays its text out right to left as the outer one does, not back again."""
+    parent = node.parent
+    while parent is not None:
+        if parent.mem_id in turned and _pieces(parent, turned) is not None:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _pieces(node: LexborNode, turned: dict[int, LexborNode]) -> list[LexborNode] | None:
+    """The text nodes of an element to be turned round, or None where it holds markup whose
+    letters may not all be shown together: markup other than inline elements without attributes
+    (such an element neither hides its text nor, by a class or an id, lets a stylesheet hide it)
+    and elements turned themselves. A block element starts a paragraph of its own."""
+    pieces: list[LexborNode] = []
+    for child in node.traverse(include_text=True):
+        if child.tag == "-text":
+            pieces.append(child)
+        elif child.mem_id != node.mem_id and (
+            child.tag in _BLOCK_TAGS or (child.attributes and child.mem_id not in turned)
+        ):
+            return None
+    return pieces
+
+
+def _turn(pieces: list[LexborNode]) -> None:
     """The text of an element shown right to left, letter by letter, in the order the reader
-    reads it: reversed. Only an element whose one child is its text; the text of one with markup
-    inside stays as written (message->text version 17)."""
-    child = node.first_child
-    if child is not None and child.tag == "-text" and child.next is None:
-        text = child.text_content
-        if text:
-            shown = shown_order(text)
-            if shown != text:
-                child.replace_with(shown)
+    reads it: reversed (message->text version 17), as a whole where markup is inside
+    (``yf<b>ire</b>v``, version 18), each text node holding its stretch of the reversed whole."""
+    texts = [piece.text_content or "" for piece in pieces]
+    whole = "".join(texts)
+    shown = shown_order(whole)
+    if shown == whole:
+        return
+    start = 0
+    for piece, text in zip(pieces, texts, strict=True):
+        stretch = shown[start : start + len(text)]
+        start += len(text)
+        if stretch != text:
+            piece.replace_with(stretch)
 
 
 def _hide(

@@ -305,6 +305,52 @@ def test_words_written_backwards_and_turned_round_do_not_rescue_spam(
     assert tricked_tokens - clean_tokens <= {"html:bdo", "html:bdo.dir", "html:span.style", "html:span"}
 
 
+def _turned_with_markup(word: str) -> str:
+    backwards = word[::-1]
+    return f'<bdo dir="rtl">{backwards[0]}<b>{backwards[1:-1]}</b>{backwards[-1]}</bdo>'
+
+
+def _mixed(word: str) -> str:
+    return "".join(letter + ".-"[i % 2] for i, letter in enumerate(word[:-1])) + word[-1]
+
+
+TURNED_SHEET = "<style>.r { unicode-bidi: bidi-override; direction: rtl }</style>"
+# Version 18's readings: (the spam's HTML so written, a piece of it that shows the trick is there).
+VERSION_18 = {
+    "dots and hyphens in turn": (lambda: each_long_word(_mixed), "V.e-r.i-f.y"),
+    "middle dots": (lambda: each_long_word("\u00b7".join), "V\u00b7e\u00b7r"),
+    "Hangul fillers between words": (
+        lambda: re.sub(r"(?<=>)([^<]+)", lambda m: m[1].replace(" ", "\u3164"), SPAM_HTML.format(hidden="")),
+        "your\u3164account",
+    ),
+    "turned by a stylesheet class": (
+        lambda: TURNED_SHEET + each_long_word(lambda word: f'<span class="r">{word[::-1]}</span>'),
+        '<span class="r">yfireV</span>',
+    ),
+    "turned with markup inside": (lambda: each_long_word(_turned_with_markup), "y<b>fire</b>V"),
+}
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("how", sorted(VERSION_18))
+def test_version_18_readings_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
+    """Letters set apart by mixed separators or middle dots, words set apart by Hangul fillers,
+    and words written backwards and turned round by a stylesheet class or with markup inside
+    (version 18): the reader reads the words, and so does the model."""
+    wrap, (written, piece) = WRAPPINGS[wrapping], VERSION_18[how]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = written()
+    raw = wrap(html)
+    assert piece in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set()
+    assert all(token.startswith("html:") for token in tricked_tokens - clean_tokens), (
+        tricked_tokens - clean_tokens
+    )
+
+
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more spelled with spaces between its letters and the words set

@@ -15,6 +15,7 @@ from selectolax.lexbor import LexborHTMLParser
 from milter.signals import fold_lookalikes, fold_styled, join_spaced
 from milter.text import (
     _COMBINING,
+    _FILLER,
     _FOOTER_RULE,
     _INVISIBLE,
     _OVERRIDDEN,
@@ -331,7 +332,7 @@ def test_ascii_words_are_the_words_the_pattern_finds(text: str) -> None:
 def slow_seen(text: str) -> str:
     """`_seen` without its shortcuts: every step on every text."""
     shown = _OVERRIDDEN.sub(lambda run: shown_order(run[1]), text)
-    seen = _INVISIBLE.sub("", shown)
+    seen = _FILLER.sub(" ", _INVISIBLE.sub("", shown))
     if _COMBINING.search(seen):
         seen = _COMBINING.sub("", unicodedata.normalize("NFC", seen))
     return fold_styled(seen)
@@ -344,7 +345,7 @@ MIXED_TEXT = st.text(
         st.characters(max_codepoint=127),
         st.sampled_from("\xa0\u2019\u2013\u2022\u00a9\u2122\x92\x85\u3000\ufffd\u200b\u00ad"),
         st.sampled_from("éßÿªµº¼²\xd7÷¡¿«»\xad£$!_"),
-        st.sampled_from("İıſ①٣日本€\u0307\u0301\u0336\u202e\u202c\u05e9"),
+        st.sampled_from("İıſ①٣日本€\u0307\u0301\u0336\u202e\u202c\u05e9\u3164\uffa0\u2800"),
         st.characters(),
     ),
     max_size=300,
@@ -1052,6 +1053,23 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     assert join_spaced("C.a.n.a.r.i.a.s24 and 2F*R*E*E, R e a d y2 go") == "Canarias24 and 2FREE, Ready2 go"
     assert join_spaced("see a.b.c1.example.com") == "see a.b.c1.example.com"
     assert {"sig:spaced-letters", "subj:ready2"} <= text("Sam", "R e a d y2", "hello")
+    # Version 18: the separators mixed (a dot and a hyphen in turn), and middle dots and bullets.
+    mixed = text(
+        "A\u00b7c\u00b7c\u00b7o\u00b7u\u00b7n\u00b7t Team",
+        "F.r-e.e gift",
+        "V.e-r.i-f.y y\u2022o\u2022u\u2022r account now.",
+    )
+    assert mixed == plain
+    assert join_spaced("see a.b-c1.example.com, x.y-z") == "see a.b-c1.example.com, xyz"
+
+
+def test_hangul_fillers_read_as_the_blanks_they_show() -> None:
+    """Version 18: a Hangul filler is a letter to a program and a blank to the reader: words it
+    sets apart are words, and a name of nothing but fillers gives no name words."""
+    filled = note_tokens("Your\u3164account\u3164is\u3164locked", "Verify\uffa0your\u3164account now.")
+    assert filled == note_tokens("Your account is locked", "Verify your account now.")
+    raw = b"From: =?utf-8?b?44Wk?= <sam@example.org>\r\nSubject: hello\r\n\r\nhello there\r\n"
+    assert not any(token.startswith("from:") for token in tokens(raw))
 
 
 def test_combining_marks_do_not_split_words() -> None:

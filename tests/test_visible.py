@@ -351,10 +351,36 @@ def test_text_turned_round_for_the_reader_is_read_as_shown() -> None:
     assert words('<p><span style="direction:rtl;unicode-bidi:isolate-override">won</span></p>') == ["now"]
     # A direction alone does not reverse Latin letters; nor does an override to the left.
     assert words('<p><span style="direction: rtl">now</span> <bdo dir="ltr">won</bdo></p>') == ["now", "won"]
-    # Hebrew is stored in reading order already; markup inside the element is left as written.
+    # Hebrew is stored in reading order already.
     hebrew = "\u05e9\u05dc\u05d5\u05dd"
     assert words(f'<p><bdo dir="rtl">{hebrew}</bdo></p>') == [hebrew]
-    assert words('<p><bdo dir="rtl">yf<b>ire</b>v</bdo></p>') == ["yfirev"]
+
+
+def test_text_turned_round_by_a_stylesheet_or_with_markup_inside_is_read_as_shown() -> None:
+    """Version 18: a <style> rule that sets the override, a dir attribute with an inline
+    override, inline markup inside the turned text, and turned elements inside one another."""
+    sheet = "<style>.r { unicode-bidi: bidi-override; direction: rtl }</style>"
+    assert words(f'{sheet}<p>Please <span class="r">yfirev</span> your <i class="r">tnuocca</i></p>') == [
+        "Please",
+        "verify",
+        "your",
+        "account",
+    ]
+    turned_by_id = "<style>@media screen { #a { direction: rtl; unicode-bidi: bidi-override } }</style>"
+    assert words(f'{turned_by_id}<p id="a">tnuocca</p><p>now</p>') == ["account", "now"]
+    # A rule for another reader (print) turns nothing; nor does a rule with the override alone.
+    assert words(
+        "<style>@media print { p { direction: rtl; unicode-bidi: bidi-override } }</style><p>won</p>"
+    ) == ["won"]
+    assert words("<style>p { unicode-bidi: bidi-override }</style><p>won</p>") == ["won"]
+    assert words('<div dir="rtl" style="unicode-bidi: bidi-override">won</div>') == ["now"]
+    # Inline markup inside is turned with the rest: the reader reads the letters right to left.
+    assert words('<p><bdo dir="rtl">yf<b>ire</b>v</bdo></p>') == ["verify"]
+    assert words('<p><bdo dir="rtl"><bdo dir="rtl">olleh</bdo> dlrow</bdo></p>') == ["world", "hello"]
+    # Markup whose letters may be hidden, or a paragraph break, leaves the text as written: no
+    # hidden letter takes a shown one's place.
+    assert words('<p><bdo dir="rtl">ol<span style="display:none">XYZ</span>leh</bdo></p>') == ["olleh"]
+    assert words('<p><bdo dir="rtl">won<br>olleh</bdo></p>') == ["won", "olleh"]
 
 
 # Colours.
