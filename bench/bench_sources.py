@@ -150,6 +150,7 @@ def main() -> int:
         "--fuse-nb", type=float, default=TrainConfig.fuse_nb, help="as milter train --fuse-nb"
     )
     parser.add_argument("--exclude-prefix", nargs="*", default=list(TrainConfig.exclude_prefixes))
+    parser.add_argument("--exclude-token", nargs="*", default=[], help="as milter train --exclude-token")
     parser.add_argument("--hard-ham", action="store_true", help="leave out SpamAssassin's hard_ham too")
     parser.add_argument(
         "--calibration-ham-weights", nargs="*", type=float, default=[], help="more tables, one per weight"
@@ -165,9 +166,10 @@ def main() -> int:
         clip=args.clip,
         fuse_nb=args.fuse_nb,
         exclude_prefixes=tuple(args.exclude_prefix),
+        exclude_words=(*TrainConfig.exclude_words, *args.exclude_token),
     )
     shown = {k: v for k, v in asdict(config).items() if k != "exclude_words"}
-    print(f"# {shown}, exclude_words: {len(config.exclude_words)} words")
+    print(f"# {shown}, exclude_words: {len(config.exclude_words)} words, also {args.exclude_token}")
     started = time.time()
     messages = list(load_labelled(*corpus_paths(args.corpus)))
     print(f"# {len(messages)} messages, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)

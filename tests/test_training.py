@@ -227,6 +227,15 @@ def test_train_command_options_for_refit_and_exclusions(
     assert main([*argv, "--augment"]) == 0
     assert json.loads(load_model(out).metadata["milter.params"])["augment"] == []
     assert "rewrapped" not in json.loads(capsys.readouterr().out)["figures"]
+    # --exclude-token adds exact tokens to the default list; with --exclude-word, to that one.
+    assert main([*argv, "--exclude-token", "hidden:chars-20", "hidden:spacer"]) == 0
+    words = json.loads(load_model(out).metadata["milter.params"])["exclude_words"]
+    assert set(words) == {*DATE_WORDS, *LANGUAGE_WORDS, *REGISTER_WORDS, "hidden:chars-20", "hidden:spacer"}
+    assert main([*argv, "--exclude-word", "hello", "--exclude-token", "hidden:spacer"]) == 0
+    assert json.loads(load_model(out).metadata["milter.params"])["exclude_words"] == [
+        "hello",
+        "hidden:spacer",
+    ]
 
 
 def test_rewrapped_copies_do_not_let_a_term_of_one_message_pass_min_df() -> None:

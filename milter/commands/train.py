@@ -126,6 +126,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "words and '!', in the body and the subject, which say the register: not what is spam)",
     )
     parser.add_argument(
+        "--exclude-token",
+        nargs="*",
+        default=[],
+        metavar="TOKEN",
+        help="leave these tokens out of the vocabulary too, besides the --exclude-word list (default: none)",
+    )
+    parser.add_argument(
         "--augment",
         nargs="*",
         default=list(STYLES),
@@ -187,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
         calibration_ham_weight=args.calibration_ham_weight,
         refit=args.refit,
         exclude_prefixes=tuple(args.exclude_prefix),
-        exclude_words=TrainConfig.exclude_words if args.exclude_word is None else tuple(args.exclude_word),
+        exclude_words=(
+            *(TrainConfig.exclude_words if args.exclude_word is None else args.exclude_word),
+            *args.exclude_token,
+        ),
         augment=tuple(args.augment),
         calibrate_on=tuple(args.calibrate_on),
         source_balance=args.source_balance,
