@@ -132,8 +132,7 @@ def _spaced(separator: str) -> Restyle:
     return lambda text: separator.join(spell_out(word) for word in text.split(" "))
 
 
-# Each style: what it does to the subject, the name and plain text, and to the text of HTML; and,
-# for some, a stylesheet that the restyled HTML parts begin with.
+# Each style: what it does to the subject, the name and plain text, and to the text of HTML.
 STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "mathematical bold": _translated(_block(0x1D400, 0x1D41A, 0x1D7CE)),
     "mathematical sans-serif bold": _translated(_block(0x1D5D4, 0x1D5EE, 0x1D7EC)),

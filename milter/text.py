@@ -260,9 +260,9 @@ def _split_words(text: str) -> list[str]:
 def _seen(text: str) -> str:
     """`text` as the reader reads it: without the characters no reader sees (_INVISIBLE; of them
     only the soft hyphen is Latin-1), with the Hangul fillers as the blanks they show, with
-    accents composed and the combining marks no letter
-    takes dropped (_COMBINING), and with letters of other styles (mathematical bold, circled,
-    fullwidth, small capitals: none is Latin-1) as the plain letters they show."""
+    accents composed and the combining marks no letter takes dropped (_COMBINING), and with
+    letters of other styles (mathematical bold, circled, fullwidth, small capitals: none is
+    Latin-1) as the plain letters they show."""
     if text.isascii() or ("\xad" not in text and _is_latin1(text)):
         return text
     if "\u202e" in text:  # read what the override shows: the text it holds, reversed

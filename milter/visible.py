@@ -78,7 +78,7 @@ Decisions:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -251,6 +251,9 @@ class _Sheet:
     hides: frozenset[str]
     fg: frozenset[int]
     bg: frozenset[int]
+    # Selectors of the rules whose own declarations lay text out right to left letter by letter
+    # (``direction: rtl`` and a bidi override; message->text version 18).
+    turning: tuple[str, ...] = ()
 
 
 _NO_SHEET: Final = _Sheet((), frozenset(), frozenset(), frozenset())
@@ -345,11 +348,14 @@ def _visible(markup: str, css: str) -> Visible:
             rtl = _RTL.search(style) is not None
             turned.update((node.mem_id, node) for node in nodes if rtl or _dir_rtl(node))
     if css and _TURNED_STYLE.search(css):
-        turned.update((node.mem_id, node) for node in _sheet_turned(tree, css))
-    for node in turned.values():
-        pieces = _pieces(node, turned)
-        if pieces is not None and not _turned_inside(node, turned):
-            _turn(pieces)
+        for _, nodes in _selected(tree, _sheet(css).turning):
+            turned.update((node.mem_id, node) for node in nodes)
+    if turned:
+        pieces = {mem_id: _pieces(node, turned) for mem_id, node in turned.items()}
+        for mem_id, node in turned.items():
+            texts = pieces[mem_id]
+            if texts is not None and not _turned_inside(node, pieces):
+                _turn(texts)
     if "title" in tags:  # a title in the body (fragments pasted together) is not shown either
         tree.strip_tags(["title"])
     if len(" ".join(tags).split()) != len(tags):
@@ -375,36 +381,16 @@ def _visible(markup: str, css: str) -> Visible:
     )
 
 
-def _sheet_turned(tree: LexborHTMLParser, css: str) -> list[LexborNode]:
-    """The elements that a stylesheet rule lays out right to left letter by letter: one whose
-    own declarations set ``direction: rtl`` and a bidi override (message->text version 18); at
-    most MAX_RULES selectors are tried."""
-    found: list[LexborNode] = []
-    tried = 0
-    for prelude, block in _rule_texts(css):
-        if tree.root is None or not (_TURNED_STYLE.search(block) and _RTL.search(block)):
-            continue
-        for selector in _selectors(prelude):
-            tried += 1
-            if tried > MAX_RULES:
-                return found
-            try:
-                found.extend(tree.root.css(selector))
-            except Exception:  # a selector lexbor does not know
-                continue
-    return found
-
-
 def _dir_rtl(node: LexborNode) -> bool:
     return (node.attributes.get("dir") or "").strip().lower() == "rtl"
 
 
-def _turned_inside(node: LexborNode, turned: dict[int, LexborNode]) -> bool:
-    """Whether an element turned as a whole (`_pieces`) holds `node`: an override inside an
-    override lays its text out right to left as the outer one does, not back again."""
+def _turned_inside(node: LexborNode, pieces: dict[int, list[LexborNode] | None]) -> bool:
+    """Whether an element turned as a whole (its `pieces` not None) holds `node`: an override
+    inside an override lays its text out right to left as the outer one does, not back again."""
     parent = node.parent
     while parent is not None:
-        if parent.mem_id in turned and _pieces(parent, turned) is not None:
+        if pieces.get(parent.mem_id) is not None:
             return True
         parent = parent.parent
     return False
@@ -520,20 +506,24 @@ def _match(
     """The elements that the rules setting `relevant` properties select, by node id (lexbor's
     selector engine, in C); at most MAX_RULES selectors are tried."""
     matched: dict[int, list[tuple[_Rule, LexborNode]]] = {}
-    tried = 0
-    for rule in rules:
-        if relevant.isdisjoint(rule.style.effects):
-            continue
-        tried += 1
-        if tried > MAX_RULES or tree.root is None:
-            break
+    setting = [rule for rule in rules if not relevant.isdisjoint(rule.style.effects)]
+    for index, nodes in _selected(tree, [rule.selector for rule in setting]):
+        for node in nodes:
+            matched.setdefault(node.mem_id, []).append((setting[index], node))
+    return matched
+
+
+def _selected(tree: LexborHTMLParser, selectors: Sequence[str]) -> Iterator[tuple[int, list[LexborNode]]]:
+    """(index, the elements it selects) for each of the first MAX_RULES `selectors` that
+    lexbor's selector engine (in C) reads."""
+    if tree.root is None:
+        return
+    for index, selector in enumerate(selectors[:MAX_RULES]):
         try:
-            nodes = tree.root.css(rule.selector)
+            nodes = tree.root.css(selector)
         except Exception:  # a selector lexbor does not know
             continue
-        for node in nodes:
-            matched.setdefault(node.mem_id, []).append((rule, node))
-    return matched
+        yield index, nodes
 
 
 def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[str, int] | None:
@@ -1157,7 +1147,10 @@ def _sheet(css: str) -> _Sheet:
     hides: set[str] = set()
     fg: set[int] = set()
     bg: set[int] = set()
+    turning: list[str] = []
     for order, (prelude, block) in enumerate(_rule_texts(css)):
+        if _TURNED_STYLE.search(block) and _RTL.search(block):
+            turning.extend(_selectors(prelude))
         style = _style(block)
         if style is None:
             continue
@@ -1166,7 +1159,7 @@ def _sheet(css: str) -> _Sheet:
         bg |= style.bg
         for selector in _selectors(prelude):
             rules.append(_Rule(selector, _specificity(selector), order, style))
-    sheet = _Sheet(tuple(rules), frozenset(hides), frozenset(fg), frozenset(bg))
+    sheet = _Sheet(tuple(rules), frozenset(hides), frozenset(fg), frozenset(bg), tuple(turning))
     if len(_SHEET_CACHE) >= _CACHE_SIZE // 16:
         _SHEET_CACHE.clear()
     _SHEET_CACHE[css] = sheet
