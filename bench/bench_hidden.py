@@ -8,12 +8,14 @@ each HTML part a block of ham text (the first words of a modern ham message of t
 drawn at random for each spam) is put after <body> inside an element hidden by one trick at a
 time, the part re-encoded (base64, UTF-8), the rest of the message as it was. A plain
 alternative is left alone (as the spammer leaves it). The same block shown (no trick) is the
-control: visible ham text may move the score, hidden must not.
+control: visible ham text may move the score, hidden must not. With --chars the block is
+repeated to that many characters: a block longer than the markup read of a part (12 KB) must
+not push the spam's own words out of it (message->text version 19).
 
 Prints, per trick, how many stay junked and the median and largest drop of p, as a markdown
 table (docs/model.md keeps it).
 
-    bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--seed N]
+    bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--chars N] [--seed N]
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ def html_parts(message: EmailMessage) -> list[EmailMessage]:
     return [part for part in message.walk() if part.get_content_type() == "text/html"]
 
 
-def ham_block(raw: bytes, words: int) -> str:
+def ham_block(raw: bytes, words: int, chars: int = 0) -> str:
+    """The first `words` words of a ham message's text, repeated to `chars` characters if
+    that is more."""
     text = message_text(raw)
     body = [t for t in text.split() if ":" not in t and not t.startswith("num") and t.isalpha()]
-    return " ".join(body[:words])
+    block = " ".join(body[:words])
+    if not block or len(block) >= chars:
+        return block
+    return " ".join([block] * (chars // (len(block) + 1) + 1))[:chars]
 
 
 def with_hidden(message: EmailMessage, block: str, style: str) -> bytes:
@@ -88,6 +95,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "model/spam.onnx")
     parser.add_argument("--sample", type=int, default=600, help="junked spam with HTML to attack")
     parser.add_argument("--words", type=int, default=120, help="words of ham text hidden")
+    parser.add_argument("--chars", type=int, default=0, help="repeat the block to this many characters")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model(args.model)
@@ -110,9 +118,12 @@ def main() -> int:
         before = p(raw)
         if before < 0.9:
             continue
-        block = ham_block(rng.choice(ham).read_bytes(), args.words)
+        block = ham_block(rng.choice(ham).read_bytes(), args.words, args.chars)
         chosen.append((message, before, block))
-    print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {args.words} words of ham each\n")
+    size = f"{args.words} words of ham each"
+    if args.chars:
+        size += f", repeated to {args.chars} characters"
+    print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {size}\n")
     print("| trick | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|")
     for trick, style in TRICKS.items():

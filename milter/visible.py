@@ -87,6 +87,9 @@ import tinycss2.color4  # type: ignore[import-untyped]
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 MAX_HTML_CHARS: Final = 12 * 1024  # markup characters parsed, after comments, CSS and scripts are cut
+# Hidden markup that makes a long part be read on, to the 4 x MAX_HTML_CHARS that text.py
+# passes: hidden text must not use up the cap and push what the reader sees out of it.
+MIN_HIDDEN_MARKUP: Final = 1024
 MAX_CSS_CHARS: Final = 16 * 1024  # characters of <style> content read
 MAX_RULES: Final = 256  # stylesheet selectors matched against the document
 MAX_CANDIDATES: Final = 400  # elements whose colours are looked up before a walk
@@ -211,6 +214,8 @@ class Visible:
         zero-box, clip, same-color, attr, mso-hide), ``hidden:chars-1|20|200`` (1-19, 20-199,
         200 or more characters hidden) and ``hidden:spacer`` (see the module docstring).
     hidden_chars: characters hidden, spaces and invisible characters not counted.
+    hidden_markup: characters of markup hidden: of each element hidden with all it holds, its
+        markup; of text hidden by an inherited property, its characters (as hidden_chars).
     """
 
     text: str
@@ -219,6 +224,7 @@ class Visible:
     tags: frozenset[str]
     hidden: frozenset[str]
     hidden_chars: int
+    hidden_markup: int = 0
 
 
 EMPTY: Final = Visible("", (), (), frozenset(), frozenset(), 0)
@@ -271,14 +277,22 @@ def visible_text(markup: str) -> Visible:
     `markup` is the part as decoded (text.py passes the first 4 x MAX_HTML_CHARS characters):
     the ``<style>`` elements are read from it, then comments, ``<style>`` and ``<script>`` are
     cut out (as nothing, since message->text version 12: the text either side joins, as on
-    screen) and the first MAX_HTML_CHARS characters of the rest are parsed. Markup with no
-    ``<style>`` left in it works the same, with inline styles only.
+    screen) and the first MAX_HTML_CHARS characters of the rest are parsed. Where those hide
+    MIN_HIDDEN_MARKUP characters of markup or more, all of the rest is parsed instead (version
+    19): a block of hidden text put first would otherwise push the text shown after it out of
+    what is read. Markup with no ``<style>`` left in it works the same, with inline styles only.
     """
     try:
         css = _stylesheet_text(markup) if _STYLE_OPEN.search(markup) else ""
         # Cut as nothing, not as a space: a browser joins the text on either side of a comment
         # (``Ver<!-- -->ify`` reads "Verify"), and block elements separate text by themselves.
-        return _visible(_INVISIBLE.sub("", markup)[:MAX_HTML_CHARS], css)
+        shown = _INVISIBLE.sub("", markup)
+        seen = _visible(shown[:MAX_HTML_CHARS], css)
+        if seen.hidden_markup >= MIN_HIDDEN_MARKUP and len(shown) > MAX_HTML_CHARS:
+            # Read to the end at once, not by the markup hidden so far: hidden blocks one after
+            # another would each push the next out of a cap grown by the ones before it.
+            seen = _visible(shown, css)
+        return seen
     except Exception:  # the parser refused this markup (never seen): the part gives no words
         return EMPTY
 
@@ -364,10 +378,10 @@ def _visible(markup: str, css: str) -> Visible:
         tags = {"".join(tag.split()) for tag in tags}
     body = tree.body
     hidden: set[str] = set()
-    hidden_chars = 0
+    hidden_chars = hidden_markup = 0
     if body is not None and (styles or css or hinted):
         try:
-            hidden_chars = _hide(tree, body, styles, css, hinted, hidden)
+            hidden_chars, hidden_markup = _hide(tree, body, styles, css, hinted, hidden)
         except Exception:  # a fault in reading the CSS: the text as if nothing were hidden
             hidden.add("hidden:error")
     links = tuple((href, " ".join(node.text().split())[:MAX_ANCHOR_CHARS]) for href, node in anchors)
@@ -378,6 +392,7 @@ def _visible(markup: str, css: str) -> Visible:
         frozenset(tags),
         frozenset(hidden),
         hidden_chars,
+        hidden_markup,
     )
 
 
@@ -436,8 +451,9 @@ def _hide(
     css: str,
     hinted: list[_Hinted],
     hidden: set[str],
-) -> int:
-    """Take the hidden text out of `body`; add the tokens to `hidden`; the characters hidden.
+) -> tuple[int, int]:
+    """Take the hidden text out of `body`; add the tokens to `hidden`; the characters hidden
+    and the markup hidden (Visible's hidden_chars and hidden_markup).
 
     The second walk runs only if some source can hide text: a hiding value somewhere, or a text
     colour that an element with a background of that colour holds (looked for upwards from the
@@ -489,7 +505,7 @@ def _hide(
             candidates, {k: [r for r, _ in v] for k, v in matched.items()}
         )
     if not hides and not colours:
-        return 0
+        return 0, 0
     relevant = set(hides)
     for group in _GROUPS:
         if not group.isdisjoint(hides):
@@ -580,14 +596,17 @@ _State = tuple[int, int, int, int, int, tuple[str, ...]]
 _ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, ())
 
 
-def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidden: set[str]) -> int:
-    """The second walk: each element's style, what it inherits, and the text it hides.
+def _walk(
+    body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidden: set[str]
+) -> tuple[int, int]:
+    """The second walk: each element's style, what it inherits, and the text it hides (the
+    characters and the markup).
 
     Elements come in document order (lexbor's traverse, in C); each finds its parent's state
     by the parent's node id, and shares it when it changes nothing. An element whose box hides
     everything in it has state None, which its descendants take on. Text nodes are removed at
     the end, so that the traversal never meets a freed node."""
-    total = 0
+    total = markup = 0
     spacer = False
     mso: list[LexborNode] = []
     doomed: list[LexborNode] = []
@@ -620,6 +639,7 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
                 total += chars
                 if chars:
                     hidden.update("hidden:" + reason for reason in reasons)
+                    markup += len(node.html or "")
                 spacer = spacer or only_spaces
                 states[mid] = None
                 continue
@@ -632,6 +652,7 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
         if state[5]:
             chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
+            markup += chars
             if chars:
                 hidden.update("hidden:" + reason for reason in state[5])
             spacer = spacer or only_spaces
@@ -643,7 +664,7 @@ def _walk(body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidd
         hidden.add("hidden:spacer")
     if total:
         hidden.add("hidden:chars-" + ("1" if total < 20 else "20" if total < 200 else "200"))
-    return total
+    return total, markup
 
 
 def _painted(own: dict[str, int], tag: str, colour: int, back: int) -> tuple[int, int]:

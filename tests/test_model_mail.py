@@ -19,6 +19,7 @@ import pytest
 from milter.model import Model
 from milter.text import message_text
 from milter.training.synthetic import HIDING_STYLES
+from milter.visible import MAX_HTML_CHARS
 
 HAM_TEXT = (
     "Hi Bob, are we still on for lunch on Friday? I can book the usual place for half past twelve. "
@@ -370,6 +371,24 @@ def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> N
     assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
     clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
     assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens == {"sig:spaced-letters"}
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_a_hidden_block_longer_than_what_is_read_does_not_rescue_spam(
+    model: Model, trick: str, wrapping: str
+) -> None:
+    """Hidden markup does not use up the markup read of a part (message->text version 19): the
+    spam's words after a hidden block longer than MAX_HTML_CHARS are still read."""
+    wrap = WRAPPINGS[wrapping]
+    block = " ".join([HAM_TEXT] * (MAX_HTML_CHARS // len(HAM_TEXT) + 2))
+    assert len(block) > MAX_HTML_CHARS
+    clean = probability(model, wrap(SPAM_HTML.format(hidden="")))
+    raw = wrap(SPAM_HTML.format(hidden=f"<div style='{TRICKS[trick]}'>{block}</div>"))
+    assert abs(probability(model, raw) - clean) <= 0.02, (clean, probability(model, raw))
+    tokens = message_text(raw).split()
+    assert "reward" in tokens and "unsubscribe" in tokens and "hidden:chars-200" in tokens
+    assert "lunch" not in tokens
 
 
 def test_the_same_text_left_visible_is_read(model: Model) -> None:

@@ -672,6 +672,36 @@ def test_only_the_first_max_html_chars_are_parsed() -> None:
     assert "beyond" not in visible_text(markup).text
 
 
+def test_hidden_markup_does_not_use_up_the_cap() -> None:
+    """A block of hidden text put first, longer than the cap, does not push the text shown
+    after it out of what is read (version 19): the part is read on to its end."""
+    block = "dear friend the meeting moved to thursday " * (MAX_HTML_CHARS // 40)
+    for hiding in ("<div style='display:none'>{}</div>", "<div style='font-size:0'>{}</div>"):
+        markup = "<body>" + hiding.format(block) + "<p>verify your account now</p></body>"
+        result = visible_text(markup)
+        assert result.text.split() == ["verify", "your", "account", "now"], hiding
+        assert result.hidden_markup >= visible.MIN_HIDDEN_MARKUP
+        assert "hidden:chars-200" in result.hidden
+
+
+def test_hidden_blocks_one_after_another_are_all_read_past() -> None:
+    block = "<div style='display:none'>" + "lorem ipsum dolor sit amet " * 500 + "</div>"
+    markup = "<body>" + block * 3 + "<p>verify your account now</p></body>"
+    assert len(markup) < 4 * MAX_HTML_CHARS < len(markup) + 4 * len(block)
+    assert words(markup) == ["verify", "your", "account", "now"]
+
+
+def test_a_short_hidden_preheader_leaves_the_cap_as_it_is() -> None:
+    """Below MIN_HIDDEN_MARKUP of hidden markup (the preheader of a long newsletter), only the
+    first MAX_HTML_CHARS are read, as before."""
+    preheader = "<div style='display:none'>Your order has shipped</div>"
+    markup = "<body>" + preheader + "<p>" + "a " * MAX_HTML_CHARS + "</p><p>beyond</p></body>"
+    assert len(preheader) < visible.MIN_HIDDEN_MARKUP
+    result = visible_text(markup)
+    assert result.hidden_markup == len(preheader)
+    assert "beyond" not in result.text
+
+
 # Never raises.
 
 NASTY = st.sampled_from(
