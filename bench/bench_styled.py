@@ -138,6 +138,9 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "mathematical sans-serif bold": _translated(_block(0x1D5D4, 0x1D5EE, 0x1D7EC)),
     "fullwidth": _translated(_block(0xFF21, 0xFF41, 0xFF10)),
     "circled": _translated(_block(0x24B6, 0x24D0, None)),
+    # The flag emoji halves: one set of 26, shown as boxed capitals (two that name a country
+    # may show as its flag).
+    "regional indicators": _translated(_block(0x1F1E6, 0x1F1E6, None)),
     "small capitals": _translated(_SMALL_CAPS),
     "cyrillic look-alikes": _translated(_CYRILLIC),
     "comments inside words (HTML)": (lambda text: text, _inside("<!-- -->")),
@@ -145,6 +148,8 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "letters dotted": (_each_word(".".join), _each_word(".".join)),
     "letters set apart by middle dots": (_each_word("\u00b7".join), _each_word("\u00b7".join)),
     "letters set apart by dots and hyphens in turn": (_each_word(_mixed(".-")), _each_word(_mixed(".-"))),
+    "letters set apart by slashes": (_each_word("/".join), _each_word("/".join)),
+    "letters set apart by vertical bars": (_each_word("|".join), _each_word("|".join)),
     # Characters that show as a gap between words but are letters or symbols to a program.
     "Hangul fillers between words": (_between_words("\u3164"), _between_words("\u3164")),
     "Braille blanks between words": (_between_words("\u2800"), _between_words("\u2800")),

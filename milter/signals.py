@@ -620,10 +620,16 @@ def _letter(char: str) -> bool:
 _LETTERLIKE: Final = range(0x2100, 0x2150)
 _STYLED_BLOCKS: Final = (
     (0x0250, 0x02AF), (0x1D00, 0x1D2B), (0x2100, 0x214F), (0x2460, 0x24FF), (0xA730, 0xA731),
-    (0xFF10, 0xFF5A), (0x1D400, 0x1D7FF), (0x1F100, 0x1F189),
+    (0xFF10, 0xFF5A), (0x1D400, 0x1D7FF), (0x1F100, 0x1F189), (0x1F1E6, 0x1F1FF),
 )  # fmt: skip
 _FULLWIDTH: Final = range(0xFF10, 0xFF5B)
-_LETTER_NAME: Final = re.compile(r"LATIN (?:CAPITAL |SMALL )?LETTER (?:SMALL CAPITAL )?([A-Z])")
+_LETTER_NAME: Final = re.compile(
+    r"(?:LATIN (?:CAPITAL |SMALL )?|REGIONAL INDICATOR SYMBOL )LETTER (?:SMALL CAPITAL )?([A-Z])"
+)
+# Two regional indicators (U+1F1E6-1F1FF, the boxed capitals of the flag emoji) on their own are
+# a flag, which the reader sees as one (a German flag, not "DE"); one alone, or three or more in
+# a row, are the letters a spammer spells with them (version 20).
+_REGIONAL: Final = range(0x1F1E6, 0x1F200)
 
 
 # Runs of characters of those blocks: the few whole ranges make a pattern that the regex engine
@@ -671,12 +677,16 @@ def _styled() -> _Styled:
 
 def fold_styled(text: str) -> str:
     """`text` with letters and digits of other styles (mathematical bold, circled, fullwidth,
-    small capitals) as the plain ones a reader reads: FREE in mathematical bold (U+1D405...)
-    is FREE, a circled 1 (U+2460) is 1."""
+    small capitals, regional indicators but where two make a flag) as the plain ones a reader
+    reads: FREE in mathematical bold (U+1D405...) is FREE, a circled 1 (U+2460) is 1."""
     if _STYLED_RUN.search(text) is None:
         return text
     fold = _styled().fold
-    return _STYLED_RUN.sub(lambda run: run[0].translate(fold), text)
+    return _STYLED_RUN.sub(lambda run: run[0] if _flag(run[0]) else run[0].translate(fold), text)
+
+
+def _flag(run: str) -> bool:
+    return len(run) == 2 and ord(run[0]) in _REGIONAL and ord(run[1]) in _REGIONAL
 
 
 def styled_tokens(subject: str, name: str, body: str) -> list[str]:
@@ -710,26 +720,31 @@ def _three_letters(run: str, letters: frozenset[str]) -> bool:
 _SPACED_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_](?![^\W\d_])")
 _SPACED_RUN: Final = re.compile(r"(?<![^\W_])\d*[^\W\d_](?: [^\W\d_]){2,}\d*(?![^\W_])")
 # The same with a dot, hyphen, star, underscore, middle dot or bullet between the letters, one
-# and the same or in any mix (V.e.r.i.f.y, F*R*E*E, V.e-r.i-f.y; message->text version 18), not
-# going on into a longer word (b.a.t.m.a.n.lists, a host name).
-_SEPARATOR: Final = "[.*_\u00b7\u2022-]"
+# and the same or in any mix (V.e.r.i.f.y, F*R*E*E, V.e-r.i-f.y; message->text version 18), or
+# a slash or a vertical bar (V/e/r/i/f/y, F|R|E|E; version 20), not going on into a longer word
+# (b.a.t.m.a.n.lists, a host name, a path).
+_SEPARATOR: Final = "[.*_\u00b7\u2022/|-]"
 _DOTTED_HINT: Final = re.compile(rf"{_SEPARATOR}[^\W\d_]{_SEPARATOR}[^\W\d_](?![^\W\d_])")
+# What may not follow a run: its separator and a letter (a longer word, a host name, a path),
+# nor a dot (or the like) and a digit (``c1.example.com``, a version); a slash or a bar and a
+# digit may (``R.e.a.d.y2/7/2023``: a date after the word).
+_GOES_ON: Final = r"(?:[^\W\d_]|(?<![/|])\d)"
 _DOTTED_RUN: Final = re.compile(
-    rf"(?<![^\W_])\d*[^\W\d_]({_SEPARATOR})[^\W\d_](?:\1[^\W\d_])+\d*(?![^\W_])(?!\1[^\W_])"
+    rf"(?<![^\W_])\d*[^\W\d_]({_SEPARATOR})[^\W\d_](?:\1[^\W\d_])+\d*(?![^\W_])(?!\1{_GOES_ON})"
 )
 # Runs that mix them, read after the runs of one separator: ``A.W.B.C_Loans`` stays a run of
 # dots before a word, as it was read before.
 _MIXED_RUN: Final = re.compile(
     rf"(?<![^\W_])\d*[^\W\d_]{_SEPARATOR}[^\W\d_](?:{_SEPARATOR}[^\W\d_])+\d*(?![^\W_])"
-    rf"(?!{_SEPARATOR}[^\W_])"
+    rf"(?!{_SEPARATOR}{_GOES_ON})"
 )
 _SEPARATORS: Final = re.compile(_SEPARATOR)
 
 
 def join_spaced(text: str) -> str:
     """`text` with each run of three or more single letters, one space between each (``V e r i
-    f y``) or one separator (``V.e.r.i.f.y``, ``F*R*E*E``, ``V.e-r.i-f.y``), written as the word
-    it spells. Runs of two (``a b``, ``e.g.``) are left as they are."""
+    f y``) or one separator (``V.e.r.i.f.y``, ``F*R*E*E``, ``V.e-r.i-f.y``, ``V/e/r/i/f/y``),
+    written as the word it spells. Runs of two (``a b``, ``e.g.``) are left as they are."""
     if _DOTTED_HINT.search(text) is not None:
         text = _DOTTED_RUN.sub(lambda run: run[0].replace(run[1], ""), text)
         text = _MIXED_RUN.sub(lambda run: _SEPARATORS.sub("", run[0]), text)

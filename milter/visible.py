@@ -17,6 +17,10 @@ a property such as ``display``, ``opacity`` or ``font-size``, or a text colour t
 background colour of the part, white included) does a second walk work out, element by element,
 what is shown. ``<style>`` rules are matched to elements by lexbor's selector engine, in C, and
 only the rules that set a property that hides something somewhere in the part are matched.
+The first MAX_HTML_CHARS of markup are read; a part whose first MAX_HTML_CHARS hide
+MIN_HIDDEN_MARKUP of it or more is read again, to the end of what text.py passes, so that
+hidden text does not use up what is read (message->text version 19): the cost of a second
+parse falls only on such mail.
 
 CSS parsing. Declarations are parsed with tinycss2 (``parse_declaration_list``), except that a
 declaration list with no comments, escapes, blocks or brackets and whose every ``;``-separated

@@ -352,6 +352,37 @@ def test_version_18_readings_do_not_rescue_spam(model: Model, how: str, wrapping
     )
 
 
+def _boxed(word: str) -> str:
+    """`word` in regional indicators (the flag emoji's boxed capitals), a zero-width space
+    between each letter so that no two make a flag."""
+    return "\u200b".join(chr(0x1F1E6 + ord(letter) - ord("a")) for letter in word.lower())
+
+
+# Version 20's readings: (the spam's HTML so written, a piece that shows it, tokens it may add:
+# `sig:styled-letters` needs three styled letters in a row, which the zero-width spaces part).
+VERSION_20 = {
+    "slashes": (lambda: each_long_word("/".join), "V/e/r/i/f/y", set()),
+    "vertical bars": (lambda: each_long_word("|".join), "V|e|r|i|f|y", set()),
+    "regional indicators": (lambda: each_long_word(_boxed), _boxed("Verify"), {"sig:styled-letters"}),
+}
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("how", sorted(VERSION_20))
+def test_version_20_readings_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
+    """Letters set apart by slashes or vertical bars, and words spelled in regional indicators
+    (version 20): the reader reads the words, and so does the model."""
+    wrap, (written, piece, signals) = WRAPPINGS[wrapping], VERSION_20[how]
+    clean_raw = wrap(SPAM_HTML.format(hidden=""))
+    html = written()
+    raw = wrap(html)
+    assert piece in html
+    clean, tricked = probability(model, clean_raw), probability(model, raw)
+    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
+    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
+    assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens <= signals
+
+
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 def test_letters_spaced_out_do_not_rescue_spam(model: Model, wrapping: str) -> None:
     """Every word of four letters or more spelled with spaces between its letters and the words set

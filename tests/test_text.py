@@ -1061,6 +1061,32 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     )
     assert mixed == plain
     assert join_spaced("see a.b-c1.example.com, x.y-z") == "see a.b-c1.example.com, xyz"
+    # Version 20: slashes and vertical bars, alone or mixed with the others; a path that goes on
+    # into a longer name, and "and/or", stay as written.
+    slashed = text("A|c|c|o|u|n|t Team", "F/r/e/e gift", "V/e/r/i/f/y y|o|u|r a.c/c.o/u.n/t now.")
+    assert slashed == plain
+    assert join_spaced("and/or, w/o, /usr/a/b/config") == "and/or, w/o, /usr/a/b/config"
+    # A date after the word, written on with a slash, does not make the run go on into it (a
+    # dot and a digit still do: a version, a host name).
+    assert join_spaced("R.e-a.d-y2/7/2023, R/e/a/d/y2/7/2023") == "Ready2/7/2023, Ready2/7/2023"
+    assert join_spaced("a.b.c.1 and x.y.z/7") == "a.b.c.1 and xyz/7"
+
+
+def test_regional_indicators_read_as_letters_and_a_flag_as_a_flag() -> None:
+    """Version 20: the boxed capitals of the flag emoji (U+1F1E6-1F1FF) spell words for the
+    reader, as other styled letters do; two on their own are a flag, and stay one."""
+
+    def boxed(text: str) -> str:
+        return "".join(chr(0x1F1E6 + ord(c) - ord("a")) if "a" <= c <= "z" else c for c in text.lower())
+
+    plain = note_tokens("Free gift", "Verify your account now.")
+    spelled = note_tokens(boxed("Free gift"), boxed("Verify your account now."))
+    assert spelled == {*plain, "sig:styled-letters"}
+    # One letter at a time with spaces between (as spammers write them, so that no two make a
+    # flag): the word again.
+    assert "verify" in note_tokens("hello", " ".join(boxed("verify")) + " now")
+    flags = note_tokens("hello", f"Greetings from {boxed('de')} and {boxed('fr')}!")
+    assert flags == note_tokens("hello", "Greetings from and !")
 
 
 def test_hangul_fillers_read_as_the_blanks_they_show() -> None:
