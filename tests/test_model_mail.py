@@ -316,40 +316,6 @@ def _mixed(word: str) -> str:
 
 
 TURNED_SHEET = "<style>.r { unicode-bidi: bidi-override; direction: rtl }</style>"
-# Version 18's readings: (the spam's HTML so written, a piece of it that shows the trick is there).
-VERSION_18 = {
-    "dots and hyphens in turn": (lambda: each_long_word(_mixed), "V.e-r.i-f.y"),
-    "middle dots": (lambda: each_long_word("\u00b7".join), "V\u00b7e\u00b7r"),
-    "Hangul fillers between words": (
-        lambda: re.sub(r"(?<=>)([^<]+)", lambda m: m[1].replace(" ", "\u3164"), SPAM_HTML.format(hidden="")),
-        "your\u3164account",
-    ),
-    "turned by a stylesheet class": (
-        lambda: TURNED_SHEET + each_long_word(lambda word: f'<span class="r">{word[::-1]}</span>'),
-        '<span class="r">yfireV</span>',
-    ),
-    "turned with markup inside": (lambda: each_long_word(_turned_with_markup), "y<b>fire</b>V"),
-}
-
-
-@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
-@pytest.mark.parametrize("how", sorted(VERSION_18))
-def test_version_18_readings_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
-    """Letters set apart by mixed separators or middle dots, words set apart by Hangul fillers,
-    and words written backwards and turned round by a stylesheet class or with markup inside
-    (version 18): the reader reads the words, and so does the model."""
-    wrap, (written, piece) = WRAPPINGS[wrapping], VERSION_18[how]
-    clean_raw = wrap(SPAM_HTML.format(hidden=""))
-    html = written()
-    raw = wrap(html)
-    assert piece in html
-    clean, tricked = probability(model, clean_raw), probability(model, raw)
-    assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
-    clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
-    assert clean_tokens - tricked_tokens == set()
-    assert all(token.startswith("html:") for token in tricked_tokens - clean_tokens), (
-        tricked_tokens - clean_tokens
-    )
 
 
 def _boxed(word: str) -> str:
@@ -358,21 +324,50 @@ def _boxed(word: str) -> str:
     return "\u200b".join(chr(0x1F1E6 + ord(letter) - ord("a")) for letter in word.lower())
 
 
-# Version 20's readings: (the spam's HTML so written, a piece that shows it, tokens it may add:
-# `sig:styled-letters` needs three styled letters in a row, which the zero-width spaces part).
-VERSION_20 = {
-    "slashes": (lambda: each_long_word("/".join), "V/e/r/i/f/y", set()),
-    "vertical bars": (lambda: each_long_word("|".join), "V|e|r|i|f|y", set()),
-    "regional indicators": (lambda: each_long_word(_boxed), _boxed("Verify"), {"sig:styled-letters"}),
+def _markup(token: str) -> bool:
+    return token.startswith("html:")
+
+
+def _nothing(token: str) -> bool:
+    return False
+
+
+# The readings of versions 18 and 20: (the spam's HTML so written, a piece of it that shows the
+# trick is there, which of the tokens it adds may be added). Version 18's add the tags of the
+# markup they are written in. Regional indicators may add `sig:styled-letters`, which needs three
+# styled letters in a row (the zero-width spaces part them).
+READINGS: dict[str, tuple[Callable[[], str], str, Callable[[str], bool]]] = {
+    "dots and hyphens in turn": (lambda: each_long_word(_mixed), "V.e-r.i-f.y", _markup),
+    "middle dots": (lambda: each_long_word("\u00b7".join), "V\u00b7e\u00b7r", _markup),
+    "Hangul fillers between words": (
+        lambda: re.sub(r"(?<=>)([^<]+)", lambda m: m[1].replace(" ", "\u3164"), SPAM_HTML.format(hidden="")),
+        "your\u3164account",
+        _markup,
+    ),
+    "turned by a stylesheet class": (
+        lambda: TURNED_SHEET + each_long_word(lambda word: f'<span class="r">{word[::-1]}</span>'),
+        '<span class="r">yfireV</span>',
+        _markup,
+    ),
+    "turned with markup inside": (lambda: each_long_word(_turned_with_markup), "y<b>fire</b>V", _markup),
+    "slashes": (lambda: each_long_word("/".join), "V/e/r/i/f/y", _nothing),
+    "vertical bars": (lambda: each_long_word("|".join), "V|e|r|i|f|y", _nothing),
+    "regional indicators": (
+        lambda: each_long_word(_boxed),
+        _boxed("Verify"),
+        lambda token: token == "sig:styled-letters",
+    ),
 }
 
 
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
-@pytest.mark.parametrize("how", sorted(VERSION_20))
-def test_version_20_readings_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
-    """Letters set apart by slashes or vertical bars, and words spelled in regional indicators
-    (version 20): the reader reads the words, and so does the model."""
-    wrap, (written, piece, signals) = WRAPPINGS[wrapping], VERSION_20[how]
+@pytest.mark.parametrize("how", sorted(READINGS))
+def test_readings_of_versions_18_and_20_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
+    """Letters set apart by mixed separators, middle dots, slashes or vertical bars, words set
+    apart by Hangul fillers, written backwards and turned round by a stylesheet class or with
+    markup inside (version 18), or spelled in regional indicators (version 20): the reader reads
+    the words, and so does the model."""
+    wrap, (written, piece, may_add) = WRAPPINGS[wrapping], READINGS[how]
     clean_raw = wrap(SPAM_HTML.format(hidden=""))
     html = written()
     raw = wrap(html)
@@ -380,7 +375,9 @@ def test_version_20_readings_do_not_rescue_spam(model: Model, how: str, wrapping
     clean, tricked = probability(model, clean_raw), probability(model, raw)
     assert clean >= 0.9 and tricked >= clean - 0.02, (clean, tricked)
     clean_tokens, tricked_tokens = set(message_text(clean_raw).split()), set(message_text(raw).split())
-    assert clean_tokens - tricked_tokens == set() and tricked_tokens - clean_tokens <= signals
+    assert clean_tokens - tricked_tokens == set()
+    added = tricked_tokens - clean_tokens
+    assert all(may_add(token) for token in added), added
 
 
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
