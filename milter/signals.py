@@ -604,6 +604,17 @@ _INVISIBLE_RUN: Final = re.compile(
 )
 
 
+def is_latin1(text: str) -> bool:
+    """Whether every character of `text` is Latin-1, as most mail's is (ASCII or Western
+    European text): then no pattern for characters beyond it (styled letters, look-alike
+    scripts, the invisible characters but the soft hyphen) needs to scan it. One encode in C."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _letter(char: str) -> bool:
     r"""What [^\W\d_] matches: a word character that is no decimal digit (nor "_")."""
     return char.isalnum() and not char.isdecimal()
@@ -694,7 +705,7 @@ def styled_tokens(subject: str, name: str, body: str) -> list[str]:
     letters in another style (not fullwidth): what no mail client writes and a spammer does, to
     be read as ordinary words by people and as unknown ones by filters."""
     for text in (subject, name, body[:MAX_BODY_CHARS]):
-        if text.isascii():
+        if text.isascii() or is_latin1(text):  # every styled block is beyond Latin-1
             continue
         for run in _STYLED_RUN.finditer(text):
             if len(run[0]) >= 3 and _three_letters(run[0], _styled().letters):
@@ -719,6 +730,10 @@ def _three_letters(run: str, letters: frozenset[str]) -> bool:
 # the run's first or last letter stay with it (``R e a d y2``, ``C.a.n.a.r.i.a.s24``).
 _SPACED_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_](?![^\W\d_])")
 _SPACED_RUN: Final = re.compile(r"(?<![^\W_])\d*[^\W\d_](?: [^\W\d_]){2,}\d*(?![^\W_])")
+# What the end of every run of four or more letters matches (its last three letters and the
+# space before them): a fast scan that texts whose runs are of three letters at most (initials
+# such as "J R R", "a b c") fail, so only texts with a longer run are searched in full.
+_SPACED4_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_] [^\W\d_](?![^\W\d_])")
 # The same with a dot, hyphen, star, underscore, middle dot or bullet between the letters, one
 # and the same or in any mix (V.e.r.i.f.y, F*R*E*E, V.e-r.i-f.y; message->text version 18), or
 # a slash or a vertical bar (V/e/r/i/f/y, F|R|E|E; version 20), not going on into a longer word
@@ -757,7 +772,7 @@ def spaced_tokens(subject: str, name: str, body: str) -> list[str]:
     """``sig:spaced-letters`` when the subject, the display name or the body spells a word of
     four or more letters one letter at a time."""
     for text in (subject, name, body[:MAX_BODY_CHARS]):
-        if _SPACED_HINT.search(text) is None:
+        if _SPACED4_HINT.search(text) is None:
             continue
         if any(run[0].count(" ") >= 3 for run in _SPACED_RUN.finditer(text)):  # 4 letters
             return ["sig:spaced-letters"]
@@ -767,7 +782,7 @@ def spaced_tokens(subject: str, name: str, body: str) -> list[str]:
 def invisible_tokens(subject: str, body: str) -> list[str]:
     """``sig:invisible-in-word`` when an invisible character splits a word of the subject or body."""
     for text in (subject, body[:MAX_BODY_CHARS]):
-        if text.isascii():
+        if text.isascii() or ("\xad" not in text and is_latin1(text)):
             continue
         for run in _INVISIBLE_RUN.finditer(text):
             start, end = run.span()
@@ -822,7 +837,7 @@ def fold_lookalikes(text: str) -> str:
     letter of it is Latin or looks Latin: a Latin word in disguise. Words in one script, and
     words with a letter of the other script that looks like no Latin one (a Russian word with a
     Latin o in it), are left as they are, so Russian or Greek text keeps its words."""
-    if text.isascii() or _LOOKALIKE.search(text) is None:
+    if text.isascii() or is_latin1(text) or _LOOKALIKE.search(text) is None:
         return text
     pairs = list(itertools.islice(_MIXED.finditer(text), MAX_MIXED_WORDS))
     if not pairs:
@@ -847,9 +862,9 @@ def fold_lookalikes(text: str) -> str:
 
 def body_tokens(text: str) -> list[str]:
     """``sig:`` tokens for the (decoded, visible) body text: ``sig:body-mixed-script``."""
-    if text.isascii():
-        return []
     text = text[:MAX_BODY_CHARS]
+    if text.isascii() or is_latin1(text):  # every look-alike script is beyond Latin-1
+        return []
     if _LOOKALIKE.search(text) is None or _MIXED.search(text) is None:
         return []
     return ["sig:body-mixed-script"]

@@ -96,9 +96,9 @@ _NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
 # A footer starts at a rule line, or at a signature separator ("--", "-- ") as Red Hat's and
 # Google's lists put before theirs.
 _FOOTER_RULE: Final = re.compile(r"^[ \t]*(?:[_=-]{5,}|--)[ \t\r]*$", re.MULTILINE)
-# What every rule line holds, as a pattern the regex engine can skip ahead to in C (a ^ pattern is
-# tried at every character).
-_RULE_RUN: Final = re.compile(r"[_=-]{2}")
+# What every rule line holds: two of its characters in a row, each pair sought by a substring
+# search in C (a ^ pattern is tried at every character, a class at every character too).
+_RULE_PAIRS: Final = tuple(first + second for first in "_=-" for second in "_=-")
 _FOOTER_MARKS: Final = (
     *("mailing list", "listinfo", "mailman", "yahoogroups", "groups.yahoo", "list-request"),
     *("you are subscribed to the google groups", "groups.io"),
@@ -224,7 +224,8 @@ def _header_text(value: bytes) -> str:
 
 def _token(text: str) -> str:
     """`text` as one token: no whitespace (the graph splits on it), valid UTF-8, bounded."""
-    return "".join(text.split())[:40].encode("utf-8", "replace").decode("utf-8")
+    token = "".join(text.split())[:40]
+    return token if token.isascii() else token.encode("utf-8", "replace").decode("utf-8")
 
 
 def _long_word(word: str) -> list[str]:
@@ -236,22 +237,12 @@ def _long_word(word: str) -> list[str]:
     return [word[i : i + 2] for i in range(0, min(len(word), 64), 2)]
 
 
-def _is_latin1(text: str) -> bool:
-    """Whether every character of `text` is Latin-1: then encoding it is a copy, and no pattern
-    for characters beyond it needs to scan it."""
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _split_words(text: str) -> list[str]:
     """`_WORD.findall(text)`, by C string methods in a fraction of the time when every character
     beyond Latin-1 separates words, as in most mail (ASCII or Western European text, with dashes,
     curly quotes, bullets): those become "?", which separates words as well.
     """
-    if not text.isascii() and ("€" in text or (not _is_latin1(text) and _WIDE_WORD_CHAR.search(text))):
+    if not text.isascii() and ("€" in text or (not signals.is_latin1(text) and _WIDE_WORD_CHAR.search(text))):
         return _WORD.findall(text)
     spaced = text.replace("!", " ! ").replace("$", " $ ").replace("£", " £ ").encode("latin-1", "replace")
     return spaced.translate(_LATIN1_WORD_BYTES).decode("latin-1").split()
@@ -263,7 +254,7 @@ def _seen(text: str) -> str:
     accents composed and the combining marks no letter takes dropped (_COMBINING), and with
     letters of other styles (mathematical bold, circled, fullwidth, small capitals: none is
     Latin-1) as the plain letters they show."""
-    if text.isascii() or ("\xad" not in text and _is_latin1(text)):
+    if text.isascii() or ("\xad" not in text and signals.is_latin1(text)):
         return text
     if "\u202e" in text:  # read what the override shows: the text it holds, reversed
         text = _OVERRIDDEN.sub(lambda run: shown_order(run[1]), text)
@@ -282,7 +273,9 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
     # (sig:mixed-script, sig:confusable-brand) read the display name and subject as written.
     # A word spelled one letter at a time (``V e r i f y``) is read as the word.
     seen = signals.join_spaced(signals.fold_lookalikes(_seen(text[: limit * 16])))
-    words = _split_words(seen.lower())[:limit]
+    # Each word once, in the order first written: the model text keeps a token's first use
+    # only (message_text), so the passes below need not see a word again.
+    words = list(dict.fromkeys(_split_words(seen.lower())[:limit]))
     # Numbers of 4+ digits, long words and scripts without spaces become other tokens, at the end.
     # One pass finds them; the others are then told apart by set lookups, not by the test again.
     odd = [w for w in words if len(w) > 3 and (len(w) > MAX_TOKEN_CHARS or w.isdigit())]
@@ -297,7 +290,8 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
 def _strip_list_footer(text: str) -> str:
     """Cut a trailing mailing-list footer (a rule line followed by list boilerplate)."""
     tail_start = max(0, len(text) - 2000)
-    if _RULE_RUN.search(text, tail_start) is None:
+    tail = text[tail_start:]
+    if not any(pair in tail for pair in _RULE_PAIRS):
         return text
     for rule in reversed(list(_FOOTER_RULE.finditer(text, tail_start))):
         tail = text[rule.end() : rule.end() + 800].lower()
