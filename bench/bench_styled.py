@@ -150,6 +150,8 @@ STYLES: dict[str, tuple[Restyle, Restyle]] = {
     "letters set apart by dots and hyphens in turn": (_each_word(_mixed(".-")), _each_word(_mixed(".-"))),
     "letters set apart by slashes": (_each_word("/".join), _each_word("/".join)),
     "letters set apart by vertical bars": (_each_word("|".join), _each_word("|".join)),
+    "letters set apart by tildes": (_each_word("~".join), _each_word("~".join)),
+    "letters set apart by plus signs": (_each_word("+".join), _each_word("+".join)),
     # Characters that show as a gap between words but are letters or symbols to a program.
     "Hangul fillers between words": (_between_words("\u3164"), _between_words("\u3164")),
     "Braille blanks between words": (_between_words("\u2800"), _between_words("\u2800")),

@@ -736,9 +736,10 @@ _SPACED_RUN: Final = re.compile(r"(?<![^\W_])\d*[^\W\d_](?: [^\W\d_]){2,}\d*(?![
 _SPACED4_HINT: Final = re.compile(r" [^\W\d_] [^\W\d_] [^\W\d_](?![^\W\d_])")
 # The same with a dot, hyphen, star, underscore, middle dot or bullet between the letters, one
 # and the same or in any mix (V.e.r.i.f.y, F*R*E*E, V.e-r.i-f.y; message->text version 18), or
-# a slash or a vertical bar (V/e/r/i/f/y, F|R|E|E; version 20), not going on into a longer word
-# (b.a.t.m.a.n.lists, a host name, a path).
-_SEPARATOR: Final = "[.*_\u00b7\u2022/|-]"
+# a slash or a vertical bar (V/e/r/i/f/y, F|R|E|E; version 20), a tilde or a plus sign
+# (V~e~r~i~f~y, F+R+E+E; version 21), not going on into a longer word (b.a.t.m.a.n.lists, a host
+# name, a path).
+_SEPARATOR: Final = "[.*_\u00b7\u2022/|~+-]"
 _DOTTED_HINT: Final = re.compile(rf"{_SEPARATOR}[^\W\d_]{_SEPARATOR}[^\W\d_](?![^\W\d_])")
 # What may not follow a run: its separator and a letter (a longer word, a host name, a path),
 # nor a dot (or the like) and a digit (``c1.example.com``, a version); a slash or a bar and a

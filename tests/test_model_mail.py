@@ -352,6 +352,8 @@ READINGS: dict[str, tuple[Callable[[], str], str, Callable[[str], bool]]] = {
     "turned with markup inside": (lambda: each_long_word(_turned_with_markup), "y<b>fire</b>V", _markup),
     "slashes": (lambda: each_long_word("/".join), "V/e/r/i/f/y", _nothing),
     "vertical bars": (lambda: each_long_word("|".join), "V|e|r|i|f|y", _nothing),
+    "tildes": (lambda: each_long_word("~".join), "V~e~r~i~f~y", _nothing),
+    "plus signs": (lambda: each_long_word("+".join), "V+e+r+i+f+y", _nothing),
     "regional indicators": (
         lambda: each_long_word(_boxed),
         _boxed("Verify"),
@@ -362,11 +364,11 @@ READINGS: dict[str, tuple[Callable[[], str], str, Callable[[str], bool]]] = {
 
 @pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
 @pytest.mark.parametrize("how", sorted(READINGS))
-def test_readings_of_versions_18_and_20_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
-    """Letters set apart by mixed separators, middle dots, slashes or vertical bars, words set
-    apart by Hangul fillers, written backwards and turned round by a stylesheet class or with
-    markup inside (version 18), or spelled in regional indicators (version 20): the reader reads
-    the words, and so does the model."""
+def test_readings_of_versions_18_to_21_do_not_rescue_spam(model: Model, how: str, wrapping: str) -> None:
+    """Letters set apart by mixed separators, middle dots, slashes, vertical bars (version 20),
+    tildes or plus signs (version 21), words set apart by Hangul fillers, written backwards and
+    turned round by a stylesheet class or with markup inside (version 18), or spelled in regional
+    indicators (version 20): the reader reads the words, and so does the model."""
     wrap, (written, piece, may_add) = WRAPPINGS[wrapping], READINGS[how]
     clean_raw = wrap(SPAM_HTML.format(hidden=""))
     html = written()

@@ -1071,6 +1071,11 @@ def test_a_word_spelled_one_letter_at_a_time_is_read_as_the_word() -> None:
     # dot and a digit still do: a version, a host name).
     assert join_spaced("R.e-a.d-y2/7/2023, R/e/a/d/y2/7/2023") == "Ready2/7/2023, Ready2/7/2023"
     assert join_spaced("a.b.c.1 and x.y.z/7") == "a.b.c.1 and xyz/7"
+    # Version 21: tildes and plus signs, alone or mixed with the others; "C++", a sum of numbers
+    # and a home directory's path stay as written.
+    signed = text("A~c~c~o~u~n~t Team", "F+r+e+e gift", "V~e~r~i~f~y y+o+u+r a.c+c~o/u.n-t now.")
+    assert signed == plain
+    assert join_spaced("C++, 1+2+3, ~/a/b/config, a+b+c+1") == "C++, 1+2+3, ~/a/b/config, a+b+c+1"
 
 
 def test_regional_indicators_read_as_letters_and_a_flag_as_a_flag() -> None:
