@@ -863,8 +863,10 @@ def fold_lookalikes(text: str) -> str:
 
 def body_tokens(text: str) -> list[str]:
     """``sig:`` tokens for the (decoded, visible) body text: ``sig:body-mixed-script``."""
+    if text.isascii():
+        return []
     text = text[:MAX_BODY_CHARS]
-    if text.isascii() or is_latin1(text):  # every look-alike script is beyond Latin-1
+    if is_latin1(text):  # every look-alike script is beyond Latin-1
         return []
     if _LOOKALIKE.search(text) is None or _MIXED.search(text) is None:
         return []

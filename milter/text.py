@@ -290,8 +290,8 @@ def _words(text: str, out: list[str], prefix: str, limit: int) -> None:
 def _strip_list_footer(text: str) -> str:
     """Cut a trailing mailing-list footer (a rule line followed by list boilerplate)."""
     tail_start = max(0, len(text) - 2000)
-    tail = text[tail_start:]
-    if not any(pair in tail for pair in _RULE_PAIRS):
+    last = text[tail_start:]
+    if not any(pair in last for pair in _RULE_PAIRS):
         return text
     for rule in reversed(list(_FOOTER_RULE.finditer(text, tail_start))):
         tail = text[rule.end() : rule.end() + 800].lower()
