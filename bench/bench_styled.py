@@ -18,6 +18,12 @@ Prints, per style and reach, how many stay junked and the median and largest dro
 markdown table (docs/model.md keeps it).
 
     bench/bench_styled.py [--corpus DIR] [--model FILE] [--sample N] [--seed N]
+                          [--write-junked FILE] [--also-junked-by FILE ...]
+
+Two models are compared on the same spam: each run writes the names of all the modern spam it
+junks with --write-junked, and each then samples only among the spam every other model junks
+too (--also-junked-by the others' files). Sampled apart, one model's 300 are not the other's,
+and a message either way is what the sample moves, not what the model does.
 """
 
 from __future__ import annotations
@@ -263,6 +269,17 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=600, help="junked spam to restyle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--styles", nargs="*", choices=sorted(STYLES), help="only these styles")
+    parser.add_argument(
+        "--write-junked", type=Path, metavar="FILE", help="write the names of all modern spam junked"
+    )
+    parser.add_argument(
+        "--also-junked-by",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="sample only spam named in each of these files (another model's --write-junked)",
+    )
     args = parser.parse_args()
     model = load_model(args.model)
 
@@ -272,15 +289,25 @@ def main() -> int:
     rng = random.Random(args.seed)
     spam = sorted((args.corpus / "modern/spam").glob("*.eml"))
     rng.shuffle(spam)
+    for names in args.also_junked_by:
+        theirs = set(names.read_text().split())
+        spam = [path for path in spam if path.name in theirs]
+    junked: list[str] = []
     chosen: list[tuple[bytes, float]] = []
     for path in spam:
-        if len(chosen) == args.sample:
+        if len(chosen) == args.sample and args.write_junked is None:
             break
         raw = path.read_bytes()
         before = p(raw)
         if before >= 0.9:
-            chosen.append((raw, before))
-    print(f"{len(chosen)} junked modern spam (seed {args.seed}), model {model.id}\n")
+            junked.append(path.name)
+            if len(chosen) < args.sample:
+                chosen.append((raw, before))
+    if args.write_junked is not None:
+        args.write_junked.write_text("".join(f"{name}\n" for name in sorted(junked)))
+        print(f"{len(junked)} junked modern spam named in {args.write_junked}")
+    also = f", also junked by {len(args.also_junked_by)} other" if args.also_junked_by else ""
+    print(f"{len(chosen)} junked modern spam (seed {args.seed}{also}), model {model.id}\n")
     print("| style | restyled | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|---|")
     reaches = {"subject and name": False, "subject, name and text": True}
