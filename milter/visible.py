@@ -40,8 +40,14 @@ Decisions:
   this cannot read (brackets in brackets, an unknown feature such as Outlook's
   ``-ms-high-contrast``) does not match. ``@supports`` rules apply unless their condition says
   ``not`` (what they ask for is taken as supported), inside one another too (up to
-  MAX_AT_RULE_DEPTH). Other at-rules (``@font-face``, ``@layer``, ``@container``, ...) and what
-  is inside them are ignored.
+  MAX_AT_RULE_DEPTH). ``@layer`` rules apply (message->text version 22), below every rule in no
+  layer and each layer below the ones first named after it, as the cascade has it (the order an
+  ``@layer a, b;`` statement gives is not read: layers rank as their blocks come). ``@container``
+  rules apply when their condition matches the reader's pane as a media query would (the pane
+  taken as the container; whether an element is declared a container is not read). Other
+  at-rules (``@font-face``, ``@scope``, ...) and what is inside them are ignored.
+- A ``<details>`` element without ``open`` shows only its ``<summary>``: the rest of it is hidden
+  as by ``display:none`` (version 22), whatever CSS says.
 - ``mso-hide:all`` hides only from Outlook for Windows; every other client shows the text, so
   the text is kept (and not counted in `hidden_chars`); the ``hidden:mso-hide`` token says it
   was there, with text, unless another property hides the same element, in which case it is
@@ -253,6 +259,7 @@ class _Rule:
     specificity: tuple[int, int, int]
     order: int
     style: _Style
+    layer: int  # the cascade layer's rank: later layers higher, rules in no layer highest
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +274,7 @@ class _Sheet:
 
 
 _NO_SHEET: Final = _Sheet((), frozenset(), frozenset(), frozenset())
+_UNLAYERED: Final = 1 << 20  # the layer rank of rules in no @layer: above every layer's
 _STYLE_CACHE: dict[str, _Style | None] = {}
 _SHEET_CACHE: dict[str, _Sheet] = {}
 _COLOUR_CACHE: dict[str, int | None] = {}
@@ -319,6 +327,7 @@ def _visible(markup: str, css: str) -> Visible:
     styles: dict[str, list[LexborNode]] = {}  # the elements with each style attribute
     hinted: list[_Hinted] = []  # elements with attributes that hide or colour text
     turned: dict[int, LexborNode] = {}  # elements that show their text backwards, by mem_id (once each)
+    closed: dict[int, int] = {}  # closed <details> by mem_id: their summary's mem_id (0 for none)
     for node in tree.root.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":  # comments
@@ -359,6 +368,8 @@ def _visible(markup: str, css: str) -> Visible:
                     same.append(node)
             if not _HINT_ATTRS.isdisjoint(attrs):
                 hinted.append((tag, attrs, node))
+        if tag == "details" and "open" not in attrs:
+            closed[node.mem_id] = next((child.mem_id for child in node.iter() if child.tag == "summary"), 0)
     for style, nodes in styles.items():  # each distinct style read once, as _hide does
         if _TURNED_STYLE.search(style):
             # The direction may come from the dir attribute (<div dir="rtl" style="unicode-bidi:
@@ -383,9 +394,9 @@ def _visible(markup: str, css: str) -> Visible:
     body = tree.body
     hidden: set[str] = set()
     hidden_chars = hidden_markup = 0
-    if body is not None and (styles or css or hinted):
+    if body is not None and (styles or css or hinted or closed):
         try:
-            hidden_chars, hidden_markup = _hide(tree, body, styles, css, hinted, hidden)
+            hidden_chars, hidden_markup = _hide(tree, body, styles, css, hinted, closed, hidden)
         except Exception:  # a fault in reading the CSS: the text as if nothing were hidden
             hidden.add("hidden:error")
     links = tuple((href, " ".join(node.text().split())[:MAX_ANCHOR_CHARS]) for href, node in anchors)
@@ -454,6 +465,7 @@ def _hide(
     styles: dict[str, list[LexborNode]],
     css: str,
     hinted: list[_Hinted],
+    closed: dict[int, int],
     hidden: set[str],
 ) -> tuple[int, int]:
     """Take the hidden text out of `body`; add the tokens to `hidden`; the characters hidden
@@ -476,6 +488,8 @@ def _hide(
     fg |= sheet.fg
     bg |= sheet.bg
     hint_effects = [(_hints(tag, attrs), node) for tag, attrs, node in hinted]
+    if closed:
+        hides.add("display")
     for effects, _ in hint_effects:
         if "display" in effects:
             hides.add("display")
@@ -517,7 +531,7 @@ def _hide(
     if colours:
         relevant |= _COLOUR_PROPS
     matched = _match(tree, sheet.rules, relevant)
-    return _walk(body, {k: [r for r, _ in v] for k, v in matched.items()}, colours, hidden)
+    return _walk(body, {k: [r for r, _ in v] for k, v in matched.items()}, colours, closed, hidden)
 
 
 def _match(
@@ -601,7 +615,11 @@ _ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, ())
 
 
 def _walk(
-    body: LexborNode, matched: dict[int, list[_Rule]], colours: bool, hidden: set[str]
+    body: LexborNode,
+    matched: dict[int, list[_Rule]],
+    colours: bool,
+    closed: dict[int, int],
+    hidden: set[str],
 ) -> tuple[int, int]:
     """The second walk: each element's style, what it inherits, and the text it hides (the
     characters and the markup).
@@ -621,6 +639,7 @@ def _walk(
         if not tag or tag[0] == "-":
             continue
         mid = node.mem_id
+        folded = False  # inside a closed <details>, not its summary
         if mid == body_id:
             state: _State | None = _ROOT
         else:
@@ -631,11 +650,14 @@ def _walk(
             if state is None:
                 states[mid] = None
                 continue
+            folded = bool(closed) and closed.get(parent.mem_id, mid) != mid
         assert state is not None
         own = _own(node, tag, matched)
-        if own:
-            reasons = _box_reasons(own)
-            mso_hide = own.get("mso-hide") == 1
+        if own or folded:
+            reasons = _box_reasons(own) if own else []
+            if folded and "display-none" not in reasons:
+                reasons.insert(0, "display-none")
+            mso_hide = own is not None and own.get("mso-hide") == 1
             if reasons:
                 if mso_hide:
                     reasons.append("mso-hide")
@@ -649,10 +671,20 @@ def _walk(
                 continue
             if mso_hide:
                 mso.append(node)
+            assert own is not None  # not folded: it would have a reason
             state = _inherit(state, own, tag, colours)
         elif tag == "a" and colours and state[3] != _UNKNOWN:
             state = _inherit(state, {}, tag, colours)
         states[mid] = state
+        if mid in closed:  # the text right inside a closed <details>, outside its summary
+            chars, only_spaces = _take_text(
+                (child for child in node.iter(include_text=True) if child.tag == "-text"), doomed, True
+            )
+            total += chars
+            if chars:
+                hidden.add("hidden:display-none")
+                markup += chars
+            spacer = spacer or only_spaces
         if state[5]:
             chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
@@ -742,7 +774,9 @@ def _cascade(hints: Effects | None, rules: list[_Rule] | None, inline: _Style | 
     if hints:
         layers.append(hints)
     if rules:
-        layers.extend(rule.style.effects for rule in sorted(rules, key=lambda r: (r.specificity, r.order)))
+        layers.extend(
+            rule.style.effects for rule in sorted(rules, key=lambda r: (r.layer, r.specificity, r.order))
+        )
     if inline is not None:
         layers.append(inline.effects)
     out: dict[str, int] = {}
@@ -754,6 +788,12 @@ def _cascade(hints: Effects | None, rules: list[_Rule] | None, inline: _Style | 
             else:
                 out[name] = value
     if important:
+        if rules and any(rule.layer != _UNLAYERED for rule in rules):
+            # !important turns the layers round: an earlier layer's over a later one's, and any
+            # layer's over those of rules in none.
+            ordered = sorted(rules, key=lambda r: (-r.layer, r.specificity, r.order))
+            layers = [*([hints] if hints else []), *(rule.style.effects for rule in ordered)]
+            layers += [inline.effects] if inline is not None else []
         for layer in layers:
             for name, (value, imp) in layer.items():
                 if imp:
@@ -1173,7 +1213,8 @@ def _sheet(css: str) -> _Sheet:
     fg: set[int] = set()
     bg: set[int] = set()
     turning: list[str] = []
-    for order, (prelude, block) in enumerate(_rule_texts(css)):
+    ranks: dict[str, int] = {"": _UNLAYERED}  # each layer by its name, in the order first met
+    for order, (prelude, block, layer) in enumerate(_rule_texts(css)):
         if _TURNED_STYLE.search(block) and _RTL.search(block):
             turning.extend(_selectors(prelude))
         style = _style(block)
@@ -1182,8 +1223,9 @@ def _sheet(css: str) -> _Sheet:
         hides |= style.hides
         fg |= style.fg
         bg |= style.bg
+        rank = ranks.setdefault(layer, len(ranks))
         for selector in _selectors(prelude):
-            rules.append(_Rule(selector, _specificity(selector), order, style))
+            rules.append(_Rule(selector, _specificity(selector), order, style, rank))
     sheet = _Sheet(tuple(rules), frozenset(hides), frozenset(fg), frozenset(bg), tuple(turning))
     if len(_SHEET_CACHE) >= _CACHE_SIZE // 16:
         _SHEET_CACHE.clear()
@@ -1191,13 +1233,15 @@ def _sheet(css: str) -> _Sheet:
     return sheet
 
 
-def _rule_texts(css: str) -> list[tuple[str, str]]:
-    """(prelude, block content) of the style rules at the top level and in the ``@media`` and
-    ``@supports`` rules that apply to the reader (`_applies`), nested or not, in order.
+def _rule_texts(css: str) -> list[tuple[str, str, str]]:
+    """(prelude, block content, layer) of the style rules at the top level and in the ``@media``,
+    ``@supports``, ``@layer`` and ``@container`` rules that apply to the reader (`_applies`),
+    nested or not, in order. The layer is the names of the ``@layer`` rules around the rule,
+    joined by dots ("" for none; an anonymous layer is named by where its block starts).
 
     One scan for braces, strings and comments in C; what it finds is what tinycss2's
     parse_stylesheet finds for the same text (tested), at a fraction of the cost."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, str]] = []
     stack: list[tuple[str, int]] = []  # the open blocks: (prelude, where the content starts)
     start = 0  # where the current prelude starts
     comments: list[tuple[int, int]] = []  # comment spans inside the current prelude
@@ -1220,13 +1264,18 @@ def _rule_texts(css: str) -> list[tuple[str, str]]:
     return out
 
 
-def _close(css: str, stack: list[tuple[str, int]], end: int, out: list[tuple[str, str]]) -> None:
+def _close(css: str, stack: list[tuple[str, int]], end: int, out: list[tuple[str, str, str]]) -> None:
     """Close the innermost open block at `end`; keep it if it is a style rule at the top level
     or inside at-rules that all apply (``@supports (...) { @media screen { ... } }``), up to
     MAX_AT_RULE_DEPTH of them: a deeper one is not read (its cost would grow with the depth)."""
     prelude, content = stack.pop()
     if prelude[:1] != "@" and len(stack) <= MAX_AT_RULE_DEPTH and all(_applies(outer) for outer, _ in stack):
-        out.append((prelude, css[content:end]))
+        layer = ".".join(
+            outer[6:].strip(_CSS_SPACE) or f"#{start}"
+            for outer, start in stack
+            if outer[:6].translate(_ASCII_LOWER) == "@layer"
+        )
+        out.append((prelude, css[content:end], layer))
 
 
 def _prelude(css: str, start: int, end: int, comments: list[tuple[int, int]], top: bool) -> str:
@@ -1279,7 +1328,8 @@ def _after_statements(text: str, top: bool) -> str:
 
 def _applies(prelude: str) -> bool:
     """Whether an at-rule's rules apply to the reader: an @media rule whose query list matches
-    `_READER`, or an @supports rule whose condition asks for no `not`. Remembered per prelude."""
+    `_READER`, an @supports rule whose condition asks for no `not`, an @layer rule, or an
+    @container rule whose condition matches the reader's pane. Remembered per prelude."""
     cached = _APPLIES_CACHE.get(prelude)
     if cached is None:
         lowered = prelude.translate(_ASCII_LOWER)
@@ -1287,6 +1337,10 @@ def _applies(prelude: str) -> bool:
             cached = _media_matches(lowered[6:])
         elif lowered[:9] == "@supports" and lowered[9:10] in ("(", *_CSS_SPACE):
             cached = _supports(lowered[9:])
+        elif lowered[:6] == "@layer" and lowered[6:7] in ("", *_CSS_SPACE):
+            cached = "," not in lowered  # `@layer a, b {` is no rule a browser reads
+        elif lowered[:10] == "@container" and lowered[10:11] in ("(", *_CSS_SPACE):
+            cached = _container_matches(lowered[10:].strip(_CSS_SPACE))
         else:
             cached = False
         if len(_APPLIES_CACHE) >= _CACHE_SIZE:
@@ -1313,6 +1367,8 @@ _READER_WORDS: Final = {
 }  # fmt: skip
 _MEDIA_PART: Final = re.compile(r"\(([^()]*)\)|([^\s()]+)")
 _RANGE: Final = re.compile(r"(<=|>=|<|>|=)")
+# The name an @container rule may give before its condition: `@container sidebar (width > 1px)`.
+_CONTAINER_NAME: Final = re.compile(r"(?!(?:not|and|or)\b)[a-z_-][a-z0-9_-]*[ \t\n\r\f]+")
 # The length units a media query's value is read in (by `_px`); others make it unreadable.
 _MEDIA_LENGTH_UNITS: Final = frozenset({"px", "em", "rem", "pt", "pc", "in", "cm", "mm"})
 _UNITS_DPPX: Final = {"dppx": 1.0, "x": 1.0, "dpi": 1 / 96, "dpcm": 2.54 / 96}
@@ -1416,6 +1472,14 @@ def _media_value(text: str, feature: str) -> float | None:
         dppx = _UNITS_DPPX.get(unit)
         return None if dppx is None else number * dppx
     return None if unit else number
+
+
+def _container_matches(prelude: str) -> bool:
+    """Whether an @container rule's condition, after the container's name if it has one, matches
+    the reader's pane as a media condition; `style()` queries and a name alone do not."""
+    match = _CONTAINER_NAME.match(prelude)
+    condition = prelude[match.end() :] if match else prelude
+    return bool(condition) and "," not in condition and _query_matches(condition)
 
 
 def _supports(condition: str) -> bool:

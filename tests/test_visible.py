@@ -160,6 +160,31 @@ def test_hidden_attribute() -> None:
     assert hows(result) == {"hidden:attr"}
 
 
+@pytest.mark.parametrize(
+    "inner",
+    [
+        f"<details><summary>More</summary><p>{SECRET}</p></details>",
+        f"<details><summary>More</summary>{SECRET}</details>",  # text right inside
+        f"<details>{SECRET}</details>",  # no summary: the browser's own label
+        f'<details style="display:block"><summary>More</summary><div style="display:block">{SECRET}</div></details>',
+        f"<details open><summary>More</summary><details><p>{SECRET}</p></details></details>",
+        f"<details><summary>More</summary><summary>{SECRET}</summary></details>",  # the first is the summary
+    ],
+)
+def test_a_closed_details_element_shows_only_its_summary(inner: str) -> None:
+    result = visible_text(f"<p>before {inner} after</p>")
+    assert [word for word in result.text.split() if word != "More"] == ["before", "after"], result.text
+    assert "hidden:display-none" in result.hidden
+    assert result.hidden_chars == len(SECRET.replace(" ", ""))
+
+
+def test_an_open_details_element_shows_all_it_holds() -> None:
+    markup = f"<p>before <details open><summary>More</summary><p>{SECRET}</p></details> after</p>"
+    assert words(markup) == ["before", "More", *SECRET.split(), "after"]
+    assert visible_text(markup).hidden == frozenset()
+    assert words("<details><summary>Only this</summary></details>") == ["Only", "this"]
+
+
 def test_css_display_overrides_the_hidden_attribute() -> None:
     # The attribute is the user agent's display:none; an author's display wins over it.
     assert words(f'<p>before <span hidden style="display:inline">{SECRET}</span> after</p>') == [
@@ -200,6 +225,16 @@ SHEETS = [
     ("@media not print{.x{display:none}}", 'class="x"'),
     ("@media (width >= 320px){.x{display:none}}", 'class="x"'),
     ("@supports (display:none){.x{display:none}}", 'class="x"'),
+    # Cascade layers and container queries (message->text version 22).
+    ("@layer base{.x{display:none}}", 'class="x"'),
+    ("@layer{.x{display:none}}", 'class="x"'),
+    ("@layer a, b; @layer a{@layer b{.x{display:none}}}", 'class="x"'),
+    ("@layer base{@media screen{.x{display:none}}}", 'class="x"'),
+    ("@layer a{.x{display:inline}} @layer b{.x{display:none}}", 'class="x"'),  # the later layer
+    # !important turns the layers round: a layer's beats a rule in none.
+    ("@layer base{.x{display:none !important}} .x{display:inline !important}", 'class="x"'),
+    ("@container (min-width:1px){.x{display:none}}", 'class="x"'),
+    ("@container card (width > 0px){.x{display:none}}", 'class="x"'),
     # At-rules inside at-rules, when every one applies.
     ("@supports (display:none){@media screen{.x{display:none}}}", 'class="x"'),
     ("@media screen{@media (min-width:1px){@supports (color:red){.x{display:none}}}}", 'class="x"'),
@@ -251,7 +286,13 @@ def test_style_elements_in_the_body_apply_too() -> None:
         ("@media screen{@media (max-width:600px){.x{display:none}}}", 'class="x"'),  # the inner: phones
         ("@media print{@supports (display:none){.x{display:none}}}", 'class="x"'),
         ("@media screen{" * 5 + ".x{display:none}" + "}" * 5, 'class="x"'),  # deeper than is read
-        ("@layer base{.x{display:none}}", 'class="x"'),  # not read (yet): its cascade order differs
+        # A rule in no layer beats any in a layer, whatever their specificity and order.
+        (".x{display:inline} @layer base{em.x{display:none}}", 'class="x"'),
+        ("@layer a{.x{display:none}} @layer b{.x{display:inline}}", 'class="x"'),
+        ("@layer a, b{.x{display:none}}", 'class="x"'),  # no rule: a list names no block
+        ("@container (max-width:600px){.x{display:none}}", 'class="x"'),  # a phone-wide container
+        ("@container style(--hide: yes){.x{display:none}}", 'class="x"'),  # style queries: not read
+        ("@container card{.x{display:none}}", 'class="x"'),  # a name and no condition
         (".x{display:none", 'class="y"'),  # unterminated: nothing it could select is here
         ("<!--[if mso]>.x{display:none}<![endif]-->", 'class="y"'),
     ],
@@ -825,8 +866,11 @@ def tinycss2_rules(css: str) -> list[tuple[str, str]]:
 
 
 def _tinycss2_inner(rule: Any, depth: int, out: list[tuple[str, str]]) -> None:
-    """The style rules inside an @media or @supports `rule` that applies, and inside the ones in it."""
-    if rule.type != "at-rule" or rule.lower_at_keyword not in ("media", "supports") or rule.content is None:
+    """The style rules inside an @media, @supports, @layer or @container `rule` that applies, and
+    inside the ones in it."""
+    if rule.type != "at-rule" or rule.content is None:
+        return
+    if rule.lower_at_keyword not in ("media", "supports", "layer", "container"):
         return
     # Which at-rules apply is _applies's (tested below); this checks how rules are cut.
     if depth > MAX_AT_RULE_DEPTH or not _applies(
@@ -859,6 +903,7 @@ SHEET_PIECES = st.sampled_from(
         *(".a", "#b", "p", " ", "\n", ",", ">", "{", "}", "{color:red}", "{display:none;font-size:0}", ";"),
         *("@media screen", "@media print", "@media (max-width:600px)", "@font-face", "@import url(x.css);"),
         *("@media (min-width:1px)", "@supports (display:none)", "@supports not (display:grid)"),
+        *("@layer", "@layer base", "@layer a, b;", "@container (min-width:1px)", "@container x (width>1px)"),
         *('"', "'", '"}"', "'{'", "/*", "*/", "/* } */", "<!--", "-->", "@charset 'x';", "a:hover", "td.c"),
     ]
 )
@@ -867,7 +912,16 @@ SHEET_PIECES = st.sampled_from(
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(SHEET_PIECES, max_size=25).map("".join))
 def test_rules_cut_as_tinycss2_parses_them(css: str) -> None:
-    assert comparable(_rule_texts(css)) == comparable(tinycss2_rules(css))
+    assert comparable([(prelude, block) for prelude, block, _ in _rule_texts(css)]) == comparable(
+        tinycss2_rules(css)
+    )
+
+
+def test_rules_know_their_layer() -> None:
+    css = "@layer a, b; .p{x:1} @layer a{.q{x:1} @layer c{.r{x:1}}} @layer{.s{x:1}}"
+    layers = [layer for _, _, layer in _rule_texts(css)]
+    assert layers[:3] == ["", "a", "a.c"]
+    assert layers[3].startswith("#")  # an anonymous layer: named by where it starts
 
 
 COLOUR_PIECES = st.sampled_from(
@@ -946,6 +1000,17 @@ MEDIA_QUERIES = [
     ("@media (min-width: wide)", False),
     ("@supports (display: grid)", True),
     ("@supports not (display: grid)", False),
+    ("@layer", True),
+    ("@layer base", True),
+    ("@layer a, b", False),
+    ("@container (min-width: 1px)", True),
+    ("@container sidebar (min-width: 1px)", True),
+    ("@container (width > 400px) and (orientation: landscape)", True),
+    ("@container not (max-width: 600px)", True),
+    ("@container (max-width: 600px)", False),
+    ("@container style(--x: y)", False),
+    ("@container sidebar", False),
+    ("@containers (min-width: 1px)", False),
     ("@font-face", False),
 ]
 
