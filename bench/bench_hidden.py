@@ -10,12 +10,17 @@ time, the part re-encoded (base64, UTF-8), the rest of the message as it was. A 
 alternative is left alone (as the spammer leaves it). The same block shown (no trick) is the
 control: visible ham text may move the score, hidden must not. With --chars the block is
 repeated to that many characters: a block longer than the markup read of a part (12 KB) must
-not push the spam's own words out of it (message->text version 19).
+not push the spam's own words out of it (message->text version 19). With --via the tricks'
+declarations are put in a <style> rule instead of the inline style: by class, in an @layer
+block (marked !important) or in an @container rule the reader's pane matches (message->text
+version 22); the trick `details-closed` folds the block into a <details> element without `open`
+whatever --via.
 
 Prints, per trick, how many stay junked and the median and largest drop of p, as a markdown
 table (docs/model.md keeps it).
 
     bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--chars N] [--seed N]
+                        [--via inline|class|layer|container]
 """
 
 from __future__ import annotations
@@ -38,7 +43,16 @@ from milter.model import load_model  # noqa: E402
 from milter.text import message_text  # noqa: E402
 from milter.training.synthetic import HIDING_STYLES  # noqa: E402
 
-TRICKS = {"shown (control)": "", **HIDING_STYLES}
+DETAILS = "details-closed"
+TRICKS = {"shown (control)": "", **HIDING_STYLES, DETAILS: ""}
+# Where a trick's declarations go: the inline style, or a <style> rule for a class, as is or
+# inside an at-rule that applies to the reader.
+VIAS = {
+    "inline": "",
+    "class": "{rule}",
+    "layer": "@layer milter-bench {{ {rule} }}",
+    "container": "@container (min-width: 1px) {{ {rule} }}",
+}
 _BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|[.,?!]")
 
@@ -58,12 +72,27 @@ def ham_block(raw: bytes, words: int, chars: int = 0) -> str:
     return " ".join([block] * (chars // (len(block) + 1) + 1))[:chars]
 
 
-def with_hidden(message: EmailMessage, block: str, style: str) -> bytes:
+def hiding(block: str, trick: str, style: str, via: str) -> str:
+    """The markup that holds `block` hidden by `trick` (shown where the trick is the control)."""
+    if trick == DETAILS:
+        return f"<details><summary>&nbsp;</summary>{block}</details>"
+    if not style:
+        return f"<div>{block}</div>"
+    if via == "inline":
+        return f"<div style='{style}'>{block}</div>"
+    if via == "layer":
+        # A rule in no layer beats a layered one: a sender who hides text in a layer, whatever
+        # the message's own rules say, marks it !important (which turns the order round).
+        style = "; ".join(f"{item.strip()} !important" for item in style.split(";") if item.strip())
+    sheet = VIAS[via].format(rule=f".mb {{ {style} }}")
+    return f"<style>{sheet}</style><div class='mb'>{block}</div>"
+
+
+def with_hidden(message: EmailMessage, element: str) -> bytes:
     # A copy per trick: the parse is cheap next to scoring, and the parts are changed in place.
     copy = email.message_from_bytes(
         message.as_bytes(policy=email.policy.compat32), policy=email.policy.compat32
     )
-    element = f"<div style='{style}'>{block}</div>" if style else f"<div>{block}</div>"
     for part in html_parts(copy):
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)
@@ -97,6 +126,9 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=120, help="words of ham text hidden")
     parser.add_argument("--chars", type=int, default=0, help="repeat the block to this many characters")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--via", choices=sorted(VIAS), default="inline", help="where the tricks' declarations go"
+    )
     args = parser.parse_args()
     model = load_model(args.model)
 
@@ -123,12 +155,13 @@ def main() -> int:
     size = f"{args.words} words of ham each"
     if args.chars:
         size += f", repeated to {args.chars} characters"
-    print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {size}\n")
+    print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {size}; via {args.via}\n")
     print("| trick | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|")
     for trick, style in TRICKS.items():
         cells = stay_junked(
-            (before, p(with_hidden(message, block, style))) for message, before, block in chosen
+            (before, p(with_hidden(message, hiding(block, trick, style, args.via))))
+            for message, before, block in chosen
         )
         print(f"| {trick} | {cells} |", flush=True)
     return 0

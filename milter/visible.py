@@ -119,8 +119,13 @@ _STYLE_CONTENT: Final = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 # What cuts a stylesheet into rules: braces, and strings and comments, whose braces do not count.
+# Each <style> element is a stylesheet of its own: what one leaves open (a block, a comment, a
+# string) or stray at its end (a "=20" that quoted-printable encoding left) ends with it, as in a
+# browser, and does not swallow the next one's rules. The sheets are joined by SHEET_BREAK, a
+# character the HTML parser never passes to CSS (it turns U+0000 into U+FFFD).
+SHEET_BREAK: Final = "\x00"
 _SHEET_TOKEN: Final = re.compile(
-    r"""[{}]|/\*.*?(?:\*/|\Z)|"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?""", re.DOTALL
+    r"""[{}\x00]|/\*[^\x00]*?(?:\*/|(?=\x00)|\Z)|"(?:[^"\\\n\x00]|\\[^\x00])*"?|'(?:[^'\\\n\x00]|\\[^\x00])*'?"""
 )
 
 # The same as text.py's _html_text.
@@ -310,11 +315,13 @@ def visible_text(markup: str) -> Visible:
 
 
 def _stylesheet_text(markup: str) -> str:
-    """The content of the <style> elements that text.py's pattern cuts, joined, capped.
+    """The content of the <style> elements that text.py's pattern cuts, joined by SHEET_BREAK,
+    capped.
 
     One findall in C: its pattern finds what _INVISIBLE finds, in the same order, and gives
     the content of the <style> elements ("" for comments and scripts)."""
-    return "\n".join(filter(None, _STYLE_CONTENT.findall(markup)))[:MAX_CSS_CHARS]
+    sheets = filter(None, _STYLE_CONTENT.findall(markup))
+    return SHEET_BREAK.join(sheet.replace(SHEET_BREAK, "\ufffd") for sheet in sheets)[:MAX_CSS_CHARS]
 
 
 def _visible(markup: str, css: str) -> Visible:
@@ -1238,9 +1245,10 @@ def _rule_texts(css: str) -> list[tuple[str, str, str]]:
     ``@supports``, ``@layer`` and ``@container`` rules that apply to the reader (`_applies`),
     nested or not, in order. The layer is the names of the ``@layer`` rules around the rule,
     joined by dots ("" for none; an anonymous layer is named by where its block starts).
+    `css` is one or more sheets joined by SHEET_BREAK, each read as a stylesheet of its own.
 
     One scan for braces, strings and comments in C; what it finds is what tinycss2's
-    parse_stylesheet finds for the same text (tested), at a fraction of the cost."""
+    parse_stylesheet finds for each sheet (tested), at a fraction of the cost."""
     out: list[tuple[str, str, str]] = []
     stack: list[tuple[str, int]] = []  # the open blocks: (prelude, where the content starts)
     start = 0  # where the current prelude starts
@@ -1255,6 +1263,11 @@ def _rule_texts(css: str) -> list[tuple[str, str, str]]:
             if not stack:  # a stray brace at the top level ends nothing
                 continue
             _close(css, stack, match.start(), out)
+            start = match.end()
+            comments = []
+        elif token == SHEET_BREAK:  # the end of one sheet closes what is open in it
+            while stack:
+                _close(css, stack, match.start(), out)
             start = match.end()
             comments = []
         elif token[:2] == "/*":

@@ -94,12 +94,26 @@ def via_nested(style: str) -> str:
     return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
 
 
+def via_layer(style: str) -> str:
+    """In a cascade layer (message->text version 22): below rules in no layer, but none here."""
+    rule = f"@layer base, theme; @layer theme {{ .note {{ {style} }} }}"
+    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+
+
+def via_container(style: str) -> str:
+    """In an @container rule whose condition the reader's pane matches (version 22)."""
+    rule = f"@container (min-width: 1px) {{ .note {{ {style} }} }}"
+    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+
+
 PLACEMENTS: dict[str, Callable[[str], str]] = {
     "inline": inline,
     "class": via_class,
     "id": via_id,
     "media": via_media,
     "nested": via_nested,
+    "layer": via_layer,
+    "container": via_container,
 }
 WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
 
@@ -123,6 +137,27 @@ def test_hidden_ham_text_does_not_rescue_spam(
     tokens = message_text(poisoned_raw).split()
     assert any(token.startswith("hidden:") for token in tokens), tokens
     assert "lunch" not in tokens and "birthday" not in tokens
+
+
+@pytest.mark.parametrize("wrapping", sorted(WRAPPINGS))
+@pytest.mark.parametrize("summary", ["", "<summary>More</summary>"])
+def test_ham_text_folded_in_closed_details_does_not_rescue_spam(
+    model: Model, summary: str, wrapping: str
+) -> None:
+    """A <details> element without `open` shows only its summary, whatever the CSS says."""
+    wrap = WRAPPINGS[wrapping]
+    clean = probability(model, wrap(SPAM_HTML.format(hidden="")))
+    folded_raw = wrap(SPAM_HTML.format(hidden=f"<details>{summary}<p>{HAM_TEXT}</p>{HAM_TEXT}</details>"))
+    folded = probability(model, folded_raw)
+    assert clean >= 0.9 and abs(folded - clean) <= 0.02, (clean, folded)
+    tokens = message_text(folded_raw).split()
+    assert "hidden:display-none" in tokens
+    assert "lunch" not in tokens and "birthday" not in tokens
+    # Opened, the same block is the message's words again.
+    opened = message_text(
+        wrap(SPAM_HTML.format(hidden=f"<details open>{summary}<p>{HAM_TEXT}</p></details>"))
+    )
+    assert "lunch" in opened.split()
 
 
 # Characters no reader sees, put between the letters of every word of the subject and the text:

@@ -15,6 +15,7 @@ import milter.visible as visible
 from milter.visible import (
     MAX_AT_RULE_DEPTH,
     MAX_HTML_CHARS,
+    SHEET_BREAK,
     Visible,
     _applies,
     _declarations,
@@ -166,7 +167,10 @@ def test_hidden_attribute() -> None:
         f"<details><summary>More</summary><p>{SECRET}</p></details>",
         f"<details><summary>More</summary>{SECRET}</details>",  # text right inside
         f"<details>{SECRET}</details>",  # no summary: the browser's own label
-        f'<details style="display:block"><summary>More</summary><div style="display:block">{SECRET}</div></details>',
+        (
+            '<details style="display:block"><summary>More</summary>'
+            f'<div style="display:block">{SECRET}</div></details>'
+        ),
         f"<details open><summary>More</summary><details><p>{SECRET}</p></details></details>",
         f"<details><summary>More</summary><summary>{SECRET}</summary></details>",  # the first is the summary
     ],
@@ -915,6 +919,36 @@ def test_rules_cut_as_tinycss2_parses_them(css: str) -> None:
     assert comparable([(prelude, block) for prelude, block, _ in _rule_texts(css)]) == comparable(
         tinycss2_rules(css)
     )
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.lists(SHEET_PIECES, max_size=12).map("".join), min_size=1, max_size=4))
+def test_each_style_element_is_a_stylesheet_of_its_own(sheets: list[str]) -> None:
+    """What one sheet leaves open or stray at its end ends with it, as in a browser."""
+    expected = [rule for sheet in sheets for rule in tinycss2_rules(sheet)]
+    found = [(prelude, block) for prelude, block, _ in _rule_texts(SHEET_BREAK.join(sheets))]
+    assert comparable(found) == comparable(expected)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "p { color: red",  # a block left open (a phishing page's sheet, cut short)
+        "p { color: red } =20",  # stray text a quoted-printable encoding left at the end
+        "/* a comment left open",
+        'p { font-family: "left open',
+        "@media screen { p { color: red }",
+    ],
+)
+def test_a_sheet_left_open_does_not_swallow_the_next_one(first: str) -> None:
+    """Checked against Debian's chromium (the page's innerText): "shown" only, each time."""
+    markup = (
+        f"<html><head><style>{first}</style></head><body><style>.h {{ display: none }}</style>"
+        f"<p>shown</p><div class=h>{SECRET}</div></body></html>"
+    )
+    result = visible_text(markup)
+    assert result.text.split() == ["shown"], result.text
+    assert "hidden:display-none" in result.hidden
 
 
 def test_rules_know_their_layer() -> None:
