@@ -1351,7 +1351,10 @@ def _applies(prelude: str) -> bool:
         elif lowered[:9] == "@supports" and lowered[9:10] in ("(", *_CSS_SPACE):
             cached = _supports(lowered[9:])
         elif lowered[:6] == "@layer" and lowered[6:7] in ("", *_CSS_SPACE):
-            cached = "," not in lowered  # `@layer a, b {` is no rule a browser reads
+            # Anonymous, or one name (`a.b` names a layer inside `a`); `@layer a, b {` or
+            # `@layer .a {` is no rule a browser reads.
+            name = lowered[6:].strip(_CSS_SPACE)
+            cached = not name or _LAYER_NAME.fullmatch(name) is not None
         elif lowered[:10] == "@container" and lowered[10:11] in ("(", *_CSS_SPACE):
             cached = _container_matches(lowered[10:].strip(_CSS_SPACE))
         else:
@@ -1380,6 +1383,9 @@ _READER_WORDS: Final = {
 }  # fmt: skip
 _MEDIA_PART: Final = re.compile(r"\(([^()]*)\)|([^\s()]+)")
 _RANGE: Final = re.compile(r"(<=|>=|<|>|=)")
+# A cascade layer's name: identifiers joined by dots (escapes and non-ASCII letters let through).
+_LAYER_IDENT: Final = r"-?[a-z_\\\u0080-\U0010ffff][a-z0-9_\\\u0080-\U0010ffff-]*"
+_LAYER_NAME: Final = re.compile(rf"{_LAYER_IDENT}(?:\.{_LAYER_IDENT})*")
 # The name an @container rule may give before its condition: `@container sidebar (width > 1px)`.
 _CONTAINER_NAME: Final = re.compile(r"(?!(?:not|and|or)\b)[a-z_-][a-z0-9_-]*[ \t\n\r\f]+")
 # The length units a media query's value is read in (by `_px`); others make it unreadable.

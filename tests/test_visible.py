@@ -232,6 +232,7 @@ SHEETS = [
     # Cascade layers and container queries (message->text version 22).
     ("@layer base{.x{display:none}}", 'class="x"'),
     ("@layer{.x{display:none}}", 'class="x"'),
+    ("@layer brand.base{.x{display:none}}", 'class="x"'),  # a layer inside a layer, by its name
     ("@layer a, b; @layer a{@layer b{.x{display:none}}}", 'class="x"'),
     ("@layer base{@media screen{.x{display:none}}}", 'class="x"'),
     ("@layer a{.x{display:inline}} @layer b{.x{display:none}}", 'class="x"'),  # the later layer
@@ -294,6 +295,8 @@ def test_style_elements_in_the_body_apply_too() -> None:
         (".x{display:inline} @layer base{em.x{display:none}}", 'class="x"'),
         ("@layer a{.x{display:none}} @layer b{.x{display:inline}}", 'class="x"'),
         ("@layer a, b{.x{display:none}}", 'class="x"'),  # no rule: a list names no block
+        ("@layer .a{.x{display:none}}", 'class="x"'),  # no layer name: a browser drops the rule
+        ("@layer a b{.x{display:none}}", 'class="x"'),
         ("@container (max-width:600px){.x{display:none}}", 'class="x"'),  # a phone-wide container
         ("@container style(--hide: yes){.x{display:none}}", 'class="x"'),  # style queries: not read
         ("@container card{.x{display:none}}", 'class="x"'),  # a name and no condition
