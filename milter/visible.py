@@ -118,12 +118,13 @@ _STYLE_CONTENT: Final = re.compile(
     r"<!--.*?(?:-->|$)|<script\b.*?(?:</script\s*>|$)|<style\b[^>]*>(.*?)(?:</style\s*>|$)",
     re.DOTALL | re.IGNORECASE,
 )
-# What cuts a stylesheet into rules: braces, and strings and comments, whose braces do not count.
 # Each <style> element is a stylesheet of its own: what one leaves open (a block, a comment, a
 # string) or stray at its end (a "=20" that quoted-printable encoding left) ends with it, as in a
 # browser, and does not swallow the next one's rules. The sheets are joined by SHEET_BREAK, a
 # character the HTML parser never passes to CSS (it turns U+0000 into U+FFFD).
 SHEET_BREAK: Final = "\x00"
+# What cuts a stylesheet into rules: braces, and strings and comments, whose braces do not count;
+# and SHEET_BREAK, which ends all three.
 _SHEET_TOKEN: Final = re.compile(
     r"""[{}\x00]|/\*[^\x00]*?(?:\*/|(?=\x00)|\Z)|"(?:[^"\\\n\x00]|\\[^\x00])*"?|'(?:[^'\\\n\x00]|\\[^\x00])*'?"""
 )

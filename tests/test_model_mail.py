@@ -74,46 +74,32 @@ def inline(style: str) -> str:
     return f"<div style='{style}'>{HAM_TEXT}</div>"
 
 
-def via_class(style: str) -> str:
-    return f"<style>.note {{ {style} }}</style><div class='note'>{HAM_TEXT}</div>"
-
-
 def via_id(style: str) -> str:
     return f"<style>#n1 {{ {style} }}</style><div id='n1'>{HAM_TEXT}</div>"
 
 
-def via_media(style: str) -> str:
-    """In an @media rule that every desktop reader matches (phones' rules do not hide)."""
-    rule = f"@media only screen and (min-width: 1px) {{ .note {{ {style} }} }}"
-    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+def in_sheet(around: str) -> Callable[[str], str]:
+    """A placement by class in a <style> element: the rule as is, or where `around` has "{}"."""
 
+    def place(style: str) -> str:
+        rule = around.replace("{}", f".note {{ {style} }}")
+        return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
 
-def via_nested(style: str) -> str:
-    """In an @media rule inside an @supports rule, both of which apply to the reader."""
-    rule = f"@supports (display: block) {{ @media screen {{ .note {{ {style} }} }} }}"
-    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
-
-
-def via_layer(style: str) -> str:
-    """In a cascade layer (message->text version 22): below rules in no layer, but none here."""
-    rule = f"@layer base, theme; @layer theme {{ .note {{ {style} }} }}"
-    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
-
-
-def via_container(style: str) -> str:
-    """In an @container rule whose condition the reader's pane matches (version 22)."""
-    rule = f"@container (min-width: 1px) {{ .note {{ {style} }} }}"
-    return f"<style>{rule}</style><div class='note'>{HAM_TEXT}</div>"
+    return place
 
 
 PLACEMENTS: dict[str, Callable[[str], str]] = {
     "inline": inline,
-    "class": via_class,
+    "class": in_sheet("{}"),
     "id": via_id,
-    "media": via_media,
-    "nested": via_nested,
-    "layer": via_layer,
-    "container": via_container,
+    # In an @media rule that every desktop reader matches (phones' rules do not hide).
+    "media": in_sheet("@media only screen and (min-width: 1px) { {} }"),
+    # In an @media rule inside an @supports rule, both of which apply to the reader.
+    "nested": in_sheet("@supports (display: block) { @media screen { {} } }"),
+    # In a cascade layer (message->text version 22): below rules in no layer, but none here.
+    "layer": in_sheet("@layer base, theme; @layer theme { {} }"),
+    # In an @container rule whose condition the reader's pane matches (version 22).
+    "container": in_sheet("@container (min-width: 1px) { {} }"),
 }
 WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
 
