@@ -13,14 +13,14 @@ repeated to that many characters: a block longer than the markup read of a part 
 not push the spam's own words out of it (message->text version 19). With --via the tricks'
 declarations are put in a <style> rule instead of the inline style: by class, in an @layer
 block (marked !important) or in an @container rule the reader's pane matches (message->text
-version 22); the trick `details-closed` folds the block into a <details> element without `open`
-whatever --via.
+version 22), or nested in a rule for body (CSS Nesting, read since 2026-12-08); the trick
+`details-closed` folds the block into a <details> element without `open` whatever --via.
 
 Prints, per trick, how many stay junked and the median and largest drop of p, as a markdown
 table (docs/model.md keeps it).
 
     bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--chars N] [--seed N]
-                        [--via inline|class|layer|container]
+                        [--via inline|class|layer|container|nesting]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ VIAS = {
     "class": "{rule}",
     "layer": "@layer milter-bench {{ {rule} }}",
     "container": "@container (min-width: 1px) {{ {rule} }}",
+    "nesting": "body {{ margin: 0; {rule} }}",  # CSS Nesting: `body .mb`
 }
 _BODY = re.compile(r"<body[^>]*>", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|[.,?!]")

@@ -46,6 +46,12 @@ Decisions:
   rules apply when their condition matches the reader's pane as a media query would (the pane
   taken as the container; whether an element is declared a container is not read). Other
   at-rules (``@font-face``, ``@scope``, ...) and what is inside them are ignored.
+- Style rules nested in style rules (CSS Nesting, which chromium, WebKit and Firefox read) apply
+  as a browser applies them: ``.a { .h {...} }`` as ``.a .h``, ``&`` as the parent, the
+  declarations of an ``@media`` (``@supports``, ...) rule inside a style rule as that rule's,
+  and a rule's declarations after the rules nested in it as its own. A parent selector list is
+  expanded, not wrapped in ``:is()`` (which lexbor misreads for lists), so ``.x &`` for a parent
+  ``.a .b`` reads as ``.x .a .b``.
 - A ``<details>`` element without ``open`` shows only its ``<summary>``: the rest of it is hidden
   as by ``display:none`` (version 22), whatever CSS says.
 - ``mso-hide:all`` hides only from Outlook for Windows; every other client shows the text, so
@@ -106,6 +112,7 @@ MAX_CANDIDATES: Final = 400  # elements whose colours are looked up before a wal
 MAX_LINKS: Final = 200  # anchors whose text is kept
 MAX_ANCHOR_CHARS: Final = 200
 MAX_AT_RULE_DEPTH: Final = 4  # @media / @supports rules inside one another that are read
+MAX_NESTED_SELECTORS: Final = 32  # selectors a nested style rule's list is read as
 _CACHE_SIZE: Final = 4096  # distinct style strings, colours and stylesheets remembered
 _CACHEABLE_CHARS: Final = 2048  # longer style strings are interpreted every time
 
@@ -1241,55 +1248,175 @@ def _sheet(css: str) -> _Sheet:
     return sheet
 
 
+@dataclass(slots=True)
+class _Open:
+    """A block of a stylesheet that `_rule_texts` has seen open and not yet closed."""
+
+    prelude: str
+    begin: int  # where its prelude begins
+    content: int  # where its content begins
+    # A style rule's selector list, composed with the style rules it is nested in; for an
+    # at-rule inside a style rule, that rule's (its declarations are that rule's): None for
+    # an at-rule in no style rule.
+    selector: str | None
+    slot: int  # its place in the rules read, taken when it opened (-1: none)
+    cuts: list[tuple[int, int]]  # the spans of the rules nested in it: not its declarations
+
+
 def _rule_texts(css: str) -> list[tuple[str, str, str]]:
-    """(prelude, block content, layer) of the style rules at the top level and in the ``@media``,
-    ``@supports``, ``@layer`` and ``@container`` rules that apply to the reader (`_applies`),
-    nested or not, in order. The layer is the names of the ``@layer`` rules around the rule,
-    joined by dots ("" for none; an anonymous layer is named by where its block starts).
-    `css` is one or more sheets joined by SHEET_BREAK, each read as a stylesheet of its own.
+    """(selector list, declarations, layer) of the style rules at the top level and in the
+    ``@media``, ``@supports``, ``@layer`` and ``@container`` rules that apply to the reader
+    (`_applies`), nested or not, in order. The layer is the names of the ``@layer`` rules around
+    the rule, joined by dots ("" for none; an anonymous layer is named by where its block
+    starts). `css` is one or more sheets joined by SHEET_BREAK, each read as a stylesheet of
+    its own.
+
+    Style rules nested in style rules (CSS Nesting; since 2026-12-08, in version 22, whose
+    corpus texts it leaves as they were) are read as a browser reads them: a nested selector
+    relative to its parent's (``.a { .h {...} }`` is ``.a .h``, ``&`` standing for the
+    parent), the declarations of an at-rule inside a style rule as that rule's when the at-rule
+    applies, and a rule's declarations after the rules nested in it as its own.
 
     One scan for braces, strings and comments in C; what it finds is what tinycss2's
-    parse_stylesheet finds for each sheet (tested), at a fraction of the cost."""
-    out: list[tuple[str, str, str]] = []
-    stack: list[tuple[str, int]] = []  # the open blocks: (prelude, where the content starts)
+    parse_stylesheet, and parse_blocks_contents inside style rules, find for each sheet
+    (tested), at a fraction of the cost."""
+    out: list[tuple[str, str, str] | None] = []
+    stack: list[_Open] = []
     start = 0  # where the current prelude starts
     comments: list[tuple[int, int]] = []  # comment spans inside the current prelude
+    quoted: list[tuple[int, int]] = []  # string spans inside it
     for match in _SHEET_TOKEN.finditer(css):
         token = match.group()
         if token == "{":
-            stack.append((_prelude(css, start, match.start(), comments, not stack), match.end()))
+            _open(css, stack, start, match.start(), match.end(), comments, quoted, out)
             start = match.end()
-            comments = []
+            comments, quoted = [], []
         elif token == "}":
             if not stack:  # a stray brace at the top level ends nothing
                 continue
-            _close(css, stack, match.start(), out)
+            _close(css, stack, match.start(), match.end(), out)
             start = match.end()
-            comments = []
+            comments, quoted = [], []
         elif token == SHEET_BREAK:  # the end of one sheet closes what is open in it
             while stack:
-                _close(css, stack, match.start(), out)
+                _close(css, stack, match.start(), match.start(), out)
             start = match.end()
-            comments = []
+            comments, quoted = [], []
         elif token[:2] == "/*":
             comments.append(match.span())
+        else:
+            quoted.append(match.span())
     while stack:  # the end of the stylesheet closes what is open
-        _close(css, stack, len(css), out)
-    return out
+        _close(css, stack, len(css), len(css), out)
+    return [rule for rule in out if rule is not None]
 
 
-def _close(css: str, stack: list[tuple[str, int]], end: int, out: list[tuple[str, str, str]]) -> None:
-    """Close the innermost open block at `end`; keep it if it is a style rule at the top level
-    or inside at-rules that all apply (``@supports (...) { @media screen { ... } }``), up to
-    MAX_AT_RULE_DEPTH of them: a deeper one is not read (its cost would grow with the depth)."""
-    prelude, content = stack.pop()
-    if prelude[:1] != "@" and len(stack) <= MAX_AT_RULE_DEPTH and all(_applies(outer) for outer, _ in stack):
-        layer = ".".join(
-            outer[6:].strip(_CSS_SPACE) or f"#{start}"
-            for outer, start in stack
-            if outer[:6].translate(_ASCII_LOWER) == "@layer"
-        )
-        out.append((prelude, css[content:end], layer))
+def _open(
+    css: str,
+    stack: list[_Open],
+    start: int,
+    brace: int,
+    content: int,
+    comments: list[tuple[int, int]],
+    quoted: list[tuple[int, int]],
+    out: list[tuple[str, str, str] | None],
+) -> None:
+    """Open the block whose brace is at `brace`, its prelude from `start` (with `comments` and
+    strings `quoted` in it); take its place in `out` if it may give a rule."""
+    parent = stack[-1].selector if stack else None
+    if parent is not None:
+        # In a style rule's block, declarations end at ";" and a nested rule's prelude begins
+        # after the last of them (one in a comment or a string ends nothing).
+        skips = comments + quoted
+        last = css.rfind(";", start, brace)
+        while last >= 0 and any(left <= last < right for left, right in skips):
+            last = css.rfind(";", start, last)
+        if last >= 0:
+            start = last + 1
+            comments = [span for span in comments if span[0] >= start]
+    prelude = _prelude(css, start, brace, comments, not stack)
+    if prelude[:1] == "@" or parent is None:
+        selector = parent if prelude[:1] == "@" else prelude
+    else:
+        selector = _nested(parent, prelude)
+    slot = -1
+    if selector is not None:
+        slot = len(out)
+        out.append(None)
+    stack.append(_Open(prelude, start, content, selector, slot, []))
+
+
+def _close(
+    css: str, stack: list[_Open], end: int, after: int, out: list[tuple[str, str, str] | None]
+) -> None:
+    """Close the innermost open block, whose content ends at `end`; keep it if it is a style
+    rule (or an at-rule holding a style rule's declarations) at the top level or inside
+    at-rules that all apply (``@supports (...) { @media screen { ... } }``), inside no more than
+    MAX_AT_RULE_DEPTH blocks: a deeper one is not read (its cost would grow with the depth)."""
+    block = stack.pop()
+    if stack:
+        stack[-1].cuts.append((block.begin, after))
+    if block.slot < 0 or len(stack) > MAX_AT_RULE_DEPTH:
+        return
+    inner = [*stack, block] if block.prelude[:1] == "@" else stack
+    if not all(_applies(outer.prelude) for outer in inner if outer.prelude[:1] == "@"):
+        return
+    layer = ".".join(
+        outer.prelude[6:].strip(_CSS_SPACE) or f"#{outer.content}"
+        for outer in inner
+        if outer.prelude[:6].translate(_ASCII_LOWER) == "@layer"
+    )
+    if block.cuts:
+        pieces: list[str] = []
+        begin = block.content
+        for left, right in block.cuts:
+            pieces.append(css[begin:left])
+            begin = right
+        pieces.append(css[begin:end])
+        declarations = " ".join(pieces)
+    else:
+        declarations = css[block.content : end]
+    out[block.slot] = (block.selector or "", declarations, layer)
+
+
+def _nested(parent: str, child: str) -> str:
+    """A nested style rule's selector list: each of its selectors for each of its parent's,
+    ``&`` standing for the parent and a selector without it relative to the parent as a
+    descendant (or by the combinator it begins with); at most MAX_NESTED_SELECTORS."""
+    children = _selector_list(child)
+    parents = _selector_list(parent)
+    if not children or not parents:
+        return ""  # an invalid list selects nothing, nor do the rules nested in it
+    selectors: list[str] = []
+    for nested in children:
+        for outer in parents:
+            selectors.append(nested.replace("&", outer) if "&" in nested else f"{outer} {nested}")
+    return ", ".join(selectors[:MAX_NESTED_SELECTORS])
+
+
+def _selector_list(prelude: str) -> list[str]:
+    """The selectors of a list, split at the commas outside brackets and strings; none if one
+    is empty (the list is invalid)."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    begin = 0
+    for at, char in enumerate(prelude):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth = max(0, depth - 1)
+        elif char == "," and not depth:
+            parts.append(prelude[begin:at])
+            begin = at + 1
+    parts.append(prelude[begin:])
+    selectors = [" ".join(part.split()) for part in parts]
+    return selectors if all(selectors) else []
 
 
 def _prelude(css: str, start: int, end: int, comments: list[tuple[int, int]], top: bool) -> str:

@@ -100,6 +100,8 @@ PLACEMENTS: dict[str, Callable[[str], str]] = {
     "layer": in_sheet("@layer base, theme; @layer theme { {} }"),
     # In an @container rule whose condition the reader's pane matches (version 22).
     "container": in_sheet("@container (min-width: 1px) { {} }"),
+    # Nested in another style rule after a declaration of its own (CSS Nesting: `body .note`).
+    "css-nesting": in_sheet("body { color: #222; {} }"),
 }
 WRAPPINGS: dict[str, Callable[[str], bytes]] = {"html-only": html_only, "alternative": with_plain}
 

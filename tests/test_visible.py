@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from milter.visible import (
     _applies,
     _declarations,
     _legacy_colour,
+    _nested,
     _rule_texts,
     _tinycss2_declarations,
     visible_text,
@@ -861,37 +863,66 @@ def test_declarations_split_as_tinycss2_parses_them(text: str) -> None:
     assert normalised(_declarations(text)) == normalised(_tinycss2_declarations(text))
 
 
-def tinycss2_rules(css: str) -> list[tuple[str, str]]:
-    """What _rule_texts gives, from tinycss2's parse_stylesheet."""
-    out: list[tuple[str, str]] = []
+Declarations = list[tuple[str, str, bool]]
+
+
+def tinycss2_rules(css: str) -> list[tuple[str, str | Declarations]]:
+    """What _rule_texts gives, from tinycss2's parse_stylesheet and, inside style rules,
+    parse_blocks_contents (CSS Nesting's reading of a block: declarations and nested rules)."""
+    out: list[tuple[str, str | Declarations]] = []
     for rule in tinycss2.parse_stylesheet(css, skip_comments=True, skip_whitespace=True):
         if rule.type == "qualified-rule":
-            out.append((tinycss2.serialize(rule.prelude), tinycss2.serialize(rule.content)))
+            _tinycss2_style(rule, tinycss2.serialize(rule.prelude), 0, out)
         else:
             _tinycss2_inner(rule, 1, out)
     return out
 
 
-def _tinycss2_inner(rule: Any, depth: int, out: list[tuple[str, str]]) -> None:
+def _tinycss2_applies(rule: Any, depth: int) -> bool:
+    """Whether an at-rule is one whose rules are read and applies, at `depth` (blocks around it
+    and itself). Which at-rules apply is _applies's (tested below); this checks how rules are cut."""
+    if rule.type != "at-rule" or rule.content is None:
+        return False
+    if rule.lower_at_keyword not in ("media", "supports", "layer", "container"):
+        return False
+    return depth <= MAX_AT_RULE_DEPTH and _applies(
+        f"@{rule.lower_at_keyword} {tinycss2.serialize(rule.prelude).strip()}"
+    )
+
+
+def _tinycss2_inner(rule: Any, depth: int, out: list[tuple[str, str | Declarations]]) -> None:
     """The style rules inside an @media, @supports, @layer or @container `rule` that applies, and
     inside the ones in it."""
-    if rule.type != "at-rule" or rule.content is None:
-        return
-    if rule.lower_at_keyword not in ("media", "supports", "layer", "container"):
-        return
-    # Which at-rules apply is _applies's (tested below); this checks how rules are cut.
-    if depth > MAX_AT_RULE_DEPTH or not _applies(
-        f"@{rule.lower_at_keyword} {tinycss2.serialize(rule.prelude).strip()}"
-    ):
+    if not _tinycss2_applies(rule, depth):
         return
     for inner in tinycss2.parse_rule_list(rule.content, skip_comments=True, skip_whitespace=True):
         if inner.type == "qualified-rule":
-            out.append((tinycss2.serialize(inner.prelude), tinycss2.serialize(inner.content)))
+            _tinycss2_style(inner, tinycss2.serialize(inner.prelude), depth, out)
         else:
             _tinycss2_inner(inner, depth + 1, out)
 
 
-def comparable(rules: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str, bool]]]]:
+def _tinycss2_style(rule: Any, selector: str, depth: int, out: list[tuple[str, str | Declarations]]) -> None:
+    """A style rule (or an at-rule inside one, whose declarations are the rule's) with
+    `depth` blocks around it: its declarations, then the rules nested in it."""
+    if depth > MAX_AT_RULE_DEPTH:
+        return
+    items = tinycss2.parse_blocks_contents(rule.content or [], skip_comments=True, skip_whitespace=True)
+    at = len(out)
+    out.append((selector, ""))
+    declarations: Declarations = []
+    for item in items:
+        if item.type == "declaration":
+            value = tinycss2.serialize(item.value).strip(" \t\n\r\f")
+            declarations.append((item.lower_name, value, bool(item.important)))
+        elif item.type == "qualified-rule":
+            _tinycss2_style(item, _nested(selector, tinycss2.serialize(item.prelude)), depth + 1, out)
+        elif _tinycss2_applies(item, depth + 1):
+            _tinycss2_style(item, selector, depth + 1, out)
+    out[at] = (selector, declarations)
+
+
+def comparable(rules: Sequence[tuple[str, str | Declarations]]) -> list[tuple[str, Declarations]]:
     """Rules as their selector's tokens (serialised by tinycss2, so that both read alike) and
     their declarations."""
     out = []
@@ -901,7 +932,8 @@ def comparable(rules: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, 
         if any(t.type in ("string", "error") for t in tokens):
             # A string outside brackets (cut by a newline or not) makes no selector: neither matches.
             selector = "<invalid>"
-        out.append((selector, normalised(_tinycss2_declarations(block))))
+        declarations = _tinycss2_declarations(block) if isinstance(block, str) else block
+        out.append((selector, normalised(declarations)))
     return out
 
 
@@ -912,6 +944,8 @@ SHEET_PIECES = st.sampled_from(
         *("@media (min-width:1px)", "@supports (display:none)", "@supports not (display:grid)"),
         *("@layer", "@layer base", "@layer a, b;", "@container (min-width:1px)", "@container x (width>1px)"),
         *('"', "'", '"}"', "'{'", "/*", "*/", "/* } */", "<!--", "-->", "@charset 'x';", "a:hover", "td.c"),
+        # CSS Nesting: declarations beside nested rules.
+        *("&", "&.c", "color:red;", "font-size:0", "/* ; */", '";"'),
     ]
 )
 
@@ -959,6 +993,69 @@ def test_rules_know_their_layer() -> None:
     layers = [layer for _, _, layer in _rule_texts(css)]
     assert layers[:3] == ["", "a", "a.c"]
     assert layers[3].startswith("#")  # an anonymous layer: named by where it starts
+
+
+# CSS Nesting, each read as chromium 156 reads it (checked by rendering each sheet over the
+# markup of NESTED_MARKUP and reading the page's innerText, 2026-12-08).
+NESTED_MARKUP = f'<div class="a b"><div class="b"><span class="h">{SECRET}</span> shown</div></div>'
+
+
+@pytest.mark.parametrize(
+    "css",
+    [
+        ".a { .h { display:none } }",  # a nested selector is relative to its parent's: .a .h
+        ".a { color: red; .h { display:none } }",  # after a declaration of the parent's own
+        ".h { & { display:none } }",  # & is the parent
+        "span { &.h { display:none } }",
+        ".h { .a & { display:none } }",
+        ".z, .a { .h { display:none } }",  # each selector for each of the parent's
+        ".a { .b { .h { display:none } } }",
+        ".a { span { display:none } }",
+        "@media screen { .a { .h { display:none } } }",
+        ".h { @media (min-width: 1px) { display:none } }",  # an at-rule's declarations are the rule's
+        ".h { @supports (display: grid) { visibility: hidden } }",
+        ".h { @layer x { display:none } }",
+    ],
+)
+def test_nested_style_rules_hide_as_in_a_browser(css: str) -> None:
+    result = visible_text(f"<style>{css}</style>{NESTED_MARKUP}")
+    assert result.text.split() == ["shown"], (css, result.text)
+    assert result.hidden & {"hidden:display-none", "hidden:visibility"}
+
+
+@pytest.mark.parametrize(
+    "css",
+    [
+        ".a { > .h { display:none } }",  # .a > .h: the span is not a child of .a
+        ".a { color:red .h { display:none } }",  # no ";": one bad declaration, not a rule
+        ".h { @media (max-width: 600px) { display:none } }",  # a phone's rule
+        ".z { .h { display:none } }",
+        "a:hover { .h { display:none } }",  # only while the reader hovers
+    ],
+)
+def test_nested_style_rules_that_do_not_hide(css: str) -> None:
+    result = visible_text(f"<style>{css}</style>{NESTED_MARKUP}")
+    assert result.text.split() == [*SECRET.split(), "shown"], (css, result.text)
+    assert not result.hidden
+
+
+def test_a_rule_keeps_its_declarations_after_the_rules_nested_in_it() -> None:
+    css = ".a { .x { color: blue } font-size: 0 } .b { .x { color: blue } ; display: none }"
+    assert [(selector, " ".join(block.split())) for selector, block, _ in _rule_texts(css)] == [
+        (".a", "font-size: 0"),
+        (".a .x", "color: blue"),
+        (".b", "; display: none"),
+        (".b .x", "color: blue"),
+    ]
+    assert words(f"<style>{css}</style><p class=a>{SECRET}</p> shown") == ["shown"]
+
+
+def test_nested_selectors_are_composed_and_bounded() -> None:
+    assert _nested(".a, .b", "& > p, .c") == ".a > p, .b > p, .a .c, .b .c"
+    assert _nested(".a:is(.x, .y)", ".c") == ".a:is(.x, .y) .c"  # a comma in brackets splits nothing
+    assert _nested(".a", "") == "" and _nested(".a,", ".c") == ""  # an invalid list selects nothing
+    many = _nested(", ".join(f".p{i}" for i in range(10)), ", ".join(f".c{i}" for i in range(10)))
+    assert len(many.split(", ")) == visible.MAX_NESTED_SELECTORS
 
 
 COLOUR_PIECES = st.sampled_from(
