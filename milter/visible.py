@@ -54,10 +54,12 @@ Decisions:
   ``.a .b`` reads as ``.x .a .b``.
 - A ``<details>`` element without ``open`` shows only its ``<summary>``: the rest of it is hidden
   as by ``display:none`` (version 22), whatever CSS says.
-- ``mso-hide:all`` hides only from Outlook for Windows; every other client shows the text, so
-  the text is kept (and not counted in `hidden_chars`); the ``hidden:mso-hide`` token says it
-  was there, with text, unless another property hides the same element, in which case it is
-  one of that element's tokens.
+- ``mso-hide:all`` hides an element from Outlook for Windows, the desktop client of most
+  offices: its text is hidden as by the other tricks, with ``hidden:mso-hide`` (message->text
+  version 23; before, the text was kept, as every other client shows it, and a block of ham
+  text so hidden rescued the spam it was put in). Newsletters put there what Outlook renders
+  badly (an animated or interactive copy of a button), seldom words of their own; the price is
+  that a pitch written only there, for the readers of other clients, is not read either.
 - A hidden stretch with no characters but spaces and invisible ones (``&nbsp;``, ``&zwnj;``,
   ``&#847;``, soft hyphens: the preheader spacer every newsletter tool emits to keep the body out
   of the inbox preview) hides no words; it gives only ``hidden:spacer``, never the how-tokens, so
@@ -645,7 +647,6 @@ def _walk(
     the end, so that the traversal never meets a freed node."""
     total = markup = 0
     spacer = False
-    mso: list[LexborNode] = []
     doomed: list[LexborNode] = []
     states: dict[int, _State | None] = {}
     body_id = body.mem_id
@@ -672,10 +673,7 @@ def _walk(
             reasons = _box_reasons(own) if own else []
             if folded and "display-none" not in reasons:
                 reasons.insert(0, "display-none")
-            mso_hide = own is not None and own.get("mso-hide") == 1
             if reasons:
-                if mso_hide:
-                    reasons.append("mso-hide")
                 chars, only_spaces = _take_text(node.traverse(include_text=True), doomed, True)
                 total += chars
                 if chars:
@@ -684,8 +682,6 @@ def _walk(
                 spacer = spacer or only_spaces
                 states[mid] = None
                 continue
-            if mso_hide:
-                mso.append(node)
             assert own is not None  # not folded: it would have a reason
             state = _inherit(state, own, tag, colours)
         elif tag == "a" and colours and state[3] != _UNKNOWN:
@@ -709,8 +705,6 @@ def _walk(
             spacer = spacer or only_spaces
     for node in doomed:
         node.decompose()
-    if any(_seen_chars(node.text()) for node in mso):
-        hidden.add("hidden:mso-hide")
     if spacer:
         hidden.add("hidden:spacer")
     if total:
@@ -839,6 +833,8 @@ def _box_reasons(own: dict[str, int]) -> list[str]:
         reasons.append("zero-box")
     if own.get("clip-path") == 1 or (positioned and own.get("clip") == 1):
         reasons.append("clip")
+    if own.get("mso-hide") == 1:
+        reasons.append("mso-hide")
     return reasons
 
 

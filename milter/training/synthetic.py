@@ -23,7 +23,7 @@ HIDING_STYLES: dict[str, str] = {
     "white-on-white": "color:#ffffff;background-color:#ffffff",
     "visibility": "visibility:hidden",
     "opacity": "opacity:0",
-    "mso-hide": "mso-hide:all;display:none",
+    "mso-hide": "mso-hide:all",  # alone: it hides from Outlook for Windows (message->text version 23)
     # Moved or shrunk out of sight without `position` (message->text version 6).
     "negative-margin": "margin-left:-9999px",
     "zero-scale": "transform:scale(0)",
