@@ -1323,10 +1323,16 @@ def _open(
     if parent is not None:
         # In a style rule's block, declarations end at ";" and a nested rule's prelude begins
         # after the last of them (one in a comment or a string ends nothing).
-        skips = comments + quoted
+        # The spans come in order and do not overlap: one walk back over them, linear.
+        skips = sorted(comments + quoted)
+        at = len(skips) - 1
         last = css.rfind(";", start, brace)
-        while last >= 0 and any(left <= last < right for left, right in skips):
-            last = css.rfind(";", start, last)
+        while last >= 0:
+            while at >= 0 and skips[at][0] > last:
+                at -= 1
+            if at < 0 or last >= skips[at][1]:
+                break
+            last = css.rfind(";", start, skips[at][0])
         if last >= 0:
             start = last + 1
             comments = [span for span in comments if span[0] >= start]

@@ -1060,6 +1060,15 @@ def test_a_rule_keeps_its_declarations_after_the_rules_nested_in_it() -> None:
     assert words(f"<style>{css}</style><p class=a>{SECRET}</p> shown") == ["shown"]
 
 
+def test_semicolons_in_strings_and_comments_end_no_declaration() -> None:
+    # Thousands of them before a nested rule: found by one walk back over the spans.
+    css = ".a{" + '"x;" /*;*/ ' * 3000 + "color: red; .b{display:none}}"
+    assert [(selector, " ".join(block.split())) for selector, block, _ in _rule_texts(css)] == [
+        (".a", ('"x;" /*;*/ ' * 3000).strip() + " color: red;"),
+        (".a .b", "display:none"),
+    ]
+
+
 def test_nested_selectors_are_composed_and_bounded() -> None:
     assert _nested(".a, .b", "& > p, .c") == ".a > p, .b > p, .a .c, .b .c"
     assert _nested(".a:is(.x, .y)", ".c") == ".a:is(.x, .y) .c"  # a comma in brackets splits nothing
