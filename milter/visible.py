@@ -199,7 +199,7 @@ INVISIBLE_CLASS: Final = _char_class(_UNSEEN_POINTS)  # the same, as a regex cla
 _HIDING_PROPS: Final = frozenset(
     {"display", "visibility", "opacity", "font-size", "left", "top", "text-indent"}
     | {"width", "height", "max-width", "max-height", "clip", "clip-path", "mso-hide"}
-    | {"transform", "margin-left", "margin-top", "content-visibility"}
+    | {"transform", "margin-left", "margin-top", "content-visibility", "filter"}
 )
 # Properties that hide only together with others.
 _GROUPS: Final = (
@@ -207,11 +207,14 @@ _GROUPS: Final = (
     frozenset({"overflow", "width", "height", "max-width", "max-height"}),
     frozenset({"position", "clip"}),
 )
-_COLOUR_PROPS: Final = frozenset({"color", "bg", "bg-image"})
+# "fill" is -webkit-text-fill-color (the glyphs' paint, over "color"), "stroke" whether glyphs are
+# outlined (-webkit-text-stroke), "bg-clip" whether the background is painted through the text.
+_COLOUR_PROPS: Final = frozenset({"color", "bg", "bg-image", "fill", "stroke", "bg-clip"})
 # Substrings one of which a declaration list holds if it sets any property read here.
 _PROPERTY_MARKS: Final = (
     "display", "visib", "opacity", "font", "position", "left", "top", "indent", "width", "height",
     "overflow", "mso-hide", "clip", "color", "background", "margin", "transform", "scale",
+    "filter", "stroke",
 )  # fmt: skip
 _SKIPPED_PSEUDO: Final = (
     ":hover", ":focus", ":active", ":visited", ":before", ":after", ":first-l", ":selection",
@@ -220,6 +223,8 @@ _SKIPPED_PSEUDO: Final = (
 _BLACK: Final = 0x000000FF
 _WHITE: Final = 0xFFFFFFFF
 _UNKNOWN: Final = -1  # a background image, or a colour this module cannot tell
+_CURRENT: Final = -2  # -webkit-text-fill-color's initial value: the glyphs painted in "color"
+_CLIPPED: Final = -3  # glyphs that show a background clipped to them: what colour, not known here
 _NEAR: Final = 12  # colours within this per channel look the same
 _FONT_SIZES_PX: Final = (10, 10, 13, 16, 18, 24, 32, 48)  # <font size=0..7>
 
@@ -594,11 +599,12 @@ def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[st
 def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) -> bool:
     """Whether one of `candidates` has a text colour that looks like the background in effect,
     each element's colours taken from it or the nearest element above that sets them."""
-    resolved: dict[int, tuple[int, int]] = {}  # node id -> (text colour, background) in effect
+    # node id -> (text colour, background, fill, stroke) in effect
+    resolved: dict[int, tuple[int, int, int, int]] = {}
     for candidate in candidates[:MAX_CANDIDATES]:
         path: list[tuple[int, LexborNode]] = []
         node: LexborNode | None = candidate
-        base = (_BLACK, _WHITE)
+        base = (_BLACK, _WHITE, _CURRENT, 0)
         while node is not None:
             mid = node.mem_id
             if mid in resolved:
@@ -609,13 +615,15 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
         for mid, node in reversed(path):
             tag = node.tag or ""
             own = _own(node, tag, matched) if tag[:1] != "-" else None
-            colour, back = base
+            colour, back, fill, stroke = base
             if own:
                 colour, back = _painted(own, tag, colour, back)
+                fill, stroke = _filled(own, fill, stroke)
             elif tag == "a":
                 colour = _UNKNOWN
-            base = resolved[mid] = (colour, back)
-        colour, back = base
+            base = resolved[mid] = (colour, back, fill, stroke)
+        colour, back, fill, stroke = base
+        colour = _glyph(colour, fill, stroke)
         if (
             colour != _UNKNOWN
             and (colour & 0xFF <= 0x10 or (back != _UNKNOWN and _near(colour, back)))
@@ -626,9 +634,10 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
 
 
 # What an element passes on to its children: visibility hidden, font tiny, indented off screen,
-# text colour, background colour, and the reasons its own text is hidden (from those).
-_State = tuple[int, int, int, int, int, tuple[str, ...]]
-_ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, ())
+# text colour, background colour, glyph fill, glyph stroke, and the reasons its own text is
+# hidden (from those).
+_State = tuple[int, int, int, int, int, int, int, tuple[str, ...]]
+_ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, ())
 
 
 def _walk(
@@ -696,12 +705,12 @@ def _walk(
                 hidden.add("hidden:display-none")
                 markup += chars
             spacer = spacer or only_spaces
-        if state[5]:
+        if state[7]:
             chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
             markup += chars
             if chars:
-                hidden.update("hidden:" + reason for reason in state[5])
+                hidden.update("hidden:" + reason for reason in state[7])
             spacer = spacer or only_spaces
     for node in doomed:
         node.decompose()
@@ -725,14 +734,32 @@ def _painted(own: dict[str, int], tag: str, colour: int, back: int) -> tuple[int
     return colour, (_UNKNOWN if paint & 0xFF else back)
 
 
+def _filled(own: dict[str, int], fill: int, stroke: int) -> tuple[int, int]:
+    """(fill, stroke) of an element from its own properties and its parent's pair: both are
+    inherited on their own, apart from "color"; a background clipped to the text shows through
+    the glyphs of all the element holds."""
+    if own.get("bg-clip") == 1 or fill == _CLIPPED:
+        return _CLIPPED, own.get("stroke", stroke)
+    return own.get("fill", fill), own.get("stroke", stroke)
+
+
+def _glyph(colour: int, fill: int, stroke: int) -> int:
+    """The colour glyphs are painted in: the fill where one is set, else the text colour;
+    unknown for outlined glyphs (the outline's colour is not read) or a clipped background."""
+    if stroke == 1 or fill == _CLIPPED:
+        return _UNKNOWN
+    return colour if fill == _CURRENT else fill
+
+
 def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _State:
     """An element's state from its parent's and its own properties."""
-    invisible, tiny, indent, colour, back, _ = parent
+    invisible, tiny, indent, colour, back, fill, stroke, _ = parent
     invisible = own.get("visibility", invisible)
     tiny = own.get("font-size", tiny)
     indent = own.get("text-indent", indent)
     if colours:
         colour, back = _painted(own, tag, colour, back)
+        fill, stroke = _filled(own, fill, stroke)
     reasons: list[str] = []
     if invisible == 1:
         reasons.append("visibility")
@@ -740,12 +767,13 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _S
         reasons.append("font-size-0")
     if indent == 1:
         reasons.append("offscreen")
-    if colours and colour != _UNKNOWN:
-        if colour & 0xFF <= 0x10:
+    glyph = _glyph(colour, fill, stroke) if colours else _UNKNOWN
+    if glyph != _UNKNOWN:
+        if glyph & 0xFF <= 0x10:
             reasons.append("opacity")
-        elif back != _UNKNOWN and _near(colour, back):
+        elif back != _UNKNOWN and _near(glyph, back):
             reasons.append("same-color")
-    state = (invisible, tiny, indent, colour, back, tuple(reasons))
+    state = (invisible, tiny, indent, colour, back, fill, stroke, tuple(reasons))
     return parent if state == parent else state
 
 
@@ -818,7 +846,7 @@ def _box_reasons(own: dict[str, int]) -> list[str]:
         reasons.append("display-none")
     elif display == 2:
         reasons.append("attr")
-    if own.get("opacity") == 1:
+    if own.get("opacity") == 1 or own.get("filter") == 1:
         reasons.append("opacity")
     positioned = own.get("position") == 1
     if (positioned and (own.get("left") == 1 or own.get("top") == 1)) or 1 in (
@@ -979,7 +1007,7 @@ def _interpret(declarations: list[tuple[str, str, bool]]) -> _Style | None:
         return None
     hides = frozenset(p for p, (v, _) in effects.items() if v == 1 and p in _HIDING_PROPS)
     # Overflow and position hide only with a size or an offset; they count where those do.
-    fg = frozenset(v for p, (v, _) in effects.items() if p == "color")
+    fg = frozenset(v for p, (v, _) in effects.items() if p in ("color", "fill") and v >= 0)
     bg = frozenset(v for p, (v, _) in effects.items() if p == "bg" and v & 0xFF == 0xFF)
     return _Style(effects, hides, fg, bg)
 
@@ -1045,6 +1073,14 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
     if name == "color":
         colour = _css_colour(value)
         return [] if colour is None or colour == _UNKNOWN else [("color", colour)]
+    if name == "-webkit-text-fill-color":
+        return _fill(value)
+    if name in ("-webkit-text-stroke", "-webkit-text-stroke-width"):
+        return _stroke(value, name == "-webkit-text-stroke")
+    if name in ("background-clip", "-webkit-background-clip"):
+        return [("bg-clip", int("text" in value.replace(",", " ").split()))]
+    if name in ("filter", "-webkit-filter"):
+        return _filter(value)
     if name == "background-color":
         colour = _css_colour(value)
         return [] if colour is None else [("bg", _UNKNOWN_BG if colour == _UNKNOWN else colour)]
@@ -1053,6 +1089,59 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
     if name == "background":
         return _background(value)
     return []
+
+
+def _fill(value: str) -> list[tuple[str, int]]:
+    """-webkit-text-fill-color: a colour over "color" for the glyphs (every engine reads it)."""
+    if value in ("currentcolor", "initial", "revert", "revert-layer"):
+        return [("fill", _CURRENT)]
+    if value in ("inherit", "unset"):
+        return [("fill", _UNKNOWN)]  # the parent's, which a rule below this one need not be
+    colour = _css_colour(value)
+    return [] if colour is None else [("fill", colour)]
+
+
+_STROKE_WIDTHS: Final = frozenset({"thin", "medium", "thick"})
+
+
+def _stroke(value: str, shorthand: bool) -> list[tuple[str, int]]:
+    """Whether glyphs are outlined: -webkit-text-stroke(-width) wider than 0. The shorthand
+    without a width sets it to 0."""
+    for word in value.split() if shorthand else [value]:
+        if word in _STROKE_WIDTHS:
+            return [("stroke", 1)]
+        width = _px(word, 0.0)
+        if width is not None:
+            return [("stroke", int(width > 0))]
+    return [("stroke", 0)] if shorthand else []
+
+
+_FILTERS: Final = frozenset(
+    {"blur", "brightness", "contrast", "drop-shadow", "grayscale", "hue-rotate", "invert", "opacity"}
+    | {"saturate", "sepia", "url"}
+)
+
+
+def _filter(value: str) -> list[tuple[str, int]]:
+    """filter: whether its opacity() functions, multiplied, leave 0.1 or less (as opacity).
+    A function a browser does not know drops the declaration."""
+    if "(" not in value:
+        return [("filter", 0)] if value in ("none", "initial", "inherit", "unset") else []
+    alpha = 1.0
+    for token in tinycss2.parse_component_value_list(value, skip_comments=True):
+        if token.type == "whitespace" or token.type == "url":
+            continue
+        if token.type != "function" or token.lower_name not in _FILTERS:
+            return []
+        if token.lower_name == "opacity":
+            words = [t for t in token.arguments if t.type not in ("whitespace", "comment")]
+            if not words:
+                continue  # opacity() is opacity(1)
+            if len(words) != 1 or words[0].type not in ("number", "percentage") or words[0].value < 0:
+                return []
+            amount = words[0].value / 100 if words[0].type == "percentage" else words[0].value
+            alpha *= min(1.0, amount)
+    return [("filter", int(alpha <= 0.1))]
 
 
 _TRANSFORM: Final = re.compile(r"(scale3d|scalex|scaley|scale|matrix)\(([^()]*)\)")
@@ -1096,7 +1185,8 @@ def _background(value: str) -> list[tuple[str, int]]:
         if found is not None and found != _UNKNOWN:
             colour = found
             break
-    return [("bg", colour), ("bg-image", image)]
+    clip = int("text" in words)  # the shorthand sets background-clip too
+    return [("bg", colour), ("bg-image", image), ("bg-clip", clip)]
 
 
 def _number(text: str) -> float | None:

@@ -146,6 +146,12 @@ INLINE = [
     ("color:hsl(0, 0%, 100%)", "hidden:same-color"),
     ("color:transparent", "hidden:opacity"),
     ("color:rgba(0,0,0,0)", "hidden:opacity"),
+    # The glyphs' own paint, over color, and a filter (2026-12-08).
+    ("-webkit-text-fill-color:transparent", "hidden:opacity"),
+    ("color:#333;-webkit-text-fill-color:#fff", "hidden:same-color"),
+    ("filter:opacity(0)", "hidden:opacity"),
+    ("-webkit-filter:opacity(5%)", "hidden:opacity"),
+    ("filter:blur(0px) opacity(0.5) opacity(0.1)", "hidden:opacity"),
 ]
 
 
@@ -252,6 +258,8 @@ SHEETS = [
     ("<!-- .x{display:none} -->", 'class="x"'),
     ('.x{font-family:"a;b{c}";display:none}', 'class="x"'),
     (".x{display:none!important}", 'class="x" style="display:inline"'),
+    (".x{-webkit-text-fill-color:transparent}", 'class="x"'),
+    ("em{filter:opacity(0)}", ""),
 ]
 
 
@@ -485,6 +493,46 @@ def test_text_in_the_colour_of_its_background(markup: str, hidden: bool) -> None
         assert result.text.split() == SECRET.split()
         assert result.hidden == frozenset()
         assert result.hidden_chars == 0
+
+
+# The glyphs' paint and filters, each case rendered by chromium 156 first: a screenshot of the
+# text at 40px on white, counting the pixels that are not white (0: hidden).
+TRANSPARENT_FILL = '<div style="-webkit-text-fill-color:transparent">'
+FILL_AND_FILTER = [
+    ('<div style="-webkit-text-fill-color:transparent"><p style="color:red">{}</p></div>', True),
+    ('<div style="-webkit-text-fill-color:rgba(0,0,0,0)"><p>{}</p></div>', True),
+    ('<div style="-webkit-text-fill-color:transparent"><a href="http://x">{}</a></div>', True),
+    ('<p style="-webkit-text-fill-color:transparent;-webkit-text-stroke-width:0px">{}</p>', True),
+    ('<p style="-webkit-text-fill-color:transparent;text-decoration:underline">{}</p>', True),
+    ('<div style="filter:opacity(0)"><p style="filter:none;opacity:1">{}</p></div>', True),
+    (TRANSPARENT_FILL + '<p style="-webkit-text-fill-color:currentcolor">{}</p></div>', False),
+    (TRANSPARENT_FILL + '<p style="-webkit-text-fill-color:initial">{}</p></div>', False),
+    (
+        '<p style="background:linear-gradient(red,blue);-webkit-background-clip:text;background-clip:text;'
+        '-webkit-text-fill-color:transparent">{}</p>',
+        False,
+    ),  # gradient text: the background shows through the glyphs
+    ('<p style="-webkit-text-fill-color:transparent;-webkit-text-stroke:1px black">{}</p>', False),
+    ('<p style="color:transparent;-webkit-text-stroke:1px black">{}</p>', False),  # outlined
+    ('<p style="color:#fff;-webkit-text-fill-color:red">{}</p>', False),
+    ('<p style="filter:opacity(0.5)">{}</p>', False),
+    ('<p style="filter:opacity()">{}</p>', False),  # opacity(1)
+    ('<p style="filter:brightness(0)">{}</p>', False),  # black text
+    ('<p style="filter:opacity(0) bogus(1)">{}</p>', False),  # an unknown function drops it all
+    ('<p style="filter:progid:DXImageTransform.Microsoft.Alpha(opacity=0)">{}</p>', False),  # old IE's
+]
+
+
+@pytest.mark.parametrize(("markup", "hidden"), FILL_AND_FILTER)
+def test_the_glyphs_paint_and_filters_as_in_a_browser(markup: str, hidden: bool) -> None:
+    result = visible_text(f"<p>before</p>{markup.format(SECRET)}<p>after</p>")
+    if hidden:
+        assert result.text.split() == ["before", "after"], result.text
+        assert hows(result) & {"hidden:opacity", "hidden:same-color"}
+        assert result.hidden_chars == len(SECRET.replace(" ", ""))
+    else:
+        assert result.text.split() == ["before", *SECRET.split(), "after"], result.text
+        assert result.hidden == frozenset()
 
 
 def test_legacy_colour_attributes() -> None:

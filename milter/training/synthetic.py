@@ -27,6 +27,9 @@ HIDING_STYLES: dict[str, str] = {
     # Moved or shrunk out of sight without `position` (message->text version 6).
     "negative-margin": "margin-left:-9999px",
     "zero-scale": "transform:scale(0)",
+    # The glyphs painted in no colour, or the box faded out by a filter (read since 2026-12-08).
+    "text-fill": "-webkit-text-fill-color:transparent",
+    "filter-opacity": "filter:opacity(0)",
 }
 
 HAM_WORDS = [
