@@ -16,11 +16,17 @@ block (marked !important) or in an @container rule the reader's pane matches (me
 version 22), or nested in a rule for body (CSS Nesting, read since 2026-12-08); the trick
 `details-closed` folds the block into a <details> element without `open` whatever --via.
 
+With --pitch-in-span no ham is added: the spam's own body is put in a <span> with each trick's
+declarations instead. A span is an inline box, and chromium draws its text whatever a size, an
+overflow, a transform or a top margin says (2026-12-08): with those tricks every reader still
+sees the pitch, and the model must read it too (stay junked); with the others the pitch is
+hidden from the reader as well, and what the model gives it does not matter.
+
 Prints, per trick, how many stay junked and the median and largest drop of p, as a markdown
 table (docs/model.md keeps it).
 
     bench/bench_hidden.py [--corpus DIR] [--model FILE] [--sample N] [--words N] [--chars N] [--seed N]
-                        [--via inline|class|layer|container|nesting]
+                        [--via inline|class|layer|container|nesting] [--pitch-in-span]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import random
 import re
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.message import Message as EmailMessage
 from pathlib import Path
 
@@ -89,7 +95,34 @@ def hiding(block: str, trick: str, style: str, via: str) -> str:
     return f"<style>{sheet}</style><div class='mb'>{block}</div>"
 
 
-def with_hidden(message: EmailMessage, element: str) -> bytes:
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def in_span(style: str) -> Callable[[str], str]:
+    """The edit that puts an HTML part's body in a <span> with `style` (a plain one for the control)."""
+
+    def edit(html: str) -> str:
+        start = _BODY.search(html)
+        head, body = (html[: start.end()], html[start.end() :]) if start else ("", html)
+        end = _BODY_END.search(body)
+        body, tail = (body[: end.start()], body[end.start() :]) if end else (body, "")
+        attribute = f" style='{style}'" if style else ""
+        return f"{head}<span{attribute}>{body}</span>{tail}"
+
+    return edit
+
+
+def after_body(element: str) -> Callable[[str], str]:
+    """The edit that puts `element` right after an HTML part's <body>."""
+
+    def edit(html: str) -> str:
+        found = _BODY.search(html)
+        return html[: found.end()] + element + html[found.end() :] if found else element + html
+
+    return edit
+
+
+def with_hidden(message: EmailMessage, element: str | Callable[[str], str]) -> bytes:
     # A copy per trick: the parse is cheap next to scoring, and the parts are changed in place.
     copy = email.message_from_bytes(
         message.as_bytes(policy=email.policy.compat32), policy=email.policy.compat32
@@ -98,8 +131,7 @@ def with_hidden(message: EmailMessage, element: str) -> bytes:
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)
         html = payload.decode(part.get_content_charset() or "utf-8", errors="replace")
-        found = _BODY.search(html)
-        html = html[: found.end()] + element + html[found.end() :] if found else element + html
+        html = (after_body(element) if isinstance(element, str) else element)(html)
         del part["Content-Transfer-Encoding"]
         part.set_payload(html, charset="utf-8")  # base64 for utf-8
     return copy.as_bytes(policy=email.policy.compat32)
@@ -130,6 +162,9 @@ def main() -> int:
     parser.add_argument(
         "--via", choices=sorted(VIAS), default="inline", help="where the tricks' declarations go"
     )
+    parser.add_argument(
+        "--pitch-in-span", action="store_true", help="put the spam's own body in a span with each trick"
+    )
     args = parser.parse_args()
     model = load_model(args.model)
 
@@ -156,6 +191,16 @@ def main() -> int:
     size = f"{args.words} words of ham each"
     if args.chars:
         size += f", repeated to {args.chars} characters"
+    if args.pitch_in_span:
+        print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); each body in a <span>\n")
+        print("| trick on the span | stay junked (p >= 0.9) | median change of p | largest drop |")
+        print("|---|---|---|---|")
+        for trick, style in {"plain span (control)": "", **HIDING_STYLES}.items():
+            cells = stay_junked(
+                (before, p(with_hidden(message, in_span(style)))) for message, before, _ in chosen
+            )
+            print(f"| {trick} | {cells} |", flush=True)
+        return 0
     print(f"{len(chosen)} junked modern spam with HTML (seed {args.seed}); {size}; via {args.via}\n")
     print("| trick | stay junked (p >= 0.9) | median change of p | largest drop |")
     print("|---|---|---|---|")

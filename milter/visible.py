@@ -205,16 +205,76 @@ _HIDING_PROPS: Final = frozenset(
 _GROUPS: Final = (
     frozenset({"position", "left", "top"}),
     frozenset({"overflow", "width", "height", "max-width", "max-height"}),
-    frozenset({"position", "clip"}),
+    frozenset({"position", "out-of-flow", "clip"}),
 )
 # "fill" is -webkit-text-fill-color (the glyphs' paint, over "color"), "stroke" whether glyphs are
 # outlined (-webkit-text-stroke), "bg-clip" whether the background is painted through the text.
 _COLOUR_PROPS: Final = frozenset({"color", "bg", "bg-image", "fill", "stroke", "bg-clip"})
+# What kind of box an element makes ("box", from display; "out-of-flow", position absolute or
+# fixed; "float"), as flags: what can hide its text. Chromium draws the text of an inline box
+# whatever its size, transform or top margin says; a table's, a row's or a cell's box takes no
+# margins, and only a cell's clips.
+_LAYOUT_PROPS: Final = frozenset({"box", "out-of-flow", "float"})
+_SIZED: Final = 1  # overflow with a size clips, containment applies
+_TRANSFORMED: Final = 2  # a transform applies
+_BLOCK_LEVEL: Final = 4  # a top margin moves it
+_MARGINS: Final = 8  # a left margin moves it
+_LINES: Final = 16  # a block container: lays out its lines with its own text-indent
+_FLEXES: Final = 32  # a flex or grid container: its children are blocks
+_INLINE: Final = _MARGINS  # span, a, font, an unknown tag; display:inline
+_BLOCK: Final = _SIZED | _TRANSFORMED | _BLOCK_LEVEL | _MARGINS | _LINES  # div, p, li
+_INLINE_BLOCK: Final = _SIZED | _TRANSFORMED | _MARGINS | _LINES  # inline-block, img, button
+_FLEX: Final = _BLOCK | _FLEXES
+_INLINE_FLEX: Final = _INLINE_BLOCK | _FLEXES
+_TABLE: Final = _TRANSFORMED | _BLOCK_LEVEL | _MARGINS
+_INLINE_TABLE: Final = _TRANSFORMED | _MARGINS
+_ROW: Final = _TRANSFORMED  # rows, row groups, columns
+# A cell of zero size with overflow:hidden hides in a table laid out with table-layout:fixed, and
+# not in others (a browser widens the cell); the reading does not follow which, and hides.
+_CELL: Final = _SIZED | _TRANSFORMED | _LINES
+_TAG_DEFAULT: Final = -1  # display: revert (the element's own default)
+# A box taken out of the flow (position absolute or fixed, a float) or in a flex or grid
+# container is block-level.
+_BLOCKIFIED: Final = {
+    _INLINE: _BLOCK, _INLINE_BLOCK: _BLOCK, _INLINE_FLEX: _FLEX, _INLINE_TABLE: _TABLE,
+    _ROW: _BLOCK, _CELL: _BLOCK,
+}  # fmt: skip
+# The tags whose boxes are not inline by default (the HTML standard's rendering rules); every
+# other tag, an unknown one too, makes an inline box.
+_BLOCK_TAGS_BY_DEFAULT: Final = (
+    "html", "body", "div", "p", "caption", "li", "ul", "ol", "dl", "dt", "dd", "menu", "dir", "h1",
+    "h2", "h3", "h4", "h5", "h6", "center", "blockquote", "pre", "listing", "xmp", "plaintext",
+    "address", "article", "aside", "footer", "header", "hgroup", "main", "nav", "section", "search",
+    "figure", "figcaption", "form", "fieldset", "legend", "details", "summary", "dialog", "hr",
+    "frameset",
+)  # fmt: skip
+_ATOMIC_TAGS: Final = (
+    "img", "button", "input", "select", "textarea", "video", "audio", "iframe", "object", "embed",
+    "canvas", "svg", "meter", "progress", "marquee",
+)  # fmt: skip
+_TAG_BOXES: Final = (
+    dict.fromkeys(_BLOCK_TAGS_BY_DEFAULT, _BLOCK)
+    | dict.fromkeys(_ATOMIC_TAGS, _INLINE_BLOCK)
+    | dict.fromkeys(("td", "th"), _CELL)
+    | {"table": _TABLE}
+    | dict.fromkeys(("tr", "tbody", "thead", "tfoot", "col", "colgroup"), _ROW)
+)
+_DISPLAY_BOX: Final = {
+    "inline": _INLINE, "contents": _INLINE, "ruby": _INLINE, "initial": _INLINE, "unset": _INLINE,
+    "block": _BLOCK, "list-item": _BLOCK, "flow-root": _BLOCK, "table-caption": _BLOCK,
+    "inline-block": _INLINE_BLOCK, "flex": _FLEX, "grid": _FLEX, "-webkit-box": _FLEX,
+    "-webkit-flex": _FLEX, "-ms-flexbox": _FLEX, "inline-flex": _INLINE_FLEX,
+    "inline-grid": _INLINE_FLEX, "-webkit-inline-box": _INLINE_FLEX, "-webkit-inline-flex": _INLINE_FLEX,
+    "-ms-inline-flexbox": _INLINE_FLEX, "table": _TABLE, "inline-table": _INLINE_TABLE,
+    "table-row": _ROW, "table-row-group": _ROW, "table-header-group": _ROW,
+    "table-footer-group": _ROW, "table-column": _ROW, "table-column-group": _ROW,
+    "table-cell": _CELL, "revert": _TAG_DEFAULT, "revert-layer": _TAG_DEFAULT,
+}  # fmt: skip
 # Substrings one of which a declaration list holds if it sets any property read here.
 _PROPERTY_MARKS: Final = (
     "display", "visib", "opacity", "font", "position", "left", "top", "indent", "width", "height",
     "overflow", "mso-hide", "clip", "color", "background", "margin", "transform", "scale",
-    "filter", "stroke",
+    "filter", "stroke", "float",
 )  # fmt: skip
 _SKIPPED_PSEUDO: Final = (
     ":hover", ":focus", ":active", ":visited", ":before", ":after", ":first-l", ":selection",
@@ -546,7 +606,7 @@ def _hide(
         )
     if not hides and not colours:
         return 0, 0
-    relevant = set(hides)
+    relevant = set(hides) | _LAYOUT_PROPS
     for group in _GROUPS:
         if not group.isdisjoint(hides):
             relevant |= group
@@ -633,11 +693,12 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
     return len(candidates) > MAX_CANDIDATES
 
 
-# What an element passes on to its children: visibility hidden, font tiny, indented off screen,
-# text colour, background colour, glyph fill, glyph stroke, and the reasons its own text is
-# hidden (from those).
-_State = tuple[int, int, int, int, int, int, int, tuple[str, ...]]
-_ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, ())
+# What an element passes on to its children: visibility hidden, font tiny, text-indent off
+# screen, text colour, background colour, glyph fill, glyph stroke, whether the text laid out
+# here is on an indented line (its block container's indent), whether it is a flex or grid
+# container (its children are blocks), and the reasons its own text is hidden (from those).
+_State = tuple[int, int, int, int, int, int, int, int, int, tuple[str, ...]]
+_ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, ())
 
 
 def _walk(
@@ -678,8 +739,9 @@ def _walk(
             folded = bool(closed) and closed.get(parent.mem_id, mid) != mid
         assert state is not None
         own = _own(node, tag, matched)
+        kind = _kind(tag, own, state[8])
         if own or folded:
-            reasons = _box_reasons(own) if own else []
+            reasons = _box_reasons(own, kind) if own else []
             if folded and "display-none" not in reasons:
                 reasons.insert(0, "display-none")
             if reasons:
@@ -692,9 +754,13 @@ def _walk(
                 states[mid] = None
                 continue
             assert own is not None  # not folded: it would have a reason
-            state = _inherit(state, own, tag, colours)
-        elif tag == "a" and colours and state[3] != _UNKNOWN:
-            state = _inherit(state, {}, tag, colours)
+            state = _inherit(state, own, tag, colours, kind)
+        elif (
+            (tag == "a" and colours and state[3] != _UNKNOWN)
+            or state[8]
+            or (kind & _LINES and state[2] != state[7])
+        ):
+            state = _inherit(state, {}, tag, colours, kind)
         states[mid] = state
         if mid in closed:  # the text right inside a closed <details>, outside its summary
             chars, only_spaces = _take_text(
@@ -705,12 +771,12 @@ def _walk(
                 hidden.add("hidden:display-none")
                 markup += chars
             spacer = spacer or only_spaces
-        if state[7]:
+        if state[9]:
             chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
             markup += chars
             if chars:
-                hidden.update("hidden:" + reason for reason in state[7])
+                hidden.update("hidden:" + reason for reason in state[9])
             spacer = spacer or only_spaces
     for node in doomed:
         node.decompose()
@@ -751,12 +817,27 @@ def _glyph(colour: int, fill: int, stroke: int) -> int:
     return colour if fill == _CURRENT else fill
 
 
-def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _State:
+def _kind(tag: str, own: dict[str, int] | None, flex_parent: int) -> int:
+    """The kind of box an element makes: its display, else its tag's; an inline box taken out
+    of the flow (position absolute or fixed, a float) or in a flex or grid container is a block."""
+    box = own.get("box", _TAG_DEFAULT) if own else _TAG_DEFAULT
+    if box == _TAG_DEFAULT:
+        box = _TAG_BOXES.get(tag, _INLINE)
+    if box in _BLOCKIFIED and (
+        flex_parent or (own and (own.get("out-of-flow") == 1 or own.get("float") == 1))
+    ):
+        return _BLOCKIFIED[box]
+    return box
+
+
+def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind: int) -> _State:
     """An element's state from its parent's and its own properties."""
-    invisible, tiny, indent, colour, back, fill, stroke, _ = parent
+    invisible, tiny, indent, colour, back, fill, stroke, indented, _, _ = parent
     invisible = own.get("visibility", invisible)
     tiny = own.get("font-size", tiny)
     indent = own.get("text-indent", indent)
+    if kind & _LINES:  # an inline box's text is on its block container's lines
+        indented = indent
     if colours:
         colour, back = _painted(own, tag, colour, back)
         fill, stroke = _filled(own, fill, stroke)
@@ -765,7 +846,7 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _S
         reasons.append("visibility")
     if tiny == 1:
         reasons.append("font-size-0")
-    if indent == 1:
+    if indented == 1:
         reasons.append("offscreen")
     glyph = _glyph(colour, fill, stroke) if colours else _UNKNOWN
     if glyph != _UNKNOWN:
@@ -773,7 +854,8 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool) -> _S
             reasons.append("opacity")
         elif back != _UNKNOWN and _near(glyph, back):
             reasons.append("same-color")
-    state = (invisible, tiny, indent, colour, back, fill, stroke, tuple(reasons))
+    flex = kind & _FLEXES
+    state = (invisible, tiny, indent, colour, back, fill, stroke, indented, flex, tuple(reasons))
     return parent if state == parent else state
 
 
@@ -838,28 +920,30 @@ def _cascade(hints: Effects | None, rules: list[_Rule] | None, inline: _Style | 
     return out
 
 
-def _box_reasons(own: dict[str, int]) -> list[str]:
-    """How an element's own box hides all it holds, whatever its descendants say."""
+def _box_reasons(own: dict[str, int], kind: int) -> list[str]:
+    """How an element's own box hides all it holds, whatever its descendants say. An inline
+    box has no size, transform, top margin or containment of its own (chromium draws its text
+    whatever those say); a table's or a row's box no overflow."""
     reasons: list[str] = []
     display = own.get("display")
-    if display == 1 or own.get("content-visibility") == 1:  # neither renders what the box holds
+    if display == 1 or (own.get("content-visibility") == 1 and kind & _SIZED):  # nothing it holds is drawn
         reasons.append("display-none")
     elif display == 2:
         reasons.append("attr")
     if own.get("opacity") == 1 or own.get("filter") == 1:
         reasons.append("opacity")
-    positioned = own.get("position") == 1
-    if (positioned and (own.get("left") == 1 or own.get("top") == 1)) or 1 in (
-        own.get("margin-left"),
-        own.get("margin-top"),
+    if (own.get("position") == 1 and (own.get("left") == 1 or own.get("top") == 1)) or (
+        kind & _MARGINS
+        and (own.get("margin-left") == 1 or (own.get("margin-top") == 1 and kind & _BLOCK_LEVEL))
     ):
         reasons.append("offscreen")
-    if own.get("transform") == 1 or (
+    if (own.get("transform") == 1 and kind & _TRANSFORMED) or (
         own.get("overflow") == 1
+        and kind & _SIZED
         and 1 in (own.get(side) for side in ("width", "height", "max-width", "max-height"))
     ):
         reasons.append("zero-box")
-    if own.get("clip-path") == 1 or (positioned and own.get("clip") == 1):
+    if own.get("clip-path") == 1 or (own.get("out-of-flow") == 1 and own.get("clip") == 1):
         reasons.append("clip")
     if own.get("mso-hide") == 1:
         reasons.append("mso-hide")
@@ -1015,7 +1099,9 @@ def _interpret(declarations: list[tuple[str, str, bool]]) -> _Style | None:
 def _property(name: str, value: str) -> list[tuple[str, int]]:
     """(property, interpreted value) for one declaration; [] for what is not read here."""
     if name == "display":
-        return [("display", int(value == "none"))]
+        if value == "none":
+            return [("display", 1)]
+        return [("display", 0), ("box", _DISPLAY_BOX.get(value, _BLOCK))]
     if name == "visibility":
         return [("visibility", int(value in ("hidden", "collapse")))]
     if name == "content-visibility":
@@ -1036,7 +1122,10 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
                 return [("font-size", int(size <= 1))]
         return []
     if name == "position":
-        return [("position", int(value in ("absolute", "fixed", "relative")))]
+        out = value in ("absolute", "fixed")
+        return [("position", int(out or value == "relative")), ("out-of-flow", int(out))]
+    if name == "float":
+        return [("float", int(value in ("left", "right", "inline-start", "inline-end")))]
     if name in ("left", "top", "text-indent", "margin-left", "margin-top"):
         offset = _px(value, 10.0)  # a percentage of a screen of 1,000px
         return [] if offset is None else [(name, int(offset <= -500))]
