@@ -163,6 +163,14 @@ def shown_order(text: str) -> str:
 
 # Attributes that can hide text or colour it.
 _HINT_ATTRS: Final = frozenset({"hidden", "color", "bgcolor", "background", "text", "size"})
+# Elements that HTML's rendering rules do not display unless an author's display says otherwise
+# (a <dialog> without `open` too), as the `hidden` attribute; and elements that draw something
+# else than what they hold, whatever CSS says (media and canvas: what they hold is for a reader
+# that cannot play them; an SVG image's description), as a closed <details>. An <iframe>'s
+# text is not drawn either, but reading it so changes a text of the corpora and failed its
+# round (docs/model.md, "What was tried (2026-12-08, sixth)"): it is read as shown.
+_UNDISPLAYED_TAGS: Final = frozenset({"dialog", "datalist", "noembed", "noframes", "rp"})
+_FALLBACK_TAGS: Final = frozenset({"audio", "video", "canvas", "desc", "metadata"})
 _CSS_SPACE: Final = " \t\n\r\f"
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Characters a reader does not see: zero-width spaces and joiners, direction marks, soft hyphen,
@@ -409,7 +417,8 @@ def _visible(markup: str, css: str) -> Visible:
     styles: dict[str, list[LexborNode]] = {}  # the elements with each style attribute
     hinted: list[_Hinted] = []  # elements with attributes that hide or colour text
     turned: dict[int, LexborNode] = {}  # elements that show their text backwards, by mem_id (once each)
-    closed: dict[int, int] = {}  # closed <details> by mem_id: their summary's mem_id (0 for none)
+    # Closed <details> (and _FALLBACK_TAGS) by mem_id: their summary's mem_id (0 for none).
+    closed: dict[int, int] = {}
     for node in tree.root.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":  # comments
@@ -448,10 +457,14 @@ def _visible(markup: str, css: str) -> Visible:
                     styles[style] = [node]
                 else:
                     same.append(node)
-            if not _HINT_ATTRS.isdisjoint(attrs):
+            if not _HINT_ATTRS.isdisjoint(attrs) or tag in _UNDISPLAYED_TAGS:
                 hinted.append((tag, attrs, node))
+        elif tag in _UNDISPLAYED_TAGS:
+            hinted.append((tag, attrs, node))
         if tag == "details" and "open" not in attrs:
             closed[node.mem_id] = next((child.mem_id for child in node.iter() if child.tag == "summary"), 0)
+        elif tag in _FALLBACK_TAGS:
+            closed[node.mem_id] = 0
     for style, nodes in styles.items():  # each distinct style read once, as _hide does
         if _TURNED_STYLE.search(style):
             # The direction may come from the dir attribute (<div dir="rtl" style="unicode-bidi:
@@ -645,12 +658,13 @@ def _selected(tree: LexborHTMLParser, selectors: Sequence[str]) -> Iterator[tupl
 def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[str, int] | None:
     """An element's own properties: its attributes, the rules that select it, its style."""
     attrs = node.attributes
-    if not attrs and not matched:
+    undisplayed = tag in _UNDISPLAYED_TAGS
+    if not attrs and not matched and not undisplayed:
         return None
     text = attrs.get("style")
     inline = _style(text) if text else None
     rules = matched.get(node.mem_id) if matched else None
-    hints = _hints(tag, attrs) if not _HINT_ATTRS.isdisjoint(attrs) else None
+    hints = _hints(tag, attrs) if undisplayed or not _HINT_ATTRS.isdisjoint(attrs) else None
     if inline is None and not rules and not hints:
         return None
     return _cascade(hints, rules, inline)
@@ -954,7 +968,7 @@ def _hints(tag: str, attrs: dict[str, str | None]) -> Effects:
     """What an element's presentational attributes set: below every CSS rule. Remembered."""
     key = (
         tag if tag in ("font", "body") else "",
-        "hidden" in attrs,
+        "hidden" in attrs or (tag in _UNDISPLAYED_TAGS and (tag != "dialog" or "open" not in attrs)),
         attrs.get("color"),
         attrs.get("text"),
         attrs.get("size"),
@@ -963,16 +977,16 @@ def _hints(tag: str, attrs: dict[str, str | None]) -> Effects:
     )
     cached = _HINT_CACHE.get(key)
     if cached is None:
-        cached = _read_hints(tag, attrs)
+        cached = _read_hints(tag, attrs, key[1])
         if len(_HINT_CACHE) >= _CACHE_SIZE:
             _HINT_CACHE.clear()
         _HINT_CACHE[key] = cached
     return cached
 
 
-def _read_hints(tag: str, attrs: dict[str, str | None]) -> Effects:
+def _read_hints(tag: str, attrs: dict[str, str | None], undisplayed: bool) -> Effects:
     out: Effects = {}
-    if "hidden" in attrs:
+    if undisplayed:  # the hidden attribute, or a tag HTML does not display
         out["display"] = (2, False)
     if tag == "font":
         colour = _legacy_colour(attrs.get("color"))
