@@ -15,9 +15,9 @@ and nowhere else).
 
 Bump TEXT_VERSION whenever the tokens produced for a message change: a model records the version
 it was trained on and the loader refuses a model whose version this code does not produce. A
-reading that changes no text of the corpora the model is fitted on (a trick no message of them
-uses) keeps the version: the fit on the same texts is the same model (docs/model.md says so for
-each such round).
+reading that changes no token of the corpora the model is fitted on that is in its vocabulary
+(a trick no message of them uses) keeps the version: the fit on the same features is the same
+model (docs/model.md says so for each such round).
 """
 
 from __future__ import annotations
