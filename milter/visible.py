@@ -98,7 +98,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import tinycss2  # type: ignore[import-untyped]
 import tinycss2.color4  # type: ignore[import-untyped]
@@ -707,12 +707,23 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
     return len(candidates) > MAX_CANDIDATES
 
 
-# What an element passes on to its children: visibility hidden, font tiny, text-indent off
-# screen, text colour, background colour, glyph fill, glyph stroke, whether the text laid out
-# here is on an indented line (its block container's indent), whether it is a flex or grid
-# container (its children are blocks), and the reasons its own text is hidden (from those).
-_State = tuple[int, int, int, int, int, int, int, int, int, tuple[str, ...]]
-_ROOT: Final[_State] = (0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, ())
+class _State(NamedTuple):
+    """What an element passes on to its children (the inherited properties read here, as their
+    interpreted values), and the reasons its own text is hidden (from those)."""
+
+    invisible: int  # visibility hidden
+    tiny: int  # font-size 1px or less
+    indent: int  # text-indent off screen
+    colour: int  # text colour
+    back: int  # background colour
+    fill: int  # glyph fill (-webkit-text-fill-color)
+    stroke: int  # glyphs outlined
+    indented: int  # the text laid out here is on an indented line (its block container's indent)
+    flex: int  # a flex or grid container: its children are blocks
+    reasons: tuple[str, ...]
+
+
+_ROOT: Final = _State(0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, ())
 
 
 def _walk(
@@ -753,7 +764,7 @@ def _walk(
             folded = bool(closed) and closed.get(parent.mem_id, mid) != mid
         assert state is not None
         own = _own(node, tag, matched)
-        kind = _kind(tag, own, state[8])
+        kind = _kind(tag, own, state.flex)
         if own or folded:
             reasons = _box_reasons(own, kind) if own else []
             if folded and "display-none" not in reasons:
@@ -770,9 +781,9 @@ def _walk(
             assert own is not None  # not folded: it would have a reason
             state = _inherit(state, own, tag, colours, kind)
         elif (
-            (tag == "a" and colours and state[3] != _UNKNOWN)
-            or state[8]
-            or (kind & _LINES and state[2] != state[7])
+            (tag == "a" and colours and state.colour != _UNKNOWN)
+            or state.flex
+            or (kind & _LINES and state.indent != state.indented)
         ):
             state = _inherit(state, {}, tag, colours, kind)
         states[mid] = state
@@ -785,12 +796,12 @@ def _walk(
                 hidden.add("hidden:display-none")
                 markup += chars
             spacer = spacer or only_spaces
-        if state[9]:
+        if state.reasons:
             chars, only_spaces = _take_text(node.iter(include_text=True), doomed, False)
             total += chars
             markup += chars
             if chars:
-                hidden.update("hidden:" + reason for reason in state[9])
+                hidden.update("hidden:" + reason for reason in state.reasons)
             spacer = spacer or only_spaces
     for node in doomed:
         node.decompose()
@@ -869,7 +880,7 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind:
         elif back != _UNKNOWN and _near(glyph, back):
             reasons.append("same-color")
     flex = kind & _FLEXES
-    state = (invisible, tiny, indent, colour, back, fill, stroke, indented, flex, tuple(reasons))
+    state = _State(invisible, tiny, indent, colour, back, fill, stroke, indented, flex, tuple(reasons))
     return parent if state == parent else state
 
 
