@@ -636,23 +636,36 @@ def _match(
     selector engine, in C); at most MAX_RULES selectors are tried."""
     matched: dict[int, list[tuple[_Rule, LexborNode]]] = {}
     setting = [rule for rule in rules if not relevant.isdisjoint(rule.style.effects)]
-    for index, nodes in _selected(tree, [rule.selector for rule in setting]):
+    for index, nodes in _selected(
+        tree, [rule.selector for rule in setting], [rule.order for rule in setting]
+    ):
         for node in nodes:
             matched.setdefault(node.mem_id, []).append((setting[index], node))
     return matched
 
 
-def _selected(tree: LexborHTMLParser, selectors: Sequence[str]) -> Iterator[tuple[int, list[LexborNode]]]:
+def _selected(
+    tree: LexborHTMLParser, selectors: Sequence[str], lists: Sequence[int] = ()
+) -> Iterator[tuple[int, list[LexborNode]]]:
     """(index, the elements it selects) for each of the first MAX_RULES `selectors` that
-    lexbor's selector engine (in C) reads."""
+    lexbor's selector engine (in C) reads. `lists` numbers the rule each selector came from: a
+    selector it cannot read drops the others of its rule, as a browser drops a rule with one
+    invalid selector in its list."""
     if tree.root is None:
         return
+    found: list[tuple[int, list[LexborNode]]] = []
+    dropped: set[int] = set()
     for index, selector in enumerate(selectors[:MAX_RULES]):
         try:
             nodes = tree.root.css(selector)
         except Exception:  # a selector lexbor does not know
+            if lists:
+                dropped.add(lists[index])
             continue
-        yield index, nodes
+        found.append((index, nodes))
+    for index, nodes in found:
+        if not dropped or lists[index] not in dropped:
+            yield index, nodes
 
 
 def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[str, int] | None:
@@ -1843,15 +1856,13 @@ def _supports(condition: str) -> bool:
 
 
 def _selectors(prelude: str) -> list[str]:
-    """The selectors of a rule, each apart unless brackets make commas ambiguous; those that
-    match only while the reader hovers or that select pseudo-elements left out."""
-    parts = prelude.split(",") if "(" not in prelude and "[" not in prelude else [prelude]
-    out: list[str] = []
-    for part in parts:
-        selector = " ".join(part.split())
-        if selector and (":" not in selector or not any(p in selector.lower() for p in _SKIPPED_PSEUDO)):
-            out.append(selector)
-    return out
+    """The selectors of a rule, each apart (`_selector_list`); those that match only while the
+    reader hovers or that select pseudo-elements left out."""
+    return [
+        selector
+        for selector in _selector_list(prelude)
+        if ":" not in selector or not any(p in selector.lower() for p in _SKIPPED_PSEUDO)
+    ]
 
 
 def _specificity(selector: str) -> tuple[int, int, int]:

@@ -1177,6 +1177,26 @@ def test_a_sheet_left_open_does_not_swallow_the_next_one(first: str) -> None:
     assert "hidden:display-none" in result.hidden
 
 
+# Selector lists, each rendered by chromium 156 first (2026-12-08): each selector of a list is
+# matched apart, with its own specificity, and one that cannot be read drops the whole rule.
+@pytest.mark.parametrize(
+    ("css", "attrs", "hidden"),
+    [
+        ("[title], .y:hover{display:none}", 'title="t"', True),  # brackets: still each apart
+        ('[title="a,b"], .zz{display:none}', 'title="a,b"', True),  # a comma in a string
+        ("div:is(.q, .r), .x{display:none}", 'class="x"', True),
+        ("p:not(.a, .b), .zz{display:none}", 'class="c"', True),
+        ("#n, .x{display:block} p.x{display:none}", 'class="x"', True),  # .x's specificity, not #n's
+        ("#n, .x{display:none} p.x{display:block}", 'class="x"', False),
+        (".x, , .y{display:none}", 'class="x"', False),  # an empty selector: the list is invalid
+        (".x, p:bogus(1){display:none}", 'class="x"', False),  # so is one a browser cannot read
+    ],
+)
+def test_selector_lists_as_in_a_browser(css: str, attrs: str, hidden: bool) -> None:
+    result = visible_text(f"<style>{css}</style><p>before</p><p {attrs}>{SECRET}</p><p>after</p>")
+    assert (SECRET not in " ".join(result.text.split())) == hidden, css
+
+
 def test_rules_know_their_layer() -> None:
     css = "@layer a, b; .p{x:1} @layer a{.q{x:1} @layer c{.r{x:1}}} @layer{.s{x:1}}"
     layers = [layer for _, _, layer in _rule_texts(css)]
