@@ -37,7 +37,7 @@ from milter import signals
 from milter.signals import registrable
 from milter.visible import INVISIBLE_CLASS, MAX_HTML_CHARS, shown_order, visible_text
 
-TEXT_VERSION: Final[str] = "23"
+TEXT_VERSION: Final[str] = "24"
 
 # Caps: a 30 MB message costs what its first MAX_RAW_BYTES cost.
 MAX_RAW_BYTES: Final = 256 * 1024  # bytes of the raw message that are parsed at all

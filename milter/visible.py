@@ -229,7 +229,8 @@ _BLOCK_LEVEL: Final = 4  # a top margin moves it
 _MARGINS: Final = 8  # a left margin moves it
 _LINES: Final = 16  # a block container: lays out its lines with its own text-indent
 _FLEXES: Final = 32  # a flex or grid container: its children are blocks
-_INLINE: Final = _MARGINS  # span, a, font, an unknown tag; display:inline
+# An inline box's left margin moves the text on its line, not a block inside it (_State.shifted).
+_INLINE: Final = 0  # span, a, font, an unknown tag; display:inline
 _BLOCK: Final = _SIZED | _TRANSFORMED | _BLOCK_LEVEL | _MARGINS | _LINES  # div, p, li
 _INLINE_BLOCK: Final = _SIZED | _TRANSFORMED | _MARGINS | _LINES  # inline-block, img, button
 _FLEX: Final = _BLOCK | _FLEXES
@@ -384,14 +385,15 @@ def visible_text(markup: str) -> Visible:
     """
     try:
         css = _stylesheet_text(markup) if _STYLE_OPEN.search(markup) else ""
+        quirks = _quirks(markup)
         # Cut as nothing, not as a space: a browser joins the text on either side of a comment
         # (``Ver<!-- -->ify`` reads "Verify"), and block elements separate text by themselves.
         shown = _INVISIBLE.sub("", markup)
-        seen = _visible(shown[:MAX_HTML_CHARS], css)
+        seen = _visible(shown[:MAX_HTML_CHARS], css, quirks)
         if seen.hidden_markup >= MIN_HIDDEN_MARKUP and len(shown) > MAX_HTML_CHARS:
             # Read to the end at once, not by the markup hidden so far: hidden blocks one after
             # another would each push the next out of a cap grown by the ones before it.
-            seen = _visible(shown, css)
+            seen = _visible(shown, css, quirks)
         return seen
     except Exception:  # the parser refused this markup (never seen): the part gives no words
         return EMPTY
@@ -407,7 +409,44 @@ def _stylesheet_text(markup: str) -> str:
     return SHEET_BREAK.join(sheet.replace(SHEET_BREAK, "\ufffd") for sheet in sheets)[:MAX_CSS_CHARS]
 
 
-def _visible(markup: str, css: str) -> Visible:
+_DOCTYPE: Final = re.compile(r"<!doctype\s+([^>]*)>", re.IGNORECASE)
+_ELEMENT: Final = re.compile(r"<[a-zA-Z]")
+_PUBLIC_ID: Final = re.compile(r"""public\s*(["'])(.*?)\1\s*(["'])?""", re.IGNORECASE | re.DOTALL)
+# The public identifiers that put a document in quirks mode (the HTML standard's list, by the
+# prefixes mail carries), and those that do only without a system identifier.
+_QUIRKS_PUBLIC: Final = (
+    "-//ietf//dtd html", "-//w3c//dtd html 3", "-//w3c//dtd html 4.0 frameset//",
+    "-//w3c//dtd html 4.0 transitional//", "-//w3c//dtd html experimental", "-//w3o//dtd w3 html",
+    "-//w3c//dtd w3 html//", "-//netscape comm. corp.//", "-//microsoft//dtd internet explorer",
+    "-//sq//dtd html 2.0", "-//softquad", "-//spyglass//", "-//sun microsystems corp.//",
+    "-//webtechs//", "-//o'reilly and associates//", "-//metrius//", "-//as//dtd html 3.0",
+    "-//advasoft ltd//", "+//silmaril//", "-/w3c/dtd html 4.0 transitional/en", "html",
+)  # fmt: skip
+_QUIRKS_WITHOUT_SYSTEM_ID: Final = (
+    "-//w3c//dtd html 4.01 frameset//",
+    "-//w3c//dtd html 4.01 transitional//",
+)
+
+
+def _quirks(markup: str) -> bool:
+    """Whether a browser renders `markup` in quirks mode: no doctype (most mail), or one of the
+    legacy ones. There a table takes its font size and colour from no element but the body."""
+    found = _DOCTYPE.search(markup, 0, 4096)
+    if found is None or _ELEMENT.search(markup, 0, found.start()):  # after an element it is ignored
+        return True
+    words = found.group(1).strip().lower()
+    if words.split()[:1] != ["html"]:
+        return True
+    public = _PUBLIC_ID.search(words)
+    if public is None:
+        return False
+    identifier = public.group(2).strip()
+    if identifier.startswith(_QUIRKS_PUBLIC):
+        return True
+    return public.group(3) is None and identifier.startswith(_QUIRKS_WITHOUT_SYSTEM_ID)
+
+
+def _visible(markup: str, css: str, quirks: bool = True) -> Visible:
     tree = LexborHTMLParser(markup)
     urls: list[str] = []
     tags: set[str] = set()
@@ -491,7 +530,7 @@ def _visible(markup: str, css: str) -> Visible:
     hidden_chars = hidden_markup = 0
     if body is not None and (styles or css or hinted or closed):
         try:
-            hidden_chars, hidden_markup = _hide(tree, body, styles, css, hinted, closed, hidden)
+            hidden_chars, hidden_markup = _hide(tree, body, styles, css, hinted, closed, hidden, quirks)
         except Exception:  # a fault in reading the CSS: the text as if nothing were hidden
             hidden.add("hidden:error")
     links = tuple((href, " ".join(node.text().split())[:MAX_ANCHOR_CHARS]) for href, node in anchors)
@@ -562,6 +601,7 @@ def _hide(
     hinted: list[_Hinted],
     closed: dict[int, int],
     hidden: set[str],
+    quirks: bool,
 ) -> tuple[int, int]:
     """Take the hidden text out of `body`; add the tokens to `hidden`; the characters hidden
     and the markup hidden (Visible's hidden_chars and hidden_markup).
@@ -626,7 +666,7 @@ def _hide(
     if colours:
         relevant |= _COLOUR_PROPS
     matched = _match(tree, sheet.rules, relevant)
-    return _walk(body, {k: [r for r, _ in v] for k, v in matched.items()}, colours, closed, hidden)
+    return _walk(body, {k: [r for r, _ in v] for k, v in matched.items()}, colours, closed, hidden, quirks)
 
 
 def _match(
@@ -686,12 +726,12 @@ def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[st
 def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) -> bool:
     """Whether one of `candidates` has a text colour that looks like the background in effect,
     each element's colours taken from it or the nearest element above that sets them."""
-    # node id -> (text colour, background, fill, stroke) in effect
-    resolved: dict[int, tuple[int, int, int, int]] = {}
+    # node id -> (text colour, background, fill, stroke, background behind a block, flex) in effect
+    resolved: dict[int, tuple[int, int, int, int, int, int]] = {}
     for candidate in candidates[:MAX_CANDIDATES]:
         path: list[tuple[int, LexborNode]] = []
         node: LexborNode | None = candidate
-        base = (_BLACK, _WHITE, _CURRENT, 0)
+        base = (_BLACK, _WHITE, _CURRENT, 0, _WHITE, 0)
         while node is not None:
             mid = node.mem_id
             if mid in resolved:
@@ -701,15 +741,13 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
             node = node.parent
         for mid, node in reversed(path):
             tag = node.tag or ""
-            own = _own(node, tag, matched) if tag[:1] != "-" else None
-            colour, back, fill, stroke = base
-            if own:
-                colour, back = _painted(own, tag, colour, back)
-                fill, stroke = _filled(own, fill, stroke)
-            elif tag == "a":
-                colour = _UNKNOWN
-            base = resolved[mid] = (colour, back, fill, stroke)
-        colour, back, fill, stroke = base
+            own = (_own(node, tag, matched) if tag[:1] != "-" else None) or {}
+            colour, back, fill, stroke, block_back, flex = base
+            kind = _kind(tag, own, flex)
+            colour, back, block_back = _painted(own, tag, kind, colour, back, block_back)
+            fill, stroke = _filled(own, fill, stroke)
+            base = resolved[mid] = (colour, back, fill, stroke, block_back, kind & _FLEXES)
+        colour, back, fill, stroke, _, _ = base
         colour = _glyph(colour, fill, stroke)
         if (
             colour != _UNKNOWN
@@ -733,10 +771,12 @@ class _State(NamedTuple):
     stroke: int  # glyphs outlined
     indented: int  # the text laid out here is on an indented line (its block container's indent)
     flex: int  # a flex or grid container: its children are blocks
+    block_back: int  # the background behind a block-level box here (an inline's is not)
+    shifted: int  # the text here is on a line an inline box's left margin moved off screen
     reasons: tuple[str, ...]
 
 
-_ROOT: Final = _State(0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, ())
+_ROOT: Final = _State(0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, _WHITE, 0, ())
 
 
 def _walk(
@@ -745,6 +785,7 @@ def _walk(
     colours: bool,
     closed: dict[int, int],
     hidden: set[str],
+    quirks: bool,
 ) -> tuple[int, int]:
     """The second walk: each element's style, what it inherits, and the text it hides (the
     characters and the markup).
@@ -758,6 +799,7 @@ def _walk(
     doomed: list[LexborNode] = []
     states: dict[int, _State | None] = {}
     body_id = body.mem_id
+    body_colour = _BLACK
     for node in body.traverse():
         tag = node.tag
         if not tag or tag[0] == "-":
@@ -776,6 +818,9 @@ def _walk(
                 continue
             folded = bool(closed) and closed.get(parent.mem_id, mid) != mid
         assert state is not None
+        reset = quirks and tag == "table" and (state.tiny != 0 or state.colour != body_colour)
+        if reset:  # quirks mode: a table's font size and colour are the body's, not its parent's
+            state = state._replace(tiny=0, colour=body_colour)
         own = _own(node, tag, matched)
         kind = _kind(tag, own, state.flex)
         if own or folded:
@@ -794,12 +839,18 @@ def _walk(
             assert own is not None  # not folded: it would have a reason
             state = _inherit(state, own, tag, colours, kind)
         elif (
-            (tag == "a" and colours and state.colour != _UNKNOWN)
+            reset
+            or (tag == "a" and colours and state.colour != _UNKNOWN)
             or state.flex
             or (kind & _LINES and state.indent != state.indented)
+            or (tag == "table" and state.indent)
+            or (kind & _BLOCK_LEVEL and state.shifted)
+            or (kind != _INLINE and state.back != state.block_back)
         ):
             state = _inherit(state, {}, tag, colours, kind)
         states[mid] = state
+        if mid == body_id:
+            body_colour = state.colour
         if mid in closed:  # the text right inside a closed <details>, outside its summary
             chars, only_spaces = _take_text(
                 (child for child in node.iter(include_text=True) if child.tag == "-text"), doomed, True
@@ -825,17 +876,27 @@ def _walk(
     return total, markup
 
 
-def _painted(own: dict[str, int], tag: str, colour: int, back: int) -> tuple[int, int]:
-    """(text colour, background) of an element from its own properties and its parent's pair:
-    a link is link-coloured unless it says otherwise; a background image or a translucent
-    background makes the background unknown (what shows through is not known here)."""
+def _painted(
+    own: dict[str, int], tag: str, kind: int, colour: int, back: int, block_back: int
+) -> tuple[int, int, int]:
+    """(text colour, background, background behind a block-level box inside) of an element
+    from its own properties and its parent's: a link is link-coloured unless it says
+    otherwise; a background image or a translucent background makes the background unknown
+    (what shows through is not known here). An inline box's background is painted behind its
+    lines, not behind a block inside it; a box of no height paints none behind what overflows it."""
     colour = own.get("color", _UNKNOWN if tag == "a" else colour)
-    if own.get("bg-image") == 1:
-        return colour, _UNKNOWN
-    paint = own.get("bg", 0)
-    if paint & 0xFF == 0xFF:
-        return colour, paint
-    return colour, (_UNKNOWN if paint & 0xFF else back)
+    if kind & _BLOCK_LEVEL:
+        back = block_back
+    if not (kind & _SIZED and own.get("overflow") != 1 and 1 in (own.get("height"), own.get("max-height"))):
+        if own.get("bg-image") == 1:
+            back = _UNKNOWN
+        else:
+            paint = own.get("bg", 0)
+            if paint & 0xFF == 0xFF:
+                back = paint
+            elif paint & 0xFF:
+                back = _UNKNOWN
+    return colour, back, back if kind != _INLINE else block_back
 
 
 def _filled(own: dict[str, int], fill: int, stroke: int) -> tuple[int, int]:
@@ -870,21 +931,26 @@ def _kind(tag: str, own: dict[str, int] | None, flex_parent: int) -> int:
 
 def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind: int) -> _State:
     """An element's state from its parent's and its own properties."""
-    invisible, tiny, indent, colour, back, fill, stroke, indented, _, _ = parent
+    invisible, tiny, indent, colour, back, fill, stroke, indented, _, block_back, shifted, _ = parent
     invisible = own.get("visibility", invisible)
     tiny = own.get("font-size", tiny)
-    indent = own.get("text-indent", indent)
+    # HTML's own stylesheet gives a table no text-indent of its parent's.
+    indent = own.get("text-indent", 0 if tag == "table" else indent)
     if kind & _LINES:  # an inline box's text is on its block container's lines
         indented = indent
+    if kind & _BLOCK_LEVEL:
+        shifted = 0
+    elif kind == _INLINE and own.get("margin-left") == 1:
+        shifted = 1
     if colours:
-        colour, back = _painted(own, tag, colour, back)
+        colour, back, block_back = _painted(own, tag, kind, colour, back, block_back)
         fill, stroke = _filled(own, fill, stroke)
     reasons: list[str] = []
     if invisible == 1:
         reasons.append("visibility")
     if tiny == 1:
         reasons.append("font-size-0")
-    if indented == 1:
+    if indented == 1 or shifted:
         reasons.append("offscreen")
     glyph = _glyph(colour, fill, stroke) if colours else _UNKNOWN
     if glyph != _UNKNOWN:
@@ -893,7 +959,20 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind:
         elif back != _UNKNOWN and _near(glyph, back):
             reasons.append("same-color")
     flex = kind & _FLEXES
-    state = _State(invisible, tiny, indent, colour, back, fill, stroke, indented, flex, tuple(reasons))
+    state = _State(
+        invisible,
+        tiny,
+        indent,
+        colour,
+        back,
+        fill,
+        stroke,
+        indented,
+        flex,
+        block_back,
+        shifted,
+        tuple(reasons),
+    )
     return parent if state == parent else state
 
 

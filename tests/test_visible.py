@@ -295,6 +295,53 @@ def test_what_html_does_not_draw_is_hidden(inner: str, hidden: bool) -> None:
         assert result.hidden == frozenset()
 
 
+# Found by bench/bench_chromium.py and rendered by chromium 156 one by one (2026-12-08: the words'
+# glyphs hidden by visibility:hidden change the screenshot where chromium draws them).
+XHTML_TRANSITIONAL = (
+    '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
+    '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">'
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "hidden"),
+    [
+        # An inline box's left margin moves its line, not a block inside it.
+        ('<span style="margin-left:-9999px"><ul><li>{}</li></ul></span>', False),
+        ('<em style="margin-left:-9999px"><table><tr><td>{}</td></tr></table></em>', False),
+        ('<span style="margin-left:-9999px"><b>{}</b></span>', True),
+        ('<span style="margin-left:-9999px"><span style="display:inline-block">{}</span></span>', True),
+        # An inline box's background is behind its lines, not behind a block inside it.
+        ('<b style="background-color:#000"><p style="color:#fff">{}</p></b>', True),
+        ('<b style="background-color:#000;color:#fff">{}</b>', False),
+        ('<b style="background-color:#000"><p style="color:#000">{}</p></b>', False),
+        # A box of no height paints no background behind what overflows it.
+        ('<ul><li style="height:0;background-color:#000"><div>{}</div></li></ul>', False),
+        ('<div style="background-color:#000"><div>{}</div></div>', True),
+        # A table takes no text-indent of its parent's.
+        ('<p style="text-indent:-9999px"><table><tr><td>{}</td></tr></table></p>', False),
+        # Quirks mode (no doctype, or a legacy one): a table takes its font size and colour from
+        # no element but the body.
+        ('<div style="font-size:0"><table><tr><td>{}</td></tr></table></div>', False),
+        ('<!doctype html><div style="font-size:0"><table><tr><td>{}</td></tr></table></div>', True),
+        (XHTML_TRANSITIONAL + '<div style="font-size:0"><table><tr><td>{}</td></tr></table></div>', True),
+        (
+            '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01 Transitional//EN">'
+            '<div style="font-size:0"><table><tr><td>{}</td></tr></table></div>',
+            False,
+        ),
+        ('<div style="color:#fff"><table><tr><td>{}</td></tr></table></div>', False),
+        ('<!doctype html><div style="color:#fff"><table><tr><td>{}</td></tr></table></div>', True),
+        ('<body style="color:#fff"><table><tr><td>{}</td></tr></table></body>', True),
+        ('<font color="#ffffff"><table><tr><td>{}</td></tr></table></font>', False),
+        ('<style>.z{{font-size:0}}</style><table class="z"><tr><td>{}</td></tr></table>', True),
+    ],
+)
+def test_lines_backgrounds_and_quirks_mode_as_in_a_browser(page: str, hidden: bool) -> None:
+    result = visible_text(page.format(SECRET))
+    assert (SECRET not in " ".join(result.text.split())) == hidden, page
+
+
 def test_hidden_attribute() -> None:
     result = check_hidden(f"<p>before <span hidden>{SECRET}</span> after</p>", "hidden:attr")
     assert hows(result) == {"hidden:attr"}
