@@ -212,7 +212,7 @@ _HIDING_PROPS: Final = frozenset(
 # Properties that hide only together with others.
 _GROUPS: Final = (
     frozenset({"position", "left", "top"}),
-    frozenset({"overflow", "width", "height", "max-width", "max-height"}),
+    frozenset({"overflow", "width", "height", "max-width", "max-height", "min-width", "min-height"}),
     frozenset({"position", "out-of-flow", "clip"}),
 )
 # "fill" is -webkit-text-fill-color (the glyphs' paint, over "color"), "stroke" whether glyphs are
@@ -654,8 +654,10 @@ def _hide(
         matched = _match(tree, coloured, _COLOUR_PROPS)
         for rules in matched.values():
             candidates.extend(rule_node for _, rule_node in rules[:1])
+        if candidates and quirks and tree.root is not None:
+            candidates.extend(tree.root.css("table"))  # they take the body's colour, not their parent's
         colours = bool(candidates) and _clash_found(
-            candidates, {k: [r for r, _ in v] for k, v in matched.items()}
+            candidates, {k: [r for r, _ in v] for k, v in matched.items()}, quirks
         )
     if not hides and not colours:
         return 0, 0
@@ -723,11 +725,14 @@ def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[st
     return _cascade(hints, rules, inline)
 
 
-def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) -> bool:
+def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]], quirks: bool = False) -> bool:
     """Whether one of `candidates` has a text colour that looks like the background in effect,
-    each element's colours taken from it or the nearest element above that sets them."""
+    each element's colours taken from it or the nearest element above that sets them (in quirks
+    mode a table's from the body). The background behind a block inside a candidate counts too:
+    it may differ from the candidate's own (an inline box's background is not behind a block)."""
     # node id -> (text colour, background, fill, stroke, background behind a block, flex) in effect
     resolved: dict[int, tuple[int, int, int, int, int, int]] = {}
+    body_colour = _BLACK
     for candidate in candidates[:MAX_CANDIDATES]:
         path: list[tuple[int, LexborNode]] = []
         node: LexborNode | None = candidate
@@ -743,15 +748,19 @@ def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]]) 
             tag = node.tag or ""
             own = (_own(node, tag, matched) if tag[:1] != "-" else None) or {}
             colour, back, fill, stroke, block_back, flex = base
+            if quirks and tag == "table":
+                colour = body_colour
             kind = _kind(tag, own, flex)
             colour, back, block_back = _painted(own, tag, kind, colour, back, block_back)
             fill, stroke = _filled(own, fill, stroke)
+            if tag == "body":
+                body_colour = colour
             base = resolved[mid] = (colour, back, fill, stroke, block_back, kind & _FLEXES)
-        colour, back, fill, stroke, _, _ = base
+        colour, back, fill, stroke, block_back, _ = base
         colour = _glyph(colour, fill, stroke)
         if (
             colour != _UNKNOWN
-            and (colour & 0xFF <= 0x10 or (back != _UNKNOWN and _near(colour, back)))
+            and (colour & 0xFF <= 0x10 or any(b != _UNKNOWN and _near(colour, b) for b in (back, block_back)))
             and _seen_chars(candidate.text())
         ):
             return True
@@ -773,10 +782,11 @@ class _State(NamedTuple):
     flex: int  # a flex or grid container: its children are blocks
     block_back: int  # the background behind a block-level box here (an inline's is not)
     shifted: int  # the text here is on a line an inline box's left margin moved off screen
+    narrow: int  # the block here is 1px wide at most: an in-flow block of no width inside is too
     reasons: tuple[str, ...]
 
 
-_ROOT: Final = _State(0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, _WHITE, 0, ())
+_ROOT: Final = _State(0, 0, 0, _BLACK, _WHITE, _CURRENT, 0, 0, 0, _WHITE, 0, 0, ())
 
 
 def _walk(
@@ -824,7 +834,7 @@ def _walk(
         own = _own(node, tag, matched)
         kind = _kind(tag, own, state.flex)
         if own or folded:
-            reasons = _box_reasons(own, kind) if own else []
+            reasons = _box_reasons(own, kind, state.narrow) if own else []
             if folded and "display-none" not in reasons:
                 reasons.insert(0, "display-none")
             if reasons:
@@ -845,6 +855,7 @@ def _walk(
             or (kind & _LINES and state.indent != state.indented)
             or (tag == "table" and state.indent)
             or (kind & _BLOCK_LEVEL and state.shifted)
+            or (state.narrow and kind != _INLINE and not _fills({}, kind))
             or (kind != _INLINE and state.back != state.block_back)
         ):
             state = _inherit(state, {}, tag, colours, kind)
@@ -931,7 +942,7 @@ def _kind(tag: str, own: dict[str, int] | None, flex_parent: int) -> int:
 
 def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind: int) -> _State:
     """An element's state from its parent's and its own properties."""
-    invisible, tiny, indent, colour, back, fill, stroke, indented, _, block_back, shifted, _ = parent
+    invisible, tiny, indent, colour, back, fill, stroke, indented, _, block_back, shifted, narrow, _ = parent
     invisible = own.get("visibility", invisible)
     tiny = own.get("font-size", tiny)
     # HTML's own stylesheet gives a table no text-indent of its parent's.
@@ -942,6 +953,8 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind:
         shifted = 0
     elif kind == _INLINE and own.get("margin-left") == 1:
         shifted = 1
+    if kind != _INLINE:  # an inline box's width is not its own; a cell widens to what it holds
+        narrow = int(kind != _CELL and _no_width(own, kind, narrow))
     if colours:
         colour, back, block_back = _painted(own, tag, kind, colour, back, block_back)
         fill, stroke = _filled(own, fill, stroke)
@@ -971,6 +984,7 @@ def _inherit(parent: _State, own: dict[str, int], tag: str, colours: bool, kind:
         flex,
         block_back,
         shifted,
+        narrow,
         tuple(reasons),
     )
     return parent if state == parent else state
@@ -1037,10 +1051,11 @@ def _cascade(hints: Effects | None, rules: list[_Rule] | None, inline: _Style | 
     return out
 
 
-def _box_reasons(own: dict[str, int], kind: int) -> list[str]:
+def _box_reasons(own: dict[str, int], kind: int, narrow: int = 0) -> list[str]:
     """How an element's own box hides all it holds, whatever its descendants say. An inline
     box has no size, transform, top margin or containment of its own (chromium draws its text
-    whatever those say); a table's or a row's box no overflow."""
+    whatever those say); a table's or a row's box no overflow. `narrow`: the element's width
+    is that of a block of no width it sits in (_State.narrow)."""
     reasons: list[str] = []
     display = own.get("display")
     if display == 1 or (own.get("content-visibility") == 1 and kind & _SIZED):  # nothing it holds is drawn
@@ -1055,9 +1070,7 @@ def _box_reasons(own: dict[str, int], kind: int) -> list[str]:
     ):
         reasons.append("offscreen")
     if (own.get("transform") == 1 and kind & _TRANSFORMED) or (
-        own.get("overflow") == 1
-        and kind & _SIZED
-        and 1 in (own.get(side) for side in ("width", "height", "max-width", "max-height"))
+        own.get("overflow") == 1 and kind & _SIZED and (_no_width(own, kind, narrow) or _no_height(own))
     ):
         reasons.append("zero-box")
     if own.get("clip-path") == 1 or (own.get("out-of-flow") == 1 and own.get("clip") == 1):
@@ -1065,6 +1078,29 @@ def _box_reasons(own: dict[str, int], kind: int) -> list[str]:
     if own.get("mso-hide") == 1:
         reasons.append("mso-hide")
     return reasons
+
+
+def _no_width(own: dict[str, int], kind: int, narrow: int) -> bool:
+    """Whether an element's box is 1px wide at most: its width or max-width says so, or it is an
+    in-flow block of no width of its own in a block of none; a min-width undoes it."""
+    if own.get("min-width") == 1:
+        return False
+    if own.get("width") == 1 or own.get("max-width") == 1:
+        return True
+    return bool(narrow) and "width" not in own and _fills(own, kind)
+
+
+def _no_height(own: dict[str, int]) -> bool:
+    return own.get("min-height") != 1 and (own.get("height") == 1 or own.get("max-height") == 1)
+
+
+def _fills(own: dict[str, int], kind: int) -> bool:
+    """Whether an element with no width of its own is as wide as its containing block: an
+    in-flow block is; a float, an absolutely positioned box, an inline-block, a table and a
+    cell are as wide as what they hold."""
+    return (
+        bool(kind & _BLOCK_LEVEL) and kind != _TABLE and own.get("out-of-flow") != 1 and own.get("float") != 1
+    )
 
 
 def _hints(tag: str, attrs: dict[str, str | None]) -> Effects:
@@ -1262,6 +1298,9 @@ def _property(name: str, value: str) -> list[tuple[str, int]]:
     if name in ("width", "height", "max-width", "max-height"):
         size = _px(value, 10.0)
         return [] if size is None else [(name, int(0 <= size <= 1))]
+    if name in ("min-width", "min-height"):  # 1: a minimum that undoes a size of 0
+        size = _px(value, 10.0)
+        return [] if size is None else [(name, int(size > 1))]
     if name in ("overflow", "overflow-x", "overflow-y"):
         return [("overflow", int(value.split()[:1] in (["hidden"], ["clip"])))]
     if name == "mso-hide":
