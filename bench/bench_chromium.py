@@ -19,7 +19,10 @@ with overflow hidden (docs/model.md, Limits).
 Prints how many cases agree, the disagreements (markup, chromium, the reading) and writes them
 as JSON with --out.
 
-    bench/bench_chromium.py [--cases N] [--seed N] [--out FILE]
+With --attributes some elements also get a presentational attribute (`bgcolor` on cells, `color`
+and `size` on `<font>`, `hidden`).
+
+    bench/bench_chromium.py [--cases N] [--seed N] [--attributes] [--out FILE]
 """
 
 from __future__ import annotations
@@ -71,9 +74,23 @@ DECLARATIONS = {
 TAGS = ["div", "span", "p", "a", "font", "b", "td", "li", "em", "section", "xyz", "center"]
 
 
-def element(rng: random.Random, tag: str, style: str, rules: list[str], inner: str) -> str:
-    """One element: its declarations inline or in a class rule."""
+# Presentational attributes mail still carries, per tag that takes them.
+ATTRIBUTES = {
+    "td": ['bgcolor="#000000"', 'bgcolor="#ffffff"'],
+    "font": ['color="#ffffff"', 'color="#000000"', 'size="1"'],
+    "div": ["hidden"],
+    "span": ["hidden"],
+}
+
+
+def element(
+    rng: random.Random, tag: str, style: str, rules: list[str], inner: str, hints: bool = False
+) -> str:
+    """One element: its declarations inline or in a class rule, and with `hints` now and then
+    a presentational attribute."""
     attributes = ' href="#"' if tag == "a" else ""
+    if hints and tag in ATTRIBUTES and rng.random() < 0.3:
+        attributes += " " + rng.choice(ATTRIBUTES[tag])
     if style:
         if rng.random() < 0.5:
             name = f"c{len(rules)}"
@@ -89,14 +106,14 @@ def element(rng: random.Random, tag: str, style: str, rules: list[str], inner: s
     return markup
 
 
-def case(rng: random.Random) -> str:
+def case(rng: random.Random, hints: bool = False) -> str:
     """A case's body: nested elements around the words, innermost last."""
     rules: list[str] = []
     markup = f'<span class="words">{WORDS}</span>'
     for _ in range(rng.randint(1, 4)):
         properties = rng.sample(sorted(DECLARATIONS), rng.randint(0, 3))
         style = ";".join(f"{p}:{rng.choice(DECLARATIONS[p])}" for p in properties)
-        markup = element(rng, rng.choice(TAGS), style, rules, markup)
+        markup = element(rng, rng.choice(TAGS), style, rules, markup, hints)
     sheet = f"<style>{' '.join(rules)}</style>" if rules else ""
     return sheet + markup
 
@@ -115,6 +132,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--attributes", action="store_true", help="presentational attributes too (bgcolor, ...)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     options = webdriver.ChromeOptions()
@@ -137,7 +157,7 @@ def main() -> int:
                 return driver.get_screenshot_as_png()
 
             for _ in range(args.cases):
-                body = case(rng)
+                body = case(rng, args.attributes)
                 drawn = shot(body, "") != shot(body, ".words { visibility: hidden !important }")
                 read = WORDS in " ".join(visible_text(f"<html><body>{body}</body></html>").text.split())
                 if drawn == read:
