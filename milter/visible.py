@@ -385,7 +385,7 @@ def visible_text(markup: str) -> Visible:
     """
     try:
         css = _stylesheet_text(markup) if _STYLE_OPEN.search(markup) else ""
-        quirks = _quirks(markup)
+        quirks = _quirks(markup)  # of the markup as sent: a <style> before the doctype makes it quirks
         # Cut as nothing, not as a space: a browser joins the text on either side of a comment
         # (``Ver<!-- -->ify`` reads "Verify"), and block elements separate text by themselves.
         shown = _INVISIBLE.sub("", markup)
@@ -446,7 +446,7 @@ def _quirks(markup: str) -> bool:
     return public.group(3) is None and identifier.startswith(_QUIRKS_WITHOUT_SYSTEM_ID)
 
 
-def _visible(markup: str, css: str, quirks: bool = True) -> Visible:
+def _visible(markup: str, css: str, quirks: bool) -> Visible:
     tree = LexborHTMLParser(markup)
     urls: list[str] = []
     tags: set[str] = set()
@@ -725,7 +725,7 @@ def _own(node: LexborNode, tag: str, matched: dict[int, list[_Rule]]) -> dict[st
     return _cascade(hints, rules, inline)
 
 
-def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]], quirks: bool = False) -> bool:
+def _clash_found(candidates: list[LexborNode], matched: dict[int, list[_Rule]], quirks: bool) -> bool:
     """Whether one of `candidates` has a text colour that looks like the background in effect,
     each element's colours taken from it or the nearest element above that sets them (in quirks
     mode a table's from the body). The background behind a block inside a candidate counts too:

@@ -102,6 +102,11 @@ def check_hidden(markup: str, how: str) -> Visible:
     return result
 
 
+def secret_hidden(markup: str) -> bool:
+    """Whether `markup` (SECRET put in by format) reads without SECRET."""
+    return SECRET not in " ".join(visible_text(markup.format(SECRET)).text.split())
+
+
 # Each trick, inline.
 
 INLINE = [
@@ -253,8 +258,7 @@ def test_an_inline_box_made_a_block_hides_as_a_block(style: str, box: str) -> No
 )
 def test_tables_clips_and_indents_hide_as_in_a_browser(markup: str, hidden: bool) -> None:
     """Each rendered by chromium 156 first, as above."""
-    result = visible_text(markup.format(SECRET))
-    assert (SECRET not in " ".join(result.text.split())) == hidden, markup
+    assert secret_hidden(markup) == hidden, markup
 
 
 # What HTML itself does not draw, each case rendered by chromium 156 first (2026-12-08).
@@ -338,8 +342,7 @@ XHTML_TRANSITIONAL = (
     ],
 )
 def test_lines_backgrounds_and_quirks_mode_as_in_a_browser(page: str, hidden: bool) -> None:
-    result = visible_text(page.format(SECRET))
-    assert (SECRET not in " ".join(result.text.split())) == hidden, page
+    assert secret_hidden(page) == hidden, page
 
 
 # A block of no width makes an in-flow block of no width inside it as narrow: with overflow
@@ -369,8 +372,7 @@ def test_lines_backgrounds_and_quirks_mode_as_in_a_browser(page: str, hidden: bo
     ],
 )
 def test_a_block_as_narrow_as_the_block_it_is_in(page: str, hidden: bool) -> None:
-    result = visible_text(page.format(SECRET))
-    assert (SECRET not in " ".join(result.text.split())) == hidden, page
+    assert secret_hidden(page) == hidden, page
 
 
 def test_hidden_attribute() -> None:
