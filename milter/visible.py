@@ -898,7 +898,7 @@ def _painted(
     colour = own.get("color", _UNKNOWN if tag == "a" else colour)
     if kind & _BLOCK_LEVEL:
         back = block_back
-    if not (kind & _SIZED and own.get("overflow") != 1 and 1 in (own.get("height"), own.get("max-height"))):
+    if not (kind & _SIZED and own.get("overflow") != 1 and _no_height(own)):
         if own.get("bg-image") == 1:
             back = _UNKNOWN
         else:

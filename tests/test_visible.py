@@ -321,6 +321,7 @@ XHTML_TRANSITIONAL = (
         ('<b style="background-color:#000"><p style="color:#000">{}</p></b>', False),
         # A box of no height paints no background behind what overflows it.
         ('<ul><li style="height:0;background-color:#000"><div>{}</div></li></ul>', False),
+        ('<div style="height:0;min-height:300px;background-color:#000"><div>{}</div></div>', True),
         ('<div style="background-color:#000"><div>{}</div></div>', True),
         # A table takes no text-indent of its parent's.
         ('<p style="text-indent:-9999px"><table><tr><td>{}</td></tr></table></p>', False),
